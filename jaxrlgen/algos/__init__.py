@@ -1,0 +1,42 @@
+"""RL algorithms over core's Rollout, and their registry.
+
+`REGISTRY` is the single source of truth of algorithm names: each maps to its
+hyperparameter dataclass (the schema of `config.algo`) and a constructor.
+"""
+
+from typing import Callable, NamedTuple
+
+import ml_collections
+
+from jaxrlgen.algos import base
+from jaxrlgen.algos import grpo
+from jaxrlgen.algos.base import Algorithm
+from jaxrlgen.algos.base import minibatch_update
+
+
+class Entry(NamedTuple):
+  config_cls: type
+  make: Callable[..., Algorithm]
+
+
+REGISTRY: dict[str, Entry] = {
+    'grpo': Entry(grpo.GRPOConfig, grpo.make),
+}
+
+
+def _entry(name: str) -> Entry:
+  if name not in REGISTRY:
+    raise ValueError(f'Unknown algorithm config.algo.name={name!r}; known: '
+                     f'{sorted(REGISTRY)}.')
+  return REGISTRY[name]
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+  """`config.algo` for algorithm `name` with every field at its default."""
+  return base.config_dict(_entry(name).config_cls, name)
+
+
+def make(algo_config: ml_collections.ConfigDict) -> Algorithm:
+  """Builds the algorithm that `config.algo` describes."""
+  entry = _entry(algo_config.name)
+  return entry.make(base.make_config(entry.config_cls, algo_config))

@@ -1,0 +1,131 @@
+"""What every algorithm is: `prepare` a rollout, then minimise a `loss`.
+
+An `Algorithm` is a bundle of pure functions over core's `Rollout`, so the
+same algorithm trains any environment that offers `evaluate(params, rollout)`:
+
+  experience, algo_state, metrics = algo.prepare(env, state, rollout, rewards,
+                                                 batch, key)
+  loss, metrics = algo.loss(env, params, minibatch_of_experience)
+
+`experience` is any pytree whose leaves have a leading batch axis B;
+`minibatch_update` shuffles it into minibatches and runs epochs x minibatches
+of optimizer steps as one `lax.scan`.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.core.types import TrainState
+
+PyTree = Any
+Metrics = Mapping[str, jax.Array]
+
+
+class Algorithm(NamedTuple):
+  """An RL algorithm as pure functions.
+
+  Attributes:
+    name: registry name.
+    prepare: (env, state, rollout, rewards f32[B], batch, key) ->
+      (experience, new_algo_state, metrics); computes advantages / targets /
+      reference log-probs once per rollout.
+    loss: (env, params, experience) -> (scalar loss, metrics).
+    init_state: () -> the algorithm's running state (`TrainState.algo_state`).
+    uses_reference: whether `state.ref_params` is needed at all.
+    num_epochs: passes over each rollout (GRPO's mu, PPO's epochs).
+    num_minibatches: minibatches per pass.
+  """
+
+  name: str
+  prepare: Callable[..., tuple[PyTree, PyTree, Metrics]]
+  loss: Callable[..., tuple[jax.Array, Metrics]]
+  init_state: Callable[[], PyTree] = dict
+  uses_reference: bool = False
+  num_epochs: int = 1
+  num_minibatches: int = 1
+
+
+def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
+                     opt_state, experience, key: jax.Array, *,
+                     num_epochs: int = 1, num_minibatches: int = 1):
+  """`num_epochs` shuffled passes of `num_minibatches` optimizer steps.
+
+  Args:
+    loss_fn: (params, minibatch) -> (loss, metrics).
+    tx: the optimizer.
+    params, opt_state: what is optimised.
+    experience: pytree with leading axis B, B divisible by num_minibatches.
+    key: PRNG key for the shuffles.
+  Returns:
+    (params, opt_state, metrics averaged over all steps, plus `loss` and
+    `grad_norm`).
+  """
+  batch_size = jax.tree.leaves(experience)[0].shape[0]
+  if batch_size % num_minibatches:
+    raise ValueError(f'The rollout batch ({batch_size} sequences) is not '
+                     f'divisible by algo.num_minibatches={num_minibatches}.')
+  mb_size = batch_size // num_minibatches
+
+  def sgd_step(carry, minibatch):
+    params, opt_state = carry
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, minibatch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return (params, opt_state), metrics
+
+  def epoch(carry, key):
+    data = experience
+    if num_minibatches > 1:
+      order = jax.random.permutation(key, batch_size)
+      data = jax.tree.map(lambda x: x[order], data)
+    data = jax.tree.map(
+        lambda x: x.reshape(num_minibatches, mb_size, *x.shape[1:]), data)
+    return jax.lax.scan(sgd_step, carry, data)
+
+  (params, opt_state), metrics = jax.lax.scan(
+      epoch, (params, opt_state), jax.random.split(key, num_epochs))
+  return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+
+def behaviour_logp(env, state: TrainState, rollout: Rollout) -> jax.Array:
+  """f32[B, T] log-probs of the rollout under the policy being trained.
+
+  Samplers report log-probs of their (possibly truncated) sampling
+  distribution; when that is the policy itself they are reused, otherwise one
+  teacher-forced pass recomputes them so the importance ratio starts at 1.
+  """
+  sampling = getattr(env, 'sampling', None)
+  if sampling is None or (sampling.top_k == 0 and sampling.top_p >= 1.0
+                          and not sampling.greedy):
+    return rollout.logp
+  return jax.lax.stop_gradient(env.evaluate(state.params, rollout).logp)
+
+
+def make_config(cls, algo_config: ml_collections.ConfigDict):
+  """Builds the frozen hyperparameter dataclass `cls` from `config.algo`.
+
+  The dataclass is the one schema of an algorithm's hyperparameters; a field
+  that it does not have fails here, naming the field and the known ones.
+  """
+  fields = {f.name for f in dataclasses.fields(cls)}
+  given = {k: v for k, v in algo_config.items() if k != 'name'}
+  unknown = sorted(set(given) - fields)
+  if unknown:
+    raise ValueError(f'Unknown field(s) config.algo.{", config.algo.".join(unknown)}'
+                     f' for algorithm {algo_config.get("name")!r}; known '
+                     f'fields: {sorted(fields)}.')
+  return cls(**given)
+
+
+def config_dict(cls, name: str) -> ml_collections.ConfigDict:
+  """`config.algo` defaults for an algorithm: its name and dataclass fields."""
+  return ml_collections.ConfigDict(
+      {'name': name, **dataclasses.asdict(cls())})

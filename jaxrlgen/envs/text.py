@@ -1,0 +1,259 @@
+"""Text generation as a token-level MDP.
+
+State: the KV cache, the next-token logits, each sequence's next rotary
+position and done flag. Action: the next token. The prompt is prefilled once
+(`reset`); with `num_samples = G`, the prefilled cache of each prompt is
+repeated G times, so a group shares one prefill. `step` samples a token,
+marks sequences that emitted EOS as done (later steps are padding, masked) and
+runs one cached decode step. `rollout` is `reset` followed by a `lax.scan` of
+`step`; `evaluate` recomputes log-probs (and entropies and values) of a stored
+rollout with one teacher-forced forward pass.
+"""
+
+import dataclasses
+from typing import Any
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxrlgen.core import logprob
+from jaxrlgen.core import rollout as rollout_lib
+from jaxrlgen.core.types import PolicyOutputs
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.models import transformer as tfm
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """How a token is drawn from the logits.
+
+  temperature divides the logits; top_k > 0 keeps the k most likely tokens;
+  top_p < 1 keeps the smallest set of most likely tokens whose mass reaches
+  top_p (Holtzman et al. 2020); greedy takes the argmax.
+  """
+
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  greedy: bool = False
+
+  def __post_init__(self):
+    if self.temperature <= 0:
+      raise ValueError(f'sampling.temperature={self.temperature} must be > 0; '
+                       'use sampling.greedy=True for argmax decoding.')
+    if self.top_k < 0:
+      raise ValueError(f'sampling.top_k={self.top_k} must be >= 0 (0: off).')
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f'sampling.top_p={self.top_p} must be in (0, 1].')
+
+  @property
+  def scoring_temperature(self) -> float:
+    """Temperature of the distribution that log-probs are reported under."""
+    return 1.0 if self.greedy else self.temperature
+
+
+def sampling_logprobs(logits: jax.Array, sampling: Sampling) -> jax.Array:
+  """Log-probabilities [..., V] of the distribution `sampling` draws from.
+
+  For greedy decoding this is the temperature-1 policy (the argmax of it is
+  taken), so that greedy rollouts still carry the policy's log-probs.
+  """
+  logits = logits.astype(jnp.float32) / sampling.scoring_temperature
+  if sampling.greedy:
+    return jax.nn.log_softmax(logits)
+  neg_inf = jnp.finfo(jnp.float32).min
+  if sampling.top_k:
+    kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, neg_inf, logits)
+  if sampling.top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    sorted_probs = jax.nn.softmax(sorted_logits, axis=-1)
+    # Mass strictly before each token: the most likely token is always kept.
+    mass_before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    kept = mass_before < sampling.top_p
+    threshold = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits = jnp.where(logits < threshold, neg_inf, logits)
+  return jax.nn.log_softmax(logits)
+
+
+@flax.struct.dataclass
+class TextState:
+  """The scan carry of text generation.
+
+  Attributes:
+    cache: KV cache of prompt and generated tokens, batch B.
+    logits: f32[B, V] logits of the next token.
+    position: i32[B] rotary position of the next token.
+    done: bool[B] whether the sequence has emitted EOS.
+  """
+
+  cache: tfm.KVCache
+  logits: jax.Array
+  position: jax.Array
+  done: jax.Array
+
+
+@flax.struct.dataclass
+class Transition:
+  """One generated token per sequence: token i32[B], logp f32[B], valid bool[B]."""
+
+  token: jax.Array
+  logp: jax.Array
+  valid: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEnv:
+  """Static description of the generation environment (hashable).
+
+  Attributes:
+    model: the policy's Flax module.
+    max_new_tokens: T, completion length (sequences that end earlier are
+      padded with `pad_id` and masked).
+    sampling: how tokens are drawn.
+    eos_id: the token that ends a sequence.
+    pad_id: the token written after EOS.
+    num_samples: G, samples per prompt sharing one prefill.
+    suppress_eos: never sample EOS (for fixed-length benchmarks).
+    logprob_chunk: time steps per chunk in `evaluate` (bounds the [B, c, V]
+      logits that exist at once).
+  """
+
+  model: tfm.Transformer
+  max_new_tokens: int
+  sampling: Sampling = Sampling()
+  eos_id: int = 258
+  pad_id: int = 256
+  num_samples: int = 1
+  suppress_eos: bool = False
+  logprob_chunk: int = 128
+
+  def reset(self, params: Params, prompt: jax.Array,
+            prompt_mask: jax.Array) -> TextState:
+    """Prefills the prompts once and repeats each one's state G times.
+
+    Args:
+      params: policy parameters.
+      prompt: i32[N, P] left-padded prompt tokens.
+      prompt_mask: bool[N, P] true for real prompt tokens.
+    Returns:
+      The state of N * G sequences, G consecutive rows per prompt.
+    """
+    chex.assert_rank([prompt, prompt_mask], 2)
+    chex.assert_equal_shape([prompt, prompt_mask])
+    n, p = prompt.shape
+    cache = tfm.init_cache(self.model.config, n, p + self.max_new_tokens)
+    positions = tfm.positions_from_mask(prompt_mask)
+    hidden, cache = self.model.apply({'params': params}, prompt, positions,
+                                     prompt_mask, cache)
+    logits = self.model.apply({'params': params}, hidden[:, -1],
+                              method=tfm.Transformer.logits)
+    g = self.num_samples
+    return TextState(
+        cache=tfm.repeat_cache(cache, g),
+        logits=jnp.repeat(logits, g, axis=0),
+        position=jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), g),
+        done=jnp.zeros((n * g,), jnp.bool_))
+
+  def choose(self, state: TextState, key: jax.Array) -> Transition:
+    """Samples the next token of every sequence from `state.logits`."""
+    logits = state.logits
+    if self.suppress_eos:
+      logits = logits.at[:, self.eos_id].set(jnp.finfo(jnp.float32).min)
+    logps = sampling_logprobs(logits, self.sampling)
+    if self.sampling.greedy:
+      token = jnp.argmax(logits, axis=-1)
+    else:
+      token = jax.random.categorical(key, logps, axis=-1)
+    token = token.astype(jnp.int32)
+    logp = jnp.take_along_axis(logps, token[:, None], axis=-1)[:, 0]
+    valid = ~state.done
+    return Transition(token=jnp.where(valid, token, self.pad_id),
+                      logp=jnp.where(valid, logp, 0.0), valid=valid)
+
+  def advance(self, params: Params, state: TextState,
+              transition: Transition) -> TextState:
+    """Feeds the chosen tokens through one cached decode step."""
+    token = transition.token[:, None]
+    hidden, cache = self.model.apply(
+        {'params': params}, token, state.position[:, None],
+        jnp.ones_like(token, jnp.bool_), state.cache)
+    logits = self.model.apply({'params': params}, hidden[:, 0],
+                              method=tfm.Transformer.logits)
+    done = state.done | (transition.token == self.eos_id)
+    return TextState(cache=cache, logits=logits, position=state.position + 1,
+                     done=done)
+
+  def step(self, params: Params, state: TextState,
+           key: jax.Array) -> tuple[TextState, Transition]:
+    transition = self.choose(state, key)
+    return self.advance(params, state, transition), transition
+
+  def rollout(self, params: Params, prompt: jax.Array, prompt_mask: jax.Array,
+              key: jax.Array) -> Rollout:
+    """Generates G completions of each of N prompts.
+
+    Args:
+      params: policy parameters.
+      prompt: i32[N, P] left-padded prompts.
+      prompt_mask: bool[N, P].
+      key: PRNG key.
+    Returns:
+      A Rollout of B = N * G sequences and T = max_new_tokens steps, with
+      `context = {'tokens': i32[B, P], 'mask': bool[B, P]}` and `actions`
+      i32[B, T].
+    """
+    state = self.reset(params, prompt, prompt_mask)
+    last_key, scan_key = jax.random.split(key)
+    # The last token needs no decode step after it: T - 1 full steps, then a
+    # final choice.
+    state, transitions = rollout_lib.unroll(
+        lambda s, k: self.step(params, s, k), state, scan_key,
+        self.max_new_tokens - 1)
+    last = self.choose(state, last_key)
+    cat = lambda a, b: jnp.concatenate([a, b[:, None]], axis=1)
+    transitions = jax.tree.map(cat, transitions, last)
+    g = self.num_samples
+    context = {'tokens': jnp.repeat(prompt, g, axis=0),
+               'mask': jnp.repeat(prompt_mask, g, axis=0)}
+    return Rollout(context=context, actions=transitions.token,
+                   logp=transitions.logp, mask=transitions.valid)
+
+  def evaluate(self, params: Params, rollout: Rollout, *,
+               with_values: bool = False) -> PolicyOutputs:
+    """Teacher-forced log-probs, entropies (and values) of a stored rollout.
+
+    One forward pass over prompt + completion; log-probs are under the
+    temperature-scaled policy (top-k / top-p truncation is a sampling device,
+    not part of the policy being trained) and computed in time chunks.
+    Returns PolicyOutputs with [B, T] fields; masked steps hold garbage.
+    """
+    prompt, prompt_mask = rollout.context['tokens'], rollout.context['mask']
+    actions = rollout.actions
+    chex.assert_rank([prompt, actions], 2)
+    p = prompt.shape[1]
+    tokens = jnp.concatenate([prompt, actions], axis=1)
+    # Completion tokens after EOS are padding the decoder also attended to;
+    # marking them real keeps this pass identical to the cached one.
+    mask = jnp.concatenate([prompt_mask, jnp.ones_like(actions, jnp.bool_)],
+                           axis=1)
+    hidden, _ = self.model.apply({'params': params}, tokens,
+                                 tfm.positions_from_mask(mask), mask)
+    # The hidden state before each action predicts it.
+    hidden = hidden[:, p - 1:-1]
+    logits_fn = lambda h: self.model.apply({'params': params}, h,
+                                           method=tfm.Transformer.logits)
+    logp, entropy = logprob.chunked_token_logprobs(
+        logits_fn, hidden, actions,
+        temperature=self.sampling.scoring_temperature,
+        chunk_size=self.logprob_chunk)
+    values = None
+    if with_values:
+      values = self.model.apply({'params': params}, hidden,
+                                method=tfm.Transformer.value)
+    return PolicyOutputs(logp=logp, entropy=entropy, values=values)

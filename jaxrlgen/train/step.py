@@ -1,0 +1,109 @@
+"""One training iteration as one pure function, jitted once.
+
+  rollout -> reward -> algo.prepare (advantages, targets, reference log-probs)
+  -> algo.loss minimised over epochs x minibatches (one lax.scan).
+
+The step's randomness comes from its `key` argument (the loop folds the step
+number into the run's key), so a resumed run repeats an uninterrupted one.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrlgen.algos import base as algo_base
+from jaxrlgen.algos import sft
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.core.types import TrainState
+
+RewardFn = Callable[[Rollout, Any], jax.Array]
+
+
+def repeat_batch(batch, group_size: int):
+  """Repeats every per-prompt field G times: [N, ...] -> [N*G, ...]."""
+  return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), batch)
+
+
+def check_reward(reward_fn: RewardFn, rollout: Rollout, batch) -> None:
+  """Fails before any compute when `reward_fn` does not return f32[B].
+
+  Args: shapes only are used (jax.ShapeDtypeStruct pytrees are fine).
+  """
+  out = jax.eval_shape(reward_fn, rollout, batch)
+  want = (rollout.logp.shape[0],)
+  if not hasattr(out, 'shape') or out.shape != want:
+    raise ValueError(
+        f'The reward function {getattr(reward_fn, "__name__", reward_fn)!r} '
+        f'returned {out}; a reward must be (rollout, batch) -> f32{list(want)}, '
+        'one scalar per sequence.')
+
+
+def rollout_metrics(rollout: Rollout, rewards: jax.Array,
+                    eos_id: int | None = None) -> dict[str, jax.Array]:
+  """Reward and completion statistics under stable names."""
+  lengths = jnp.sum(rollout.mask, axis=1)
+  metrics = {'reward/mean': jnp.mean(rewards), 'reward/std': jnp.std(rewards),
+             'completions/mean_length': jnp.mean(lengths)}
+  if eos_id is not None:
+    ended = jnp.any(rollout.mask & (rollout.actions == eos_id), axis=1)
+    metrics['completions/clipped_ratio'] = 1.0 - jnp.mean(ended)
+  return metrics
+
+
+def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardFn,
+            algo: algo_base.Algorithm, tx: optax.GradientTransformation):
+  """One RL iteration.
+
+  Args:
+    state: the training state (donate it).
+    batch: per-prompt data, leading axis N: `prompt` i32[N, P], `prompt_mask`
+      bool[N, P], and whatever the reward reads (e.g. `answer` i32[N]).
+    key: this step's PRNG key.
+    env, reward_fn, algo, tx: static pieces (closed over by the caller's jit).
+  Returns:
+    (new_state, metrics) with scalar metrics.
+  """
+  rollout_key, prepare_key, update_key = jax.random.split(key, 3)
+  rollout = env.rollout(state.params, batch['prompt'], batch['prompt_mask'],
+                        rollout_key)
+  per_sequence = repeat_batch(batch, env.num_samples)
+  rewards = reward_fn(rollout, per_sequence)
+  experience, algo_state, prep_metrics = algo.prepare(
+      env, state, rollout, rewards, per_sequence, prepare_key)
+  params, opt_state, loss_metrics = algo_base.minibatch_update(
+      lambda p, exp: algo.loss(env, p, exp), tx, state.params,
+      state.opt_state, experience, update_key, num_epochs=algo.num_epochs,
+      num_minibatches=algo.num_minibatches)
+  state = state.replace(step=state.step + 1, params=params,
+                        opt_state=opt_state, algo_state=algo_state)
+  metrics = {**rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
+             **prep_metrics, **loss_metrics}
+  return state, metrics
+
+
+def supervised_rollout(batch) -> Rollout:
+  """A supervised batch (`prompt`, `prompt_mask`, `target`, `target_mask`) as
+  the Rollout whose actions are the targets."""
+  return Rollout(context={'tokens': batch['prompt'], 'mask': batch['prompt_mask']},
+                 actions=batch['target'],
+                 logp=jnp.zeros(batch['target'].shape, jnp.float32),
+                 mask=batch['target_mask'])
+
+
+def sft_step(state: TrainState, batch, key: jax.Array, *, env,
+             tx: optax.GradientTransformation):
+  """One maximum-likelihood step on a supervised batch."""
+  params, opt_state, metrics = algo_base.minibatch_update(
+      lambda p, r: sft.loss(env, p, r), tx, state.params, state.opt_state,
+      supervised_rollout(batch), key)
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), metrics
+
+
+def greedy_eval_step(params, batch, *, env, reward_fn: RewardFn):
+  """Per-example rewards of greedy completions: f32[N] (one per prompt)."""
+  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
+                        jax.random.key(0))
+  return reward_fn(rollout, batch), rollout
