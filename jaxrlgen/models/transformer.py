@@ -121,8 +121,12 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
-def _dense_init(names):
-  return nn.with_logical_partitioning(nn.initializers.normal(0.02), names)
+def _dense_init(names, fan_in_axes=(0,)):
+  # Variance 1 / fan-in (LeCun): at the small widths RL research starts from,
+  # GPT's fixed std of 0.02 starves the residual stream and slows learning.
+  init = nn.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=fan_in_axes, out_axis=-1)
+  return nn.with_logical_partitioning(init, names)
 
 
 class Attention(nn.Module):
@@ -164,7 +168,8 @@ class Attention(nn.Module):
     out = out.reshape(b, l, cfg.num_heads, head_dim)
     out = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), use_bias=False,
                           dtype=dtype, param_dtype=pdtype,
-                          kernel_init=_dense_init(('heads', 'head_dim', 'embed')),
+                          kernel_init=_dense_init(('heads', 'head_dim', 'embed'),
+                                                  fan_in_axes=(0, 1)),
                           name='o')(out)
     return out, new_kv
 

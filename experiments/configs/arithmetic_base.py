@@ -1,0 +1,85 @@
+"""Shared base of the arithmetic experiments: "a+b=" -> the sum.
+
+A tiny Llama-style model is warm-started by maximum likelihood on the task
+for a few steps, leaving room to improve, then trained with RL against the
+exact-match reward; held-out accuracy (greedy) is reported before and after.
+Each `arithmetic_<algo>.py` overrides a few fields of `get_config(algo)`.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from jaxrlgen import algos
+from jaxrlgen.models.transformer import TransformerConfig
+
+
+def optimizer(learning_rate: float, schedule: str = 'constant',
+              warmup_steps: int = 0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate,  # Peak learning rate.
+      schedule=schedule,  # constant | cosine (after linear warmup).
+      warmup_steps=warmup_steps,  # Linear warmup from 0.
+      max_grad_norm=1.0,  # Global-norm gradient clipping; 0: off.
+      weight_decay=0.0,  # AdamW decoupled weight decay.
+      b1=0.9,  # Adam beta1.
+      b2=0.99,  # Adam beta2.
+  ))
+
+
+def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.recipe = 'text_rl'  # Which jaxrlgen.train recipe runs the config.
+  config.seed = 0  # Seeds init, data order and sampling.
+  config.total_steps = 60  # RL steps.
+  config.log_every = 5  # Steps between metric fetches and log lines.
+  config.checkpoint_every = 20  # Steps between checkpoints (and at the end).
+  config.max_checkpoints = 2  # Checkpoints kept.
+
+  # The policy: every TransformerConfig field, at its default unless set.
+  config.model = ml_collections.ConfigDict(dataclasses.asdict(
+      TransformerConfig(vocab_size=259, hidden_dim=128, mlp_dim=384,
+                        num_layers=2, num_heads=4, num_kv_heads=2,
+                        max_seq_len=24)))
+
+  config.data = ml_collections.ConfigDict(dict(
+      data_dir='',  # TFDS data_dir; '' means WORKDIR/data.
+      max_operand=99,  # Operands are drawn from 0..max_operand.
+      num_train=8000,  # Training (a, b) pairs.
+      num_test=1000,  # Held-out pairs, disjoint from training.
+      seed=0,  # Seed of the dataset's pair split.
+      max_prompt_len=8,  # Prompt tokens ("99+99=" is 6).
+      max_target_len=4,  # Supervised completion tokens incl. EOS.
+  ))
+
+  config.sft = ml_collections.ConfigDict(dict(
+      steps=150,  # Warm-start steps; 0 skips the warm start.
+      batch_size=64,  # Examples per warm-start step.
+      log_every=25,  # Steps between warm-start log lines.
+      optimizer=optimizer(3e-3, 'cosine', warmup_steps=10),
+  ))
+
+  config.rl = ml_collections.ConfigDict(dict(
+      batch_size=256,  # Sequences per step (prompts x group_size).
+      group_size=8,  # Samples per prompt, sharing one prefill.
+      max_new_tokens=6,  # Completion budget.
+      temperature=1.0,  # Sampling temperature.
+      top_k=0,  # 0: off.
+      top_p=1.0,  # 1: off.
+      logprob_chunk=128,  # Time steps per log-prob chunk.
+      optimizer=optimizer(1e-3),
+  ))
+
+  config.algo = algos.default_config(algo)  # Hyperparameters of the algorithm.
+
+  config.reward = ml_collections.ConfigDict(dict(
+      terms={'exact_match': 1.0},  # Reward name -> weight.
+      target_length=0,  # Used by the length_penalty reward.
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      every=20,  # RL steps between held-out evaluations.
+      num_examples=512,  # Held-out examples per evaluation.
+      batch_size=256,  # Examples per evaluation batch.
+  ))
+  return config

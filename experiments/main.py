@@ -1,0 +1,29 @@
+"""Runs an experiment from an ml_collections config file.
+
+  python -m experiments.main --config=experiments/configs/arithmetic_grpo.py \
+      --workdir=/tmp/arithmetic_grpo [--config.total_steps=20 ...]
+
+Restarting with the same --workdir resumes from its newest checkpoint.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from jaxrlgen import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, '
+                               'metrics, summary and plots.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  train.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

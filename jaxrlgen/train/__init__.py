@@ -1,0 +1,20 @@
+"""Training: the jitted steps, the loop, and the experiment recipes.
+
+`RECIPES` maps `config.recipe` to the function that runs such a config.
+"""
+
+import ml_collections
+
+from jaxrlgen.train import text_rl
+
+RECIPES = {
+    'text_rl': text_rl.run,
+}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the experiment that `config` describes."""
+  if config.recipe not in RECIPES:
+    raise ValueError(f'Unknown config.recipe={config.recipe!r}; known: '
+                     f'{sorted(RECIPES)}.')
+  return RECIPES[config.recipe](config, workdir)

@@ -1,0 +1,140 @@
+"""Orbax checkpoints of the training state.
+
+A thin layer over `orbax.checkpoint.CheckpointManager` with the current
+(args-based) API: `ocp.args.StandardSave` / `ocp.args.StandardRestore` of one
+unnamed pytree, and a `LatestN` preservation policy (the manager's own
+`max_to_keep` option is deprecated in favour of preservation policies).
+
+Every process of a multi-host run must call `save` and `restore` with the same
+arguments: orbax synchronises the processes, each writes the shards it holds,
+and the primary process writes the metadata and finalises the step directory.
+"""
+
+import os
+from typing import Any
+
+from etils import epath
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+CHECKPOINT_DIR = 'checkpoints'
+
+
+class Checkpointer:
+  """Saves and restores a pytree of arrays (the `TrainState`) by step.
+
+  Usage:
+
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR)
+    if (step := ckpt.latest_step()) is not None:
+      state = ckpt.restore(step, abstract_state)
+    ...
+    ckpt.save(step, state)
+    ckpt.close()
+  """
+
+  def __init__(self,
+               directory: str | os.PathLike[str],
+               *,
+               max_to_keep: int | None = 3,
+               enabled_async: bool = False):
+    """Opens (and creates) the checkpoint directory.
+
+    Args:
+      directory: where step directories are written, used as given; by
+        convention `workdir / CHECKPOINT_DIR`. A local path is made absolute
+        because orbax's storage layer rejects relative paths.
+      max_to_keep: how many of the latest checkpoints to keep; None keeps all.
+      enabled_async: write in a background thread, so `save` returns once the
+        arrays are copied off the device. Call `wait_until_finished` (or
+        `close`) before reading the checkpoint or exiting.
+    """
+    directory = os.fspath(directory)
+    if '://' not in directory:
+      directory = os.path.abspath(os.path.expanduser(directory))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+        enable_async_checkpointing=enabled_async,
+        # A run killed mid-save leaves a `*.orbax-checkpoint-tmp` directory;
+        # it is never restored from, so it is only wasted space.
+        cleanup_tmp_directories=True,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(epath.Path(directory),
+                                          options=options)
+
+  @property
+  def directory(self) -> epath.Path:
+    return self._manager.directory
+
+  def all_steps(self) -> list[int]:
+    """The steps of the finished checkpoints on disk, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The step of the newest finished checkpoint, or None if there is none."""
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree, *, force: bool = False) -> bool:
+    """Saves `state` as the checkpoint of `step`.
+
+    When to save is the training loop's decision: any step newer than the
+    latest checkpoint is saved. A step that already has a checkpoint is skipped
+    rather than overwritten (orbax never overwrites), so a resumed run may
+    safely save again at the step it restored.
+
+    Args:
+      step: the training step `state` belongs to.
+      state: a pytree of jax/numpy arrays; None subtrees are kept as None.
+      force: also save a step older than the latest checkpoint.
+
+    Returns:
+      Whether a checkpoint was written (or started, when asynchronous).
+    """
+    step = int(step)
+    if step in self._manager.all_steps():
+      return False
+    return self._manager.save(step, args=ocp.args.StandardSave(state),
+                              force=force)
+
+  def restore(self, step: int | None, abstract_state: PyTree) -> PyTree:
+    """Restores the checkpoint of `step` into the structure `abstract_state`.
+
+    Args:
+      step: the step to restore; None restores the latest.
+      abstract_state: the pytree to fill, with the same structure as the saved
+        one (a flax dataclass comes back as that dataclass, None fields as
+        None). Its leaves are `jax.ShapeDtypeStruct`s (e.g. from
+        `jax.eval_shape`, with `.sharding` set for sharded restores) or
+        concrete arrays; each restored array takes the leaf's shape, dtype and
+        sharding (a leaf without a sharding lands on the default device).
+
+    Returns:
+      The restored pytree.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint of `step` (or none at all when
+        `step` is None).
+      ValueError: a leaf's shape differs from the stored one.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    return self._manager.restore(
+        int(step), args=ocp.args.StandardRestore(abstract_state))
+
+  def wait_until_finished(self) -> None:
+    """Blocks until an asynchronous save (if any) is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and deletions and releases the manager."""
+    self._manager.close()
+
+  def __enter__(self) -> 'Checkpointer':
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

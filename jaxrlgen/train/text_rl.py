@@ -1,0 +1,304 @@
+"""RL fine-tuning of a language model on a prompt/answer task, end to end.
+
+  1. Supervised warm start (maximum likelihood on the task's completions),
+     its own run under `workdir/sft/` (skipped when `config.sft.steps` is 0
+     or its final checkpoint exists).
+  2. RL with the algorithm `config.algo.name` against `config.reward`, under
+     `workdir/`: metrics.jsonl, tensorboard/, checkpoints/, summary.json and
+     training.png. A run restarted with the same workdir resumes.
+
+Held-out accuracy is the exact-match rate of greedy completions; it is
+evaluated before RL (`eval/accuracy` at step 0), every `eval.every` steps and
+at the end.
+"""
+
+import dataclasses
+import functools
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jaxrlgen import algos
+from jaxrlgen import rewards
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.core.types import TrainState
+from jaxrlgen.data import arithmetic
+from jaxrlgen.data import pipeline
+from jaxrlgen.data.tokenizer import ByteTokenizer
+from jaxrlgen.envs.text import Sampling
+from jaxrlgen.envs.text import TextEnv
+from jaxrlgen.models import transformer as tfm
+from jaxrlgen.train import checkpoint as checkpoint_lib
+from jaxrlgen.train import loop
+from jaxrlgen.train import plots
+from jaxrlgen.train import step as step_lib
+from jaxrlgen.train import workdir as workdir_lib
+from jaxrlgen.train import writers
+
+PLOT_KEYS = ('reward/mean', 'eval/accuracy', 'kl', 'entropy',
+             'completions/mean_length', 'grad_norm')
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict,
+                   total_steps: int) -> optax.GradientTransformation:
+  """Adam(W) with optional warmup + cosine decay and global-norm clipping."""
+  if cfg.schedule == 'constant':
+    lr = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+  elif cfg.schedule == 'cosine':
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(total_steps, 2))
+  else:
+    raise ValueError(f'Unknown schedule {cfg.schedule!r}: use constant or '
+                     'cosine.')
+  parts = []
+  if cfg.max_grad_norm:
+    parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
+  parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2,
+                           weight_decay=cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
+             model_cfg: tfm.TransformerConfig) -> None:
+  """Checks the config before anything is computed; errors name the field."""
+  n_dev = jax.device_count()
+  rl = config.rl
+  for name, value in (('total_steps', config.total_steps),
+                      ('rl.batch_size', rl.batch_size),
+                      ('rl.group_size', rl.group_size),
+                      ('rl.max_new_tokens', rl.max_new_tokens)):
+    if value < (0 if name == 'total_steps' else 1):
+      raise ValueError(f'config.{name}={value} must be positive.')
+  if rl.batch_size % rl.group_size:
+    raise ValueError(
+        f'config.rl.batch_size={rl.batch_size} (sequences per step) must be '
+        f'divisible by config.rl.group_size={rl.group_size}.')
+  prompts = rl.batch_size // rl.group_size
+  if prompts % n_dev:
+    raise ValueError(
+        f'config.rl.batch_size / config.rl.group_size = {prompts} prompts per '
+        f'step must be divisible by the {n_dev} devices.')
+  for name in ('sft.batch_size', 'eval.batch_size'):
+    value = config[name.split('.')[0]][name.split('.')[1]]
+    if value % n_dev:
+      raise ValueError(f'config.{name}={value} must be divisible by the '
+                       f'{n_dev} devices.')
+  if tokenizer.vocab_size > model_cfg.vocab_size:
+    raise ValueError(
+        f'The tokenizer has {tokenizer.vocab_size} tokens but '
+        f'config.model.vocab_size={model_cfg.vocab_size}; raise '
+        'config.model.vocab_size.')
+  for name, need in (
+      ('rl.max_new_tokens', config.data.max_prompt_len + rl.max_new_tokens),
+      ('data.max_target_len',
+       config.data.max_prompt_len + config.data.max_target_len)):
+    if need > model_cfg.max_seq_len:
+      raise ValueError(
+          f'config.data.max_prompt_len + config.{name} = {need} tokens do not '
+          f'fit the KV cache of config.model.max_seq_len='
+          f'{model_cfg.max_seq_len}; shorten them or raise model.max_seq_len.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The data side of a run: splits, batching and collation."""
+
+  train: object
+  test: object
+  tokenizer: ByteTokenizer
+  max_prompt_len: int
+  max_target_len: int
+  seed: int
+
+  def batch(self, step: int, batch_size: int, stream: int = 0):
+    """The host's share of the training batch of `step` (numpy arrays)."""
+    idx = pipeline.batch_indices(
+        len(self.train), batch_size, step, self.seed + stream,
+        jax.process_index(), jax.process_count())
+    return self.collate(pipeline.get_batch(self.train, idx))
+
+  def collate(self, records):
+    return pipeline.collate_arithmetic(records, self.tokenizer,
+                                       self.max_prompt_len, self.max_target_len)
+
+  def eval_batches(self, num_examples: int, batch_size: int):
+    num_examples = min(num_examples, len(self.test))
+    num_examples -= num_examples % batch_size
+    if not num_examples:
+      raise ValueError(f'config.eval.batch_size={batch_size} exceeds the '
+                       f'{len(self.test)} held-out examples.')
+    return [self.collate(pipeline.get_batch(self.test, range(i, i + batch_size)))
+            for i in range(0, num_examples, batch_size)]
+
+
+def load_task(config: ml_collections.ConfigDict, workdir, tokenizer) -> Task:
+  data = config.data
+  data_dir = data.data_dir or str(workdir / 'data')
+  splits = arithmetic.load_arithmetic(data_dir, data.max_operand,
+                                      data.num_train, data.num_test,
+                                      seed=data.seed)
+  return Task(splits['train'], splits['test'], tokenizer, data.max_prompt_len,
+              data.max_target_len, seed=config.seed)
+
+
+def _rl_fields(batch):
+  return {k: batch[k] for k in ('prompt', 'prompt_mask', 'answer')}
+
+
+def make_evaluator(env: TextEnv, reward_fn, batches):
+  """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions."""
+  greedy_env = dataclasses.replace(env, sampling=Sampling(greedy=True),
+                                   num_samples=1)
+  eval_step = jax.jit(functools.partial(step_lib.greedy_eval_step,
+                                        env=greedy_env, reward_fn=reward_fn))
+  batches = [_rl_fields(b) for b in batches]
+
+  def evaluate(state) -> dict[str, float]:
+    scores, lengths = [], []
+    for batch in batches:
+      reward, rollout = eval_step(state.params, batch)
+      scores.append(reward)
+      lengths.append(jnp.sum(rollout.mask, axis=1))
+    scores = np.concatenate(jax.device_get(scores))
+    lengths = np.concatenate(jax.device_get(lengths))
+    return {'eval/accuracy': float(np.mean(scores)),
+            'eval/mean_length': float(np.mean(lengths))}
+
+  return evaluate
+
+
+def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
+  """The newest checkpointed state, or `state`; and the step to resume
+  metrics from (-1 for a fresh run, so stale lines of a crashed one go)."""
+  step = checkpointer.latest_step()
+  if step is None:
+    return state, -1
+  logging.info('Resuming from %s, step %d.', checkpointer.directory, step)
+  return checkpointer.restore(step, state), step
+
+
+def warm_start(config, workdir, task: Task, env: TextEnv, params):
+  """Supervised warm start as its own run under `workdir/sft`; its params."""
+  sft = config.sft
+  sft_dir = workdir_lib.prepare_workdir(str(workdir / 'sft'))
+  tx = make_optimizer(sft.optimizer, sft.steps)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params))
+  checkpointer = checkpoint_lib.Checkpointer(str(sft_dir / 'checkpoints'))
+  state, resume_step = _restore_or(checkpointer, state)
+  if int(state.step) >= sft.steps:
+    checkpointer.close()
+    return state.params
+  step_fn = jax.jit(functools.partial(step_lib.sft_step, env=env, tx=tx),
+                    donate_argnums=0)
+  with writers.MetricWriter(str(sft_dir), resume_step=resume_step) as writer:
+    state = loop.fit(
+        state, step_fn=step_fn,
+        batch_fn=lambda s: task.batch(s, sft.batch_size, stream=1),
+        key=jax.random.key(config.seed + 1),
+        config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
+                               checkpoint_every=sft.steps,
+                               progress_desc='sft', progress_show=('nll',)),
+        checkpointer=checkpointer, writer=writer)
+  checkpointer.close()
+  plots.plot_metrics(writers.read_metrics(str(sft_dir)), ('nll', 'entropy'),
+                     str(sft_dir / 'sft.png'), title='Supervised warm start')
+  return state.params
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the whole experiment; returns the summary."""
+  start_time = time.time()
+  workdir = workdir_lib.prepare_workdir(workdir)
+  tokenizer = ByteTokenizer()
+  model_cfg = tfm.TransformerConfig(**config.model)
+  validate(config, tokenizer, model_cfg)
+  algo = algos.make(config.algo)
+  reward_fn = rewards.make(config.reward.terms, tokenizer,
+                           target_length=config.reward.target_length)
+  model = tfm.Transformer(model_cfg)
+  sampling = Sampling(temperature=config.rl.temperature, top_k=config.rl.top_k,
+                      top_p=config.rl.top_p)
+  env = TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
+                sampling=sampling, eos_id=tokenizer.eos_id,
+                pad_id=tokenizer.pad_id, num_samples=config.rl.group_size,
+                logprob_chunk=config.rl.logprob_chunk)
+  num_prompts = config.rl.batch_size // config.rl.group_size
+  _check_reward_shape(reward_fn, env, num_prompts, config)
+
+  task = load_task(config, workdir, tokenizer)
+  init_key = jax.random.key(config.seed)
+  params = tfm.init_params(model_cfg, init_key)
+  if config.sft.steps:
+    sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
+    params = warm_start(config, workdir, task, sft_env, params)
+
+  tx = make_optimizer(config.rl.optimizer, config.total_steps)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=tx.init(params),
+                     ref_params=(jax.tree.map(jnp.copy, params)  # Not aliased: donated.
+                                 if algo.uses_reference else None),
+                     algo_state=algo.init_state())
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
+                                             max_to_keep=config.max_checkpoints)
+  state, resume_step = _restore_or(checkpointer, state)
+  step_fn = jax.jit(functools.partial(step_lib.rl_step, env=env,
+                                      reward_fn=reward_fn, algo=algo, tx=tx),
+                    donate_argnums=0)
+  evaluate = make_evaluator(env, reward_fn, task.eval_batches(
+      config.eval.num_examples, config.eval.batch_size))
+  with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
+    state = loop.fit(
+        state, step_fn=step_fn,
+        batch_fn=lambda s: _rl_fields(task.batch(s, num_prompts)),
+        key=jax.random.fold_in(jax.random.key(config.seed), 2),
+        config=loop.LoopConfig(total_steps=config.total_steps,
+                               log_every=config.log_every,
+                               eval_every=config.eval.every,
+                               checkpoint_every=config.checkpoint_every,
+                               progress_desc=config.algo.name),
+        checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
+  checkpointer.close()
+  records = writers.read_metrics(str(workdir))
+  plots.plot_metrics(records, PLOT_KEYS, str(workdir / 'training.png'),
+                     title=f'{config.algo.name} on arithmetic')
+  summary = summarize(records, time.time() - start_time)
+  if jax.process_index() == 0:
+    writers.write_summary(str(workdir), summary)
+  return summary
+
+
+def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int, config):
+  b, t, p = num_prompts * env.num_samples, env.max_new_tokens, \
+      config.data.max_prompt_len
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
+  rollout = Rollout(context={'tokens': spec((b, p), jnp.int32),
+                             'mask': spec((b, p), jnp.bool_)},
+                    actions=spec((b, t), jnp.int32),
+                    logp=spec((b, t), jnp.float32), mask=spec((b, t), jnp.bool_))
+  step_lib.check_reward(reward_fn, rollout,
+                        {'prompt': spec((b, p), jnp.int32),
+                         'prompt_mask': spec((b, p), jnp.bool_),
+                         'answer': spec((b,), jnp.int32)})
+
+
+def summarize(records: list[dict], wall_time: float) -> dict:
+  """Before/after accuracy and the last logged training metrics."""
+  evals = [r for r in records if 'eval/accuracy' in r]
+  train = [r for r in records if 'reward/mean' in r]
+  summary = {'wall_time_s': wall_time}
+  if evals:
+    summary['eval/accuracy_before'] = evals[0]['eval/accuracy']
+    summary['eval/accuracy_after'] = evals[-1]['eval/accuracy']
+    summary['eval/accuracy_gain'] = (summary['eval/accuracy_after']
+                                     - summary['eval/accuracy_before'])
+  if train:
+    summary['final_step'] = train[-1]['step']
+    summary.update({f'final/{k}': v for k, v in train[-1].items()
+                    if k != 'step'})
+  return summary
