@@ -26,4 +26,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Library INFO logs (orbax's, mostly) drown the progress bar; --verbosity=0
+  # brings them back.
+  flags.FLAGS.set_default('verbosity', -1)
   app.run(main)

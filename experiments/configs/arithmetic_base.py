@@ -31,9 +31,9 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.recipe = 'text_rl'  # Which jaxrlgen.train recipe runs the config.
   config.seed = 0  # Seeds init, data order and sampling.
-  config.total_steps = 60  # RL steps.
-  config.log_every = 5  # Steps between metric fetches and log lines.
-  config.checkpoint_every = 20  # Steps between checkpoints (and at the end).
+  config.total_steps = 800  # RL steps.
+  config.log_every = 10  # Steps between metric fetches and log lines.
+  config.checkpoint_every = 100  # Steps between checkpoints (and at the end).
   config.max_checkpoints = 2  # Checkpoints kept.
 
   # The policy: every TransformerConfig field, at its default unless set.
@@ -53,9 +53,9 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
   ))
 
   config.sft = ml_collections.ConfigDict(dict(
-      steps=150,  # Warm-start steps; 0 skips the warm start.
+      steps=600,  # Warm-start steps (about 15% held-out accuracy); 0: none.
       batch_size=64,  # Examples per warm-start step.
-      log_every=25,  # Steps between warm-start log lines.
+      log_every=50,  # Steps between warm-start log lines.
       optimizer=optimizer(3e-3, 'cosine', warmup_steps=10),
   ))
 
@@ -67,7 +67,7 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       top_k=0,  # 0: off.
       top_p=1.0,  # 1: off.
       logprob_chunk=128,  # Time steps per log-prob chunk.
-      optimizer=optimizer(1e-3),
+      optimizer=optimizer(5e-4),
   ))
 
   config.algo = algos.default_config(algo)  # Hyperparameters of the algorithm.
@@ -78,7 +78,7 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
-      every=20,  # RL steps between held-out evaluations.
+      every=100,  # RL steps between held-out evaluations.
       num_examples=512,  # Held-out examples per evaluation.
       batch_size=256,  # Examples per evaluation batch.
   ))

@@ -3,9 +3,13 @@
 An `Algorithm` is a bundle of pure functions over core's `Rollout`, so the
 same algorithm trains any environment that offers `evaluate(params, rollout)`:
 
-  experience, algo_state, metrics = algo.prepare(env, state, rollout, rewards,
-                                                 batch, key)
+  experience, algo_state, metrics = algo.prepare(env, reward_fn, state, rollout,
+                                                 rewards, batch, key)
   loss, metrics = algo.loss(env, params, minibatch_of_experience)
+
+`state.params` are the algorithm's trainable parameters: the policy's, or a
+pytree holding the policy's and more (PPO's separate critic), in which case
+`policy_params(params)` picks the policy's out.
 
 `experience` is any pytree whose leaves have a leading batch axis B;
 `minibatch_update` shuffles it into minibatches and runs epochs x minibatches
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxrlgen.core import masked
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 
@@ -27,16 +32,25 @@ PyTree = Any
 Metrics = Mapping[str, jax.Array]
 
 
+def _identity(params, *unused):
+  return params
+
+
 class Algorithm(NamedTuple):
   """An RL algorithm as pure functions.
 
   Attributes:
     name: registry name.
-    prepare: (env, state, rollout, rewards f32[B], batch, key) ->
+    prepare: (env, reward_fn, state, rollout, rewards f32[B], batch, key) ->
       (experience, new_algo_state, metrics); computes advantages / targets /
-      reference log-probs once per rollout.
+      reference log-probs once per rollout. `batch` is the per-sequence data
+      (each prompt's fields repeated over its group); `reward_fn` scores other
+      rollouts (e.g. a greedy baseline decode).
     loss: (env, params, experience) -> (scalar loss, metrics).
     init_state: () -> the algorithm's running state (`TrainState.algo_state`).
+    init_params: (policy_params, key) -> the trainable parameters (default:
+      the policy's own).
+    policy_params: trainable parameters -> the policy's (default: identity).
     uses_reference: whether `state.ref_params` is needed at all.
     num_epochs: passes over each rollout (GRPO's mu, PPO's epochs).
     num_minibatches: minibatches per pass.
@@ -46,6 +60,8 @@ class Algorithm(NamedTuple):
   prepare: Callable[..., tuple[PyTree, PyTree, Metrics]]
   loss: Callable[..., tuple[jax.Array, Metrics]]
   init_state: Callable[[], PyTree] = dict
+  init_params: Callable[[PyTree, jax.Array], PyTree] = _identity
+  policy_params: Callable[[PyTree], PyTree] = _identity
   uses_reference: bool = False
   num_epochs: int = 1
   num_minibatches: int = 1
@@ -78,7 +94,7 @@ def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
         params, minibatch)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
     return (params, opt_state), metrics
 
   def epoch(carry, key):
@@ -95,7 +111,48 @@ def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
   return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
 
-def behaviour_logp(env, state: TrainState, rollout: Rollout) -> jax.Array:
+def regularizers(out, rollout: Rollout, ref_logp: jax.Array | None, *,
+                 entropy_coef: float = 0.0, kl_coef: float = 0.0):
+  """The entropy bonus and KL-to-reference penalty every algorithm offers.
+
+  Args:
+    out: PolicyOutputs of the policy being optimised ([B, T] logp, entropy).
+    rollout: the rollout (its mask selects the steps).
+    ref_logp: f32[B, T] reference log-probs (needed when kl_coef > 0).
+    entropy_coef: weight of the entropy bonus (subtracted from the loss).
+    kl_coef: weight of the k3 estimate of KL(pi || pi_ref) (added).
+  Returns:
+    (loss term to add, metrics `entropy` and, with kl_coef, `kl`).
+  """
+  entropy = masked.masked_mean(out.entropy, rollout.mask)
+  term = -entropy_coef * entropy
+  metrics = {'entropy': entropy}
+  if kl_coef:
+    if ref_logp is None:
+      raise ValueError('A KL-to-reference penalty needs reference log-probs.')
+    kl = masked.masked_mean(k3_kl(out.logp, ref_logp), rollout.mask)
+    term = term + kl_coef * kl
+    metrics['kl'] = kl
+  return term, metrics
+
+
+def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
+  """Unbiased, positive per-token estimate of KL(pi || pi_ref) from samples of pi.
+
+  exp(ref - logp) - (ref - logp) - 1 (Schulman 2020, "Approximating KL
+  divergence").
+  """
+  log_ratio = ref_logp - logp
+  return jnp.exp(log_ratio) - log_ratio - 1.0
+
+
+def reference_logp(env, state: TrainState, rollout: Rollout) -> jax.Array:
+  """f32[B, T] log-probs of the rollout under the frozen reference policy."""
+  return jax.lax.stop_gradient(env.evaluate(state.ref_params, rollout).logp)
+
+
+def behaviour_logp(env, state: TrainState, rollout: Rollout,
+                   policy_params=_identity) -> jax.Array:
   """f32[B, T] log-probs of the rollout under the policy being trained.
 
   Samplers report log-probs of their (possibly truncated) sampling
@@ -106,7 +163,8 @@ def behaviour_logp(env, state: TrainState, rollout: Rollout) -> jax.Array:
   if sampling is None or (sampling.top_k == 0 and sampling.top_p >= 1.0
                           and not sampling.greedy):
     return rollout.logp
-  return jax.lax.stop_gradient(env.evaluate(state.params, rollout).logp)
+  return jax.lax.stop_gradient(
+      env.evaluate(policy_params(state.params), rollout).logp)
 
 
 def make_config(cls, algo_config: ml_collections.ConfigDict):

@@ -44,16 +44,6 @@ def group_advantages(rewards: jax.Array, group_size: int, *,
   return centred.reshape(-1)
 
 
-def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
-  """Unbiased, positive per-token estimate of KL(pi || pi_ref) from samples of pi.
-
-  exp(ref - logp) - (ref - logp) - 1 (Schulman 2020, "Approximating KL
-  divergence").
-  """
-  log_ratio = ref_logp - logp
-  return jnp.exp(log_ratio) - log_ratio - 1.0
-
-
 def aggregate(per_token: jax.Array, mask: jax.Array, aggregation: str,
               max_tokens: int | None = None) -> jax.Array:
   """Reduces f32[B, T] per-token losses to a scalar (see module docstring)."""
@@ -105,7 +95,7 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
   if beta:
     if ref_logp is None:
       raise ValueError('grpo_loss: beta > 0 needs ref_logp.')
-    kl = k3_kl(logp, ref_logp)
+    kl = base.k3_kl(logp, ref_logp)
     loss = loss + beta * aggregate(kl, mask, aggregation, max_tokens)
     metrics['kl'] = masked.masked_mean(kl, mask)
   return loss, metrics
@@ -135,15 +125,14 @@ class GRPOConfig:
 def make(cfg: GRPOConfig) -> base.Algorithm:
   """GRPO as an `Algorithm` over any environment with groups of samples."""
 
-  def prepare(env, state, rollout, rewards, batch, key):
-    del batch, key
+  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
+    del reward_fn, batch, key
     advantages = group_advantages(rewards, env.num_samples,
                                   scale_by_std=cfg.scale_by_std)
     experience = {'rollout': rollout, 'advantages': advantages,
                   'old_logp': base.behaviour_logp(env, state, rollout)}
     if cfg.beta:
-      experience['ref_logp'] = jax.lax.stop_gradient(
-          env.evaluate(state.ref_params, rollout).logp)
+      experience['ref_logp'] = base.reference_logp(env, state, rollout)
     return experience, state.algo_state, {
         'advantages/mean': jnp.mean(advantages),
         'advantages/std': jnp.std(advantages)}
@@ -156,9 +145,9 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
         ref_logp=exp.get('ref_logp'), epsilon_low=cfg.epsilon_low,
         epsilon_high=cfg.epsilon_high, beta=cfg.beta,
         aggregation=cfg.aggregation, max_tokens=rollout.num_steps)
-    entropy = masked.masked_mean(out.entropy, rollout.mask)
-    value = value - cfg.entropy_coef * entropy
-    return value, {**metrics, 'entropy': entropy}
+    reg, reg_metrics = base.regularizers(out, rollout, None,
+                                         entropy_coef=cfg.entropy_coef)
+    return value + reg, {**metrics, **reg_metrics}
 
   return base.Algorithm(name='grpo', prepare=prepare, loss=loss,
                         uses_reference=cfg.beta > 0,

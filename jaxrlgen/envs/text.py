@@ -133,6 +133,11 @@ class TextEnv:
   suppress_eos: bool = False
   logprob_chunk: int = 128
 
+  def greedy(self) -> 'TextEnv':
+    """This environment with argmax decoding and one sample per prompt."""
+    return dataclasses.replace(self, sampling=Sampling(greedy=True),
+                               num_samples=1)
+
   def reset(self, params: Params, prompt: jax.Array,
             prompt_mask: jax.Array) -> TextState:
     """Prefills the prompts once and repeats each one's state G times.

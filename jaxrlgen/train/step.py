@@ -66,12 +66,12 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
     (new_state, metrics) with scalar metrics.
   """
   rollout_key, prepare_key, update_key = jax.random.split(key, 3)
-  rollout = env.rollout(state.params, batch['prompt'], batch['prompt_mask'],
-                        rollout_key)
+  rollout = env.rollout(algo.policy_params(state.params), batch['prompt'],
+                        batch['prompt_mask'], rollout_key)
   per_sequence = repeat_batch(batch, env.num_samples)
   rewards = reward_fn(rollout, per_sequence)
   experience, algo_state, prep_metrics = algo.prepare(
-      env, state, rollout, rewards, per_sequence, prepare_key)
+      env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
   params, opt_state, loss_metrics = algo_base.minibatch_update(
       lambda p, exp: algo.loss(env, p, exp), tx, state.params,
       state.opt_state, experience, update_key, num_epochs=algo.num_epochs,

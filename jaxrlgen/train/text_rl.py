@@ -47,11 +47,13 @@ PLOT_KEYS = ('reward/mean', 'eval/accuracy', 'kl', 'entropy',
 def make_optimizer(cfg: ml_collections.ConfigDict,
                    total_steps: int) -> optax.GradientTransformation:
   """Adam(W) with optional warmup + cosine decay and global-norm clipping."""
+  warmup = max(cfg.warmup_steps, 1)
   if cfg.schedule == 'constant':
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+    lr = optax.linear_schedule(0.0, cfg.learning_rate, warmup)
   elif cfg.schedule == 'cosine':
+    # A run shorter than its warmup (a shortened test run) still decays.
     lr = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, max(cfg.warmup_steps, 1), max(total_steps, 2))
+        0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1))
   else:
     raise ValueError(f'Unknown schedule {cfg.schedule!r}: use constant or '
                      'cosine.')
@@ -150,18 +152,16 @@ def _rl_fields(batch):
   return {k: batch[k] for k in ('prompt', 'prompt_mask', 'answer')}
 
 
-def make_evaluator(env: TextEnv, reward_fn, batches):
+def make_evaluator(env: TextEnv, reward_fn, batches, policy_params):
   """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions."""
-  greedy_env = dataclasses.replace(env, sampling=Sampling(greedy=True),
-                                   num_samples=1)
   eval_step = jax.jit(functools.partial(step_lib.greedy_eval_step,
-                                        env=greedy_env, reward_fn=reward_fn))
+                                        env=env.greedy(), reward_fn=reward_fn))
   batches = [_rl_fields(b) for b in batches]
 
   def evaluate(state) -> dict[str, float]:
     scores, lengths = [], []
     for batch in batches:
-      reward, rollout = eval_step(state.params, batch)
+      reward, rollout = eval_step(policy_params(state.params), batch)
       scores.append(reward)
       lengths.append(jnp.sum(rollout.mask, axis=1))
     scores = np.concatenate(jax.device_get(scores))
@@ -178,7 +178,8 @@ def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
   step = checkpointer.latest_step()
   if step is None:
     return state, -1
-  logging.info('Resuming from %s, step %d.', checkpointer.directory, step)
+  logging.warning('Resuming from %s, step %d.', checkpointer.directory,
+                  step)
   return checkpointer.restore(step, state), step
 
 
@@ -239,10 +240,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = warm_start(config, workdir, task, sft_env, params)
 
   tx = make_optimizer(config.rl.optimizer, config.total_steps)
+  ref_params = (jax.tree.map(jnp.copy, params)  # Not aliased: donated.
+                if algo.uses_reference else None)
+  params = algo.init_params(params, jax.random.fold_in(init_key, 1))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params),
-                     ref_params=(jax.tree.map(jnp.copy, params)  # Not aliased: donated.
-                                 if algo.uses_reference else None),
+                     opt_state=tx.init(params), ref_params=ref_params,
                      algo_state=algo.init_state())
   checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
                                              max_to_keep=config.max_checkpoints)
@@ -251,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                       reward_fn=reward_fn, algo=algo, tx=tx),
                     donate_argnums=0)
   evaluate = make_evaluator(env, reward_fn, task.eval_batches(
-      config.eval.num_examples, config.eval.batch_size))
+      config.eval.num_examples, config.eval.batch_size), algo.policy_params)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = loop.fit(
         state, step_fn=step_fn,

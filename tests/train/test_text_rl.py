@@ -1,0 +1,152 @@
+"""The arithmetic experiment end to end on a shrunk config: outputs, resume,
+and the errors bad input gets before any compute."""
+
+import json
+import os
+
+from absl import flags
+import jax
+from ml_collections import config_flags
+import pytest
+
+from experiments.configs import arithmetic_grpo
+from jaxrlgen import train
+from jaxrlgen.data.tokenizer import ByteTokenizer
+from jaxrlgen.models import transformer as tfm
+from jaxrlgen.train import step as step_lib
+from jaxrlgen.train import text_rl
+from jaxrlgen.train import writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+TIMING_KEYS = ('step_time', 'steps_per_second')
+
+
+def tiny_config(data_dir):
+  config = arithmetic_grpo.get_config()
+  config.model.hidden_dim = 32
+  config.model.mlp_dim = 64
+  config.model.num_layers = 1
+  config.data.update(data_dir=str(data_dir), max_operand=20, num_train=200,
+                     num_test=64)
+  config.sft.update(steps=6, batch_size=16, log_every=3)
+  config.rl.update(batch_size=16, group_size=4)
+  config.eval.update(every=3, num_examples=32, batch_size=32)
+  config.update(total_steps=6, log_every=1, checkpoint_every=2)
+  return config
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch):
+  data_dir = tmp_path / 'data'
+  full_dir, cut_dir = tmp_path / 'full', tmp_path / 'cut'
+  summary = train.run(tiny_config(data_dir), str(full_dir))
+
+  for name in ('metrics.jsonl', 'summary.json', 'training.png',
+               'sft/metrics.jsonl', 'sft/sft.png'):
+    assert (full_dir / name).exists(), name
+  assert list((full_dir / 'tensorboard').iterdir())
+  assert 0.0 <= summary['eval/accuracy_before'] <= 1.0
+  assert 0.0 <= summary['eval/accuracy_after'] <= 1.0
+  assert json.loads((full_dir / 'summary.json').read_text())[
+      'eval/accuracy_after'] == summary['eval/accuracy_after']
+  records = writers.read_metrics(str(full_dir))
+  logged = [r['step'] for r in records if 'reward/mean' in r]
+  assert logged == [1, 2, 3, 4, 5, 6]
+  for key in ('reward/mean', 'reward/std', 'policy_loss', 'entropy',
+              'clip_ratio', 'advantages/mean', 'completions/mean_length',
+              'completions/clipped_ratio', 'grad_norm', 'step_time'):
+    assert key in records[-2], key  # The last line is the final evaluation.
+
+  # Interrupt the second run while it fetches the batch of step 3 (0-based),
+  # after three completed steps; the newest scheduled checkpoint is step 2.
+  real_batch = text_rl.Task.batch
+
+  def failing_batch(self, step, batch_size, stream=0):
+    if stream == 0 and step == 3:
+      raise KeyboardInterrupt('simulated preemption')
+    return real_batch(self, step, batch_size, stream)
+
+  monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(tiny_config(data_dir), str(cut_dir))
+  # Nothing completed was lost: the interrupted step-3 state was saved.
+  assert (cut_dir / 'checkpoints' / '3').exists()
+  assert [r['step'] for r in writers.read_metrics(str(cut_dir))
+          if 'reward/mean' in r] == [1, 2, 3]
+
+  monkeypatch.setattr(text_rl.Task, 'batch', real_batch)
+  resumed = train.run(tiny_config(data_dir), str(cut_dir))
+  assert strip_timing(writers.read_metrics(str(cut_dir))) == \
+      strip_timing(records)
+  for key in ('eval/accuracy_before', 'eval/accuracy_after'):
+    assert resumed[key] == summary[key]
+
+
+def test_unknown_config_field_is_rejected():
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config',
+                                  flag_values=flag_values, lock_config=True)
+  path = os.path.join(REPO, 'experiments', 'configs', 'arithmetic_grpo.py')
+  with pytest.raises(Exception, match='no_such_field'):
+    flag_values(['main', f'--config={path}', '--config.rl.no_such_field=3'])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'rl.batch_size': 10, 'rl.group_size': 4}, r'config\.rl\.batch_size'),
+    ({'rl.max_new_tokens': 30}, r'model\.max_seq_len'),
+    ({'model.vocab_size': 100}, r'config\.model\.vocab_size'),
+    ({'algo.aggregation': 'mean'}, r'config\.algo\.aggregation'),
+    ({'reward.terms': {'exactmatch': 1.0}}, r'config\.reward\.terms'),
+])
+def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
+                                         message):
+  def no_data(*args, **kwargs):
+    raise AssertionError('data was loaded before the config was checked')
+
+  monkeypatch.setattr(text_rl, 'load_task', no_data)
+  config = tiny_config(tmp_path / 'data')
+  for path, value in overrides.items():
+    node = config
+    *parents, leaf = path.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    train.run(config, str(tmp_path / 'run'))
+
+
+def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 3)
+  config = tiny_config(tmp_path / 'data')
+  with pytest.raises(ValueError, match='divisible by the 3 devices'):
+    text_rl.validate(config, ByteTokenizer(),
+                     tfm.TransformerConfig(**config.model))
+
+
+def test_unwritable_workdir(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(ValueError, match='--workdir'):
+    train.run(tiny_config(tmp_path / 'data'), str(blocker / 'run'))
+
+
+def test_reward_of_wrong_shape_fails_before_compute(tmp_path, monkeypatch):
+  def per_token_reward(rollout, batch):
+    del batch
+    return rollout.logp  # [B, T], not [B].
+
+  monkeypatch.setattr(text_rl.rewards, 'make',
+                      lambda *args, **kwargs: per_token_reward)
+  monkeypatch.setattr(text_rl, 'load_task', lambda *a: pytest.fail('loaded'))
+  with pytest.raises(ValueError, match='per_token_reward.*f32\\[16\\]'):
+    train.run(tiny_config(tmp_path / 'data'), str(tmp_path / 'run'))
+
+
+def test_unknown_recipe(tmp_path):
+  config = tiny_config(tmp_path / 'data')
+  config.recipe = 'nope'
+  with pytest.raises(ValueError, match='text_rl'):
+    train.run(config, str(tmp_path / 'run'))
