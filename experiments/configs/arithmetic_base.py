@@ -31,10 +31,11 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.recipe = 'text_rl'  # Which jaxrlgen.train recipe runs the config.
   config.seed = 0  # Seeds init, data order and sampling.
-  config.total_steps = 800  # RL steps.
+  config.total_steps = 2000  # RL steps.
   config.log_every = 10  # Steps between metric fetches and log lines.
-  config.checkpoint_every = 100  # Steps between checkpoints (and at the end).
+  config.checkpoint_every = 250  # Steps between checkpoints (and at the end).
   config.max_checkpoints = 2  # Checkpoints kept.
+  config.loop = 'sync'  # sync | async (actor lags learner, IMPALA-style).
 
   # The policy: every TransformerConfig field, at its default unless set.
   config.model = ml_collections.ConfigDict(dataclasses.asdict(
@@ -78,7 +79,7 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
   ))
 
   config.eval = ml_collections.ConfigDict(dict(
-      every=100,  # RL steps between held-out evaluations.
+      every=250,  # RL steps between held-out evaluations.
       num_examples=512,  # Held-out examples per evaluation.
       batch_size=256,  # Examples per evaluation batch.
   ))

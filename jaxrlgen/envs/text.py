@@ -67,7 +67,10 @@ def sampling_logprobs(logits: jax.Array, sampling: Sampling) -> jax.Array:
     return jax.nn.log_softmax(logits)
   neg_inf = jnp.finfo(jnp.float32).min
   if sampling.top_k:
-    kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
+    # Tokens tied with the k-th logit are all kept; k beyond the vocabulary
+    # keeps everything.
+    k = min(sampling.top_k, logits.shape[-1])
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
     logits = jnp.where(logits < kth, neg_inf, logits)
   if sampling.top_p < 1.0:
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]

@@ -101,12 +101,15 @@ def test_cached_decoding_equals_full_forward(name):
         value(full_hidden)[m], atol=1e-5)
 
 
-@pytest.mark.parametrize('use_cache', [False, True])
-def test_left_padding_does_not_change_logits(use_cache):
+def test_left_padding_does_not_change_logits():
+  # (Cached prefill of a left-padded batch equals this full forward, by
+  # test_cached_decoding_equals_full_forward.)
   config = _CONFIGS['gqa']
   params = tfm.init_params(config, jax.random.key(1))
+  # The shapes of test_cached_decoding_equals_full_forward, whose compiled
+  # forward is reused; row 0 is the prompt under test.
   length, pad = 8, 3
-  tokens, mask = _left_padded_batch(config, pads=[pad, 0], length=length,
+  tokens, mask = _left_padded_batch(config, pads=[pad, 0, 5], length=length,
                                     seed=3)
   # Garbage in the padding must not leak into real positions.
   tokens = tokens.at[0, :pad].set(jnp.array([5, 17, 9]))
@@ -114,10 +117,8 @@ def test_left_padding_does_not_change_logits(use_cache):
   alone_mask = jnp.ones_like(alone, jnp.bool_)
 
   def last_logits(tokens, mask):
-    cache = tfm.init_cache(config, tokens.shape[0], length) if use_cache \
-        else None
     logits, _, _ = _forward(config, params, tokens,
-                            tfm.positions_from_mask(mask), mask, cache)
+                            tfm.positions_from_mask(mask), mask)
     return logits[:, -1]
 
   padded = last_logits(tokens, mask)[0]
@@ -196,12 +197,12 @@ def test_value_head():
   config = _CONFIGS['value_head']
   params = _with_random_value_head(tfm.init_params(config, jax.random.key(4)))
   model = tfm.Transformer(config)
-  tokens, mask = _left_padded_batch(config, pads=[0, 1, 3], length=5)
+  tokens, mask = _left_padded_batch(config, pads=[0, 1, 3], length=8)
   _, hidden, _ = _forward(config, params, tokens,
                           tfm.positions_from_mask(mask), mask)
   values = model.apply({'params': params}, hidden,
                        method=tfm.Transformer.value)
-  assert values.shape == (3, 5) and values.dtype == jnp.float32
+  assert values.shape == (3, 8) and values.dtype == jnp.float32
   vp = params['value_proj']
   want = np.asarray(hidden) @ np.asarray(vp['kernel'])[:, 0] + \
       np.asarray(vp['bias'])[0]
