@@ -8,8 +8,13 @@ from typing import Callable, NamedTuple
 
 import ml_collections
 
+from jaxrlgen.algos import a2c
 from jaxrlgen.algos import base
 from jaxrlgen.algos import grpo
+from jaxrlgen.algos import impala
+from jaxrlgen.algos import ppo
+from jaxrlgen.algos import reinforce
+from jaxrlgen.algos import rloo
 from jaxrlgen.algos.base import Algorithm
 from jaxrlgen.algos.base import minibatch_update
 
@@ -20,7 +25,17 @@ class Entry(NamedTuple):
 
 
 REGISTRY: dict[str, Entry] = {
+    'impala': Entry(impala.IMPALAConfig, impala.make),
     'grpo': Entry(grpo.GRPOConfig, grpo.make),
+    'dr_grpo': Entry(grpo.DrGRPOConfig, grpo.make),
+    'dapo': Entry(grpo.DAPOConfig, grpo.make),
+    'gspo': Entry(grpo.GSPOConfig, grpo.make),
+    'ppo': Entry(ppo.PPOConfig, ppo.make),
+    'a2c': Entry(a2c.A2CConfig, a2c.make),
+    'reinforce': Entry(reinforce.ReinforceConfig, reinforce.make),
+    'scst': Entry(reinforce.SCSTConfig, reinforce.make_scst),
+    'remax': Entry(reinforce.ReMaxConfig, reinforce.make_remax),
+    'rloo': Entry(rloo.RLOOConfig, rloo.make),
 }
 
 

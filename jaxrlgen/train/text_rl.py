@@ -33,6 +33,7 @@ from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
 from jaxrlgen.train import plots
@@ -69,6 +70,8 @@ def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
              model_cfg: tfm.TransformerConfig) -> None:
   """Checks the config before anything is computed; errors name the field."""
   n_dev = jax.device_count()
+  if config.loop not in ('sync', 'async'):
+    raise ValueError(f"config.loop={config.loop!r}; known: 'sync', 'async'.")
   rl = config.rl
   for name, value in (('total_steps', config.total_steps),
                       ('rl.batch_size', rl.batch_size),
@@ -252,11 +255,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = jax.jit(functools.partial(step_lib.rl_step, env=env,
                                       reward_fn=reward_fn, algo=algo, tx=tx),
                     donate_argnums=0)
+  fit = functools.partial(loop.fit, step_fn=step_fn)
+  if config.loop == 'async':  # The actor lags the learner (IMPALA).
+    fit = functools.partial(
+        async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
+        steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
   evaluate = make_evaluator(env, reward_fn, task.eval_batches(
       config.eval.num_examples, config.eval.batch_size), algo.policy_params)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
-    state = loop.fit(
-        state, step_fn=step_fn,
+    state = fit(
+        state,
         batch_fn=lambda s: _rl_fields(task.batch(s, num_prompts)),
         key=jax.random.fold_in(jax.random.key(config.seed), 2),
         config=loop.LoopConfig(total_steps=config.total_steps,
