@@ -173,7 +173,7 @@ def generalized_advantage_estimation(
   continues = _continues_tp1(mask, bootstrap_value).astype(jnp.float32)
   v_tp1 = _values_tp1(v_t, bootstrap_value)
   delta_t = rewards + gamma * continues * v_tp1 - v_t
-  advantages = reverse_discounted_cumsum(delta_t + 0 * continues,
+  advantages = reverse_discounted_cumsum(delta_t,
                                          gamma * lambda_ * continues)
   return jnp.where(mask, advantages, 0.0)
 
