@@ -1,6 +1,7 @@
 """REINFORCE, SCST and ReMax: baselines, loss and gradient against NumPy;
 learning on a toy task."""
 
+import dataclasses
 import functools
 
 from absl.testing import parameterized
@@ -183,33 +184,42 @@ def toy_setup(name, num_samples, **overrides):
   return env, algo, state, step
 
 
-def test_greedy_baseline_is_each_prompts_own_greedy_reward():
-  """Every sample's baseline is the greedy reward of its own prompt."""
-  env, algo, state, _ = toy_setup('scst', num_samples=3)
-  # A per-prompt bonus makes the prompts' greedy rewards differ, so taking
-  # the wrong rows of the per-sequence batch or repeating them in the wrong
-  # order changes the advantages.
-  prompts = {**PROMPTS, 'bonus': jnp.array([0.0, 10.0])}
-  reward_fn = lambda rollout, batch: hit_rate(rollout, batch) + batch['bonus']
+@dataclasses.dataclass(frozen=True)
+class PromptEchoEnv:
+  """A stand-in environment whose greedy decode echoes the prompt."""
 
-  @jax.jit
-  def run(state):
-    rollout = env.rollout(state.params, prompts['prompt'],
-                          prompts['prompt_mask'], jax.random.key(1))
-    batch = step_lib.repeat_batch(prompts, 3)
-    rewards = reward_fn(rollout, batch)
-    exp, _, metrics = algo.prepare(env, reward_fn, state, rollout, rewards,
-                                   batch, jax.random.key(2))
-    greedy = env.greedy().rollout(state.params, prompts['prompt'],
-                                  prompts['prompt_mask'], jax.random.key(3))
-    return exp['advantages'], rewards, reward_fn(greedy, prompts), metrics
+  num_samples: int
+  greedy_calls: list = dataclasses.field(default_factory=list, compare=False)
 
-  advantages, rewards, greedy_rewards, metrics = run(state)
-  want_baseline = np.repeat(np.asarray(greedy_rewards), 3)
-  np.testing.assert_allclose(advantages, np.asarray(rewards) - want_baseline,
-                             atol=1e-5)
-  np.testing.assert_allclose(metrics['baseline'], want_baseline.mean(),
-                             atol=1e-5)
+  def greedy(self):
+    return dataclasses.replace(self, num_samples=1)
+
+  def rollout(self, params, prompt, prompt_mask, key):
+    del params, key
+    self.greedy_calls.append(prompt.shape)
+    return Rollout(context={}, actions=prompt,
+                   logp=jnp.zeros(prompt.shape), mask=prompt_mask)
+
+
+@pytest.mark.parametrize('name', ['scst', 'remax'])
+def test_greedy_baseline_is_each_prompts_own_greedy_reward(name):
+  """Every sample's baseline is the greedy reward of its own prompt, decoded
+  once per unique prompt."""
+  env = PromptEchoEnv(num_samples=3)
+  algo = algos.make(algos.default_config(name))
+  prompts = {'prompt': jnp.array([[1, 2], [3, 4]], jnp.int32),
+             'prompt_mask': jnp.ones((2, 2), bool)}
+  # The echoed prompt's token sum: 3 for prompt 0, 7 for prompt 1.
+  reward_fn = lambda rollout, batch: jnp.sum(rollout.actions, axis=1) / 10.0
+  batch = step_lib.repeat_batch(prompts, 3)
+  rewards = jnp.array([0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
+  state = TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={})
+  exp, _, metrics = jax.jit(functools.partial(algo.prepare, env, reward_fn))(
+      state, None, rewards, batch, jax.random.key(0))
+  np.testing.assert_allclose(
+      exp['advantages'], rewards - np.array([0.3] * 3 + [0.7] * 3), atol=1e-6)
+  np.testing.assert_allclose(metrics['baseline'], 0.5, atol=1e-6)
+  assert env.greedy_calls == [(2, 2)]
 
 
 @pytest.mark.parametrize('name,num_samples,overrides', [
