@@ -69,13 +69,12 @@ def impala_loss(logp: jax.Array, values: jax.Array, behaviour_logp: jax.Array,
   chex.assert_equal_shape([logp, values, behaviour_logp, rewards, mask])
   # Targets and advantages are constants of the update (stop-gradient), both
   # through V and through the importance weights.
+  log_rhos = jax.lax.stop_gradient(logp - behaviour_logp)
   targets = vtrace_lib.vtrace(
-      jax.lax.stop_gradient(values), rewards,
-      jax.lax.stop_gradient(logp - behaviour_logp), mask, discount=discount,
-      lambda_=lambda_, rho_bar=rho_bar, c_bar=c_bar)
+      jax.lax.stop_gradient(values), rewards, log_rhos, mask,
+      discount=discount, lambda_=lambda_, rho_bar=rho_bar, c_bar=c_bar)
   policy_loss = -masked.masked_mean(logp * targets.pg_advantages, mask)
   value_loss = 0.5 * masked.masked_mean(jnp.square(targets.vs - values), mask)
-  log_rhos = jax.lax.stop_gradient(logp - behaviour_logp)
   rhos = jnp.exp(log_rhos)
   metrics = {
       'policy_loss': policy_loss,
