@@ -78,50 +78,9 @@ class ActorLearner(NamedTuple):
   policy_params: Callable[[PyTree], PyTree] = _identity
 
 
-def actor_step(params, batch, key: jax.Array, *, env,
-               reward_fn: step_lib.RewardFn) -> tuple[Rollout, jax.Array]:
-  """Generates and scores one batch: `rl_step`'s first half.
-
-  Args:
-    params: the policy parameters the actor holds (possibly stale).
-    batch: per-prompt data, leading axis N (`prompt`, `prompt_mask`, ...).
-    key: the step's key; its first of three splits is used, as in `rl_step`.
-  Returns:
-    (rollout of B = N * G sequences, rewards f32[B]).
-  """
-  rollout_key, _, _ = jax.random.split(key, 3)
-  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                        rollout_key)
-  rewards = reward_fn(rollout, step_lib.repeat_batch(batch, env.num_samples))
-  return rollout, rewards
-
-
-def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
-                 batch, key: jax.Array, *, env, reward_fn: step_lib.RewardFn,
-                 algo: algo_base.Algorithm, tx: optax.GradientTransformation):
-  """Prepares and learns from one generated batch: `rl_step`'s second half.
-
-  With actor params equal to the learner's (no lag) and the same key,
-  `learner_step(state, *actor_step(params, batch, key), batch, key)` is
-  `rl_step(state, batch, key)`.
-
-  Returns:
-    (new_state, metrics) with `rl_step`'s metrics.
-  """
-  _, prepare_key, update_key = jax.random.split(key, 3)
-  per_sequence = step_lib.repeat_batch(batch, env.num_samples)
-  experience, algo_state, prep_metrics = algo.prepare(
-      env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
-  params, opt_state, loss_metrics = algo_base.minibatch_update(
-      lambda p, exp: algo.loss(env, p, exp), tx, state.params,
-      state.opt_state, experience, update_key, num_epochs=algo.num_epochs,
-      num_minibatches=algo.num_minibatches)
-  state = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state, algo_state=algo_state)
-  metrics = {
-      **step_lib.rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
-      **prep_metrics, **loss_metrics}
-  return state, metrics
+# The two halves of `step.rl_step`, run by different devices here.
+actor_step = step_lib.actor_step
+learner_step = step_lib.learner_step
 
 
 def rl_actor_learner(env, reward_fn: step_lib.RewardFn,

@@ -52,9 +52,55 @@ def rollout_metrics(rollout: Rollout, rewards: jax.Array,
   return metrics
 
 
+def actor_step(params, batch, key: jax.Array, *, env,
+               reward_fn: RewardFn) -> tuple[Rollout, jax.Array]:
+  """Generates and scores one batch: `rl_step`'s first half.
+
+  Args:
+    params: the policy parameters the actor holds (possibly stale).
+    batch: per-prompt data, leading axis N (`prompt`, `prompt_mask`, ...).
+    key: the step's key; its first of three splits is used, as in `rl_step`.
+  Returns:
+    (rollout of B = N * G sequences, rewards f32[B]).
+  """
+  rollout_key, _, _ = jax.random.split(key, 3)
+  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
+                        rollout_key)
+  rewards = reward_fn(rollout, repeat_batch(batch, env.num_samples))
+  return rollout, rewards
+
+
+def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
+                 batch, key: jax.Array, *, env, reward_fn: RewardFn,
+                 algo: algo_base.Algorithm, tx: optax.GradientTransformation):
+  """Prepares and learns from one generated batch: `rl_step`'s second half.
+
+  With actor params equal to the learner's (no lag) and the same key,
+  `learner_step(state, *actor_step(params, batch, key), batch, key)` is
+  `rl_step(state, batch, key)`.
+
+  Returns:
+    (new_state, metrics) with `rl_step`'s metrics.
+  """
+  _, prepare_key, update_key = jax.random.split(key, 3)
+  per_sequence = repeat_batch(batch, env.num_samples)
+  experience, algo_state, prep_metrics = algo.prepare(
+      env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
+  params, opt_state, loss_metrics = algo_base.minibatch_update(
+      lambda p, exp: algo.loss(env, p, exp), tx, state.params,
+      state.opt_state, experience, update_key, num_epochs=algo.num_epochs,
+      num_minibatches=algo.num_minibatches)
+  state = state.replace(step=state.step + 1, params=params,
+                        opt_state=opt_state, algo_state=algo_state)
+  metrics = {
+      **rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
+      **prep_metrics, **loss_metrics}
+  return state, metrics
+
+
 def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardFn,
             algo: algo_base.Algorithm, tx: optax.GradientTransformation):
-  """One RL iteration.
+  """One RL iteration: `actor_step` with the current policy, then `learner_step`.
 
   Args:
     state: the training state (donate it).
@@ -65,22 +111,10 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
   Returns:
     (new_state, metrics) with scalar metrics.
   """
-  rollout_key, prepare_key, update_key = jax.random.split(key, 3)
-  rollout = env.rollout(algo.policy_params(state.params), batch['prompt'],
-                        batch['prompt_mask'], rollout_key)
-  per_sequence = repeat_batch(batch, env.num_samples)
-  rewards = reward_fn(rollout, per_sequence)
-  experience, algo_state, prep_metrics = algo.prepare(
-      env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
-  params, opt_state, loss_metrics = algo_base.minibatch_update(
-      lambda p, exp: algo.loss(env, p, exp), tx, state.params,
-      state.opt_state, experience, update_key, num_epochs=algo.num_epochs,
-      num_minibatches=algo.num_minibatches)
-  state = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state, algo_state=algo_state)
-  metrics = {**rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
-             **prep_metrics, **loss_metrics}
-  return state, metrics
+  rollout, rewards = actor_step(algo.policy_params(state.params), batch, key,
+                                env=env, reward_fn=reward_fn)
+  return learner_step(state, rollout, rewards, batch, key, env=env,
+                      reward_fn=reward_fn, algo=algo, tx=tx)
 
 
 def supervised_rollout(batch) -> Rollout:
