@@ -8,6 +8,7 @@ Restarting with the same --workdir resumes from its newest checkpoint.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from jaxrlgen import train
@@ -22,11 +23,12 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # Library INFO logs (orbax's, mostly) drown the progress bar;
+    # --verbosity=0 brings them back.
+    logging.set_verbosity(logging.WARNING)
   train.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  # Library INFO logs (orbax's, mostly) drown the progress bar; --verbosity=0
-  # brings them back.
-  flags.FLAGS.set_default('verbosity', -1)
   app.run(main)
