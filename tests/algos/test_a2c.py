@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Three sequences of three steps; the second ends at step 1, the third at 0.
 MASK = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
@@ -44,17 +45,6 @@ def np_n_step_targets(scores, values, mask, n):
   return out
 
 
-def finite_difference(f, x, h=1e-6):
-  x = x.astype(np.float64)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[idx] += h
-    minus[idx] -= h
-    grad[idx] = (f(plus) - f(minus)) / (2 * h)
-  return grad
-
-
 # The toy task: a tiny LM is rewarded for the fraction of its tokens that are 5.
 TOY_CFG = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
                                 num_layers=1, num_heads=2, num_kv_heads=2,
@@ -65,10 +55,7 @@ TOY_BATCH = {'prompt': jnp.full((4, 3), 7, jnp.int32),
              'prompt_mask': jnp.ones((4, 3), bool)}
 
 
-def toy_reward(rollout, batch):
-  del batch
-  hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-  return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+toy_reward = toy.fives_reward
 
 
 class A2CReferenceTest(parameterized.TestCase):
@@ -88,9 +75,9 @@ class A2CReferenceTest(parameterized.TestCase):
         loss, ref(LOGP.astype(np.float64), VALUES.astype(np.float64)),
         rtol=1e-5)
     np.testing.assert_allclose(
-        g_logp, finite_difference(lambda x: ref(x, VALUES), LOGP), atol=1e-5)
+        g_logp, toy.finite_difference(lambda x: ref(x, VALUES), LOGP), atol=1e-5)
     np.testing.assert_allclose(
-        g_values, finite_difference(lambda x: ref(LOGP, x), VALUES),
+        g_values, toy.finite_difference(lambda x: ref(LOGP, x), VALUES),
         atol=1e-5)
     self.assertTrue(np.all(np.asarray(g_logp)[~MASK] == 0))
     self.assertTrue(np.all(np.asarray(g_values)[~MASK] == 0))

@@ -15,6 +15,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Two groups of two sequences, three steps; the last sequence ends early.
 REWARDS = np.array([1.0, 0.0, 0.5, 0.5], np.float32)
@@ -120,10 +121,7 @@ def test_grpo_raises_reward_on_toy_task():
   env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
                 num_samples=8)
 
-  def reward_fn(rollout, batch):
-    del batch
-    hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-    return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+  reward_fn = toy.fives_reward
 
   config = algos.default_config('grpo')
   config.beta = 0.01

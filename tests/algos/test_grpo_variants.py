@@ -21,6 +21,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Three groups of two sequences, four steps, EOS = 1. Lengths (EOS included)
 # 3, 2 | 2, 2 | 4 (truncated: no EOS), 3. The middle group's rewards are equal
@@ -107,18 +108,6 @@ def np_variant_loss(logp, cfg):
                  aggregation=cfg.aggregation, ratio_level=cfg.ratio_level)
 
 
-def finite_difference_grad(f, x, h=1e-6):
-  """Central differences of a float64 NumPy function."""
-  x = x.astype(np.float64)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[idx] += h
-    minus[idx] -= h
-    grad[idx] = (f(plus) - f(minus)) / (2 * h)
-  return grad
-
-
 # ------------------------------------------------------------- The pieces.
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +178,7 @@ class PiecesTest(parameterized.TestCase):
                             ref_logp=REF_LOGP.astype(np.float64), **kwargs)
     np.testing.assert_allclose(loss, ref(LOGP.astype(np.float64)), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_allclose(grad, finite_difference_grad(ref, LOGP),
+    np.testing.assert_allclose(grad, toy.finite_difference(ref, LOGP),
                                atol=1e-5)
     self.assertTrue(np.all(np.asarray(grad)[~MASK] == 0))
 
@@ -256,7 +245,7 @@ class VariantTest(parameterized.TestCase):
     ref = functools.partial(np_variant_loss, cfg=cfg)
     np.testing.assert_allclose(loss, ref(LOGP.astype(np.float64)), rtol=1e-5,
                                atol=1e-7)
-    np.testing.assert_allclose(grad, finite_difference_grad(ref, LOGP),
+    np.testing.assert_allclose(grad, toy.finite_difference(ref, LOGP),
                                atol=1e-5)
     if cfg.filter_groups:
       # The middle group is always out; the last only without the penalty.
@@ -335,10 +324,7 @@ def toy_task():
   env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
                 num_samples=8)
 
-  def reward_fn(rollout, batch):
-    del batch
-    hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-    return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+  reward_fn = toy.fives_reward
 
   def train(config, steps=40, learning_rate=3e-3):
     params = tfm.init_params(cfg, jax.random.key(0))

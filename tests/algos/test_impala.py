@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import async_loop
+from tests.algos import toy
 
 # Four sequences, three steps; the last two end early.
 LOGP = np.log(np.array([[0.5, 0.2, 0.9], [0.3, 0.3, 0.3],
@@ -137,10 +138,7 @@ def toy_task():
   env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
                 num_samples=8)
 
-  def reward_fn(rollout, batch):
-    del batch
-    hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-    return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+  reward_fn = toy.fives_reward
 
   tx = optax.adam(3e-3)
   steps = async_loop.rl_actor_learner(

@@ -17,6 +17,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Three sequences of three steps; the second ends at step 1, the third at 0.
 MASK = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0]], bool)
@@ -62,17 +63,6 @@ def np_value_loss(values, old_values, targets, mask, value_clip):
   return 0.5 * per_token[mask].mean()
 
 
-def finite_difference(f, x, h=1e-6):
-  x = x.astype(np.float64)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[idx] += h
-    minus[idx] -= h
-    grad[idx] = (f(plus) - f(minus)) / (2 * h)
-  return grad
-
-
 class PPOReferenceTest(parameterized.TestCase):
 
   @parameterized.parameters(0.0, 0.1)
@@ -108,7 +98,7 @@ class PPOReferenceTest(parameterized.TestCase):
     ref = functools.partial(np_policy_loss, old_logp=OLD_LOGP, adv=ADV,
                             mask=MASK, epsilon=epsilon)
     np.testing.assert_allclose(loss, ref(LOGP.astype(np.float64)), rtol=1e-5)
-    np.testing.assert_allclose(grad, finite_difference(ref, LOGP), atol=1e-5)
+    np.testing.assert_allclose(grad, toy.finite_difference(ref, LOGP), atol=1e-5)
     self.assertTrue(np.all(np.asarray(grad)[~MASK] == 0))
     # With epsilon = 0.05 some tokens are clipped: their gradient is 0.
     if epsilon == 0.05:
@@ -139,7 +129,7 @@ class PPOReferenceTest(parameterized.TestCase):
                             targets=TARGETS, mask=MASK, value_clip=value_clip)
     np.testing.assert_allclose(loss, ref(VALUES.astype(np.float64)),
                                rtol=1e-5)
-    np.testing.assert_allclose(grad, finite_difference(ref, VALUES),
+    np.testing.assert_allclose(grad, toy.finite_difference(ref, VALUES),
                                atol=1e-5)
     self.assertTrue(np.all(np.asarray(grad)[~MASK] == 0))
 
@@ -175,10 +165,7 @@ TOY_BATCH = {'prompt': jnp.full((4, 3), 7, jnp.int32),
              'prompt_mask': jnp.ones((4, 3), bool)}
 
 
-def toy_reward(rollout, batch):
-  del batch
-  hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-  return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+toy_reward = toy.fives_reward
 
 
 def constant_reward(rollout, batch):

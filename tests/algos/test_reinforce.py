@@ -18,6 +18,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Two prompts with two samples each, three steps; the last sequence ends early.
 REWARDS = np.array([1.0, 0.0, 0.5, 0.25], np.float32)
@@ -38,17 +39,6 @@ def np_pg_loss(logp, adv, mask, aggregation):
   if aggregation == 'sequence_mean':
     return np.mean(per_token.sum(1) / mask.sum(1))
   return per_token.sum() / mask.size
-
-
-def numerical_grad(f, x, h=1e-6):
-  x = x.astype(np.float64)
-  grad = np.zeros_like(x)
-  for idx in np.ndindex(x.shape):
-    plus, minus = x.copy(), x.copy()
-    plus[idx] += h
-    minus[idx] -= h
-    grad[idx] = (f(plus) - f(minus)) / (2 * h)
-  return grad
 
 
 def np_ema(means, decay, init):
@@ -83,7 +73,7 @@ class ReferenceTest(parameterized.TestCase):
     loss, grad = jax.value_and_grad(f)(jnp.asarray(LOGP))
     ref = lambda x: np_pg_loss(x, adv.astype(np.float64), MASK, aggregation)
     np.testing.assert_allclose(loss, ref(LOGP.astype(np.float64)), rtol=1e-5)
-    np.testing.assert_allclose(grad, numerical_grad(ref, LOGP), atol=1e-5)
+    np.testing.assert_allclose(grad, toy.finite_difference(ref, LOGP), atol=1e-5)
     self.assertTrue(np.all(np.asarray(grad)[~MASK] == 0))
 
   def test_advantages_carry_no_gradient(self):
@@ -159,11 +149,7 @@ PROMPTS = {'prompt': jnp.array([[7, 3], [7, 4]], jnp.int32),
            'prompt_mask': jnp.ones((2, 2), bool)}
 
 
-def hit_rate(rollout, batch):
-  """Fraction of the completion's tokens that are 5 (the toy task)."""
-  del batch
-  hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-  return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+hit_rate = toy.fives_reward
 
 
 def toy_setup(name, num_samples, **overrides):

@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from tests.algos import toy
 
 # Two groups of three sequences, three steps; some sequences end early.
 REWARDS = np.array([1.0, 0.0, 0.5, 0.2, 0.2, 0.9], np.float32)
@@ -90,10 +91,7 @@ PROMPTS = {'prompt': jnp.array([[7, 3], [7, 4]], jnp.int32),
            'prompt_mask': jnp.ones((2, 2), bool)}
 
 
-def hit_rate(rollout, batch):
-  del batch
-  hits = jnp.sum((rollout.actions == 5) & rollout.mask, axis=1)
-  return hits / jnp.maximum(jnp.sum(rollout.mask, axis=1), 1)
+hit_rate = toy.fives_reward
 
 
 def make_step(num_samples, **overrides):
