@@ -11,6 +11,7 @@ import dataclasses
 import ml_collections
 
 from jaxrlgen import algos
+from jaxrlgen import parallel
 from jaxrlgen.models.transformer import TransformerConfig
 
 
@@ -68,6 +69,8 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       top_k=0,  # 0: off.
       top_p=1.0,  # 1: off.
       logprob_chunk=128,  # Time steps per log-prob chunk.
+      # Reference model copy: float32, or bfloat16 to halve its memory.
+      reference_dtype='float32',
       optimizer=optimizer(5e-4),
   ))
 
@@ -83,4 +86,8 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       num_examples=512,  # Held-out examples per evaluation.
       batch_size=256,  # Examples per evaluation batch.
   ))
+
+  # Devices: mesh axis sizes (-1: the rest) and multi-host start-up.
+  config.mesh = parallel.mesh.default_config()
+  config.distributed = parallel.distributed.default_config()
   return config

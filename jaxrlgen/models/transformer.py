@@ -12,10 +12,15 @@ validity of slots (left padding of prompts of different lengths) lives in
 prompt gets the same positions as the unpadded one.
 
 Parameters carry logical axis names (`embed`, `vocab`, `heads`, `kv_heads`,
-`head_dim`, `mlp`) for sharding; `init_params` strips the boxes.
+`head_dim`, `mlp`) for sharding; `init_params` strips the boxes. The main
+activations are constrained by logical names too (`batch`, `length`,
+`act_embed`, `act_heads`, `act_kv_heads`, `act_mlp`, `act_vocab`), which take
+effect under `jaxrlgen.parallel.activate(mesh)`; jaxrlgen/parallel/sharding.py
+maps both kinds of name to mesh axes.
 """
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -121,11 +126,43 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
+# Logical names of the main activations (see jaxrlgen/parallel/sharding.py);
+# the constraints are no-ops unless sharding rules are active.
+_EMBED = ('batch', 'length', 'act_embed')
+_HEADS = ('batch', 'length', 'act_heads', None)
+_KV_HEADS = ('batch', 'length', 'act_kv_heads', None)
+
+
+def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  return nn.with_logical_constraint(x, names)
+
+
 def _dense_init(names, fan_in_axes=(0,)):
   # Variance 1 / fan-in (LeCun): at the small widths RL research starts from,
   # GPT's fixed std of 0.02 starves the residual stream and slows learning.
   init = nn.initializers.variance_scaling(
       1.0, 'fan_in', 'truncated_normal', in_axis=fan_in_axes, out_axis=-1)
+  return nn.with_logical_partitioning(init, names)
+
+
+def _projection_init(names, num_in: int, fan_in_axes=(0,)):
+  """`_dense_init` of a kernel with several input or output axes.
+
+  The kernel is drawn as the [prod(inputs), prod(outputs)] matrix and
+  reshaped, so it equals what `nn.DenseGeneral` draws. (It is not a
+  DenseGeneral because that module boxes the 2-D draw under the 3-D kernel's
+  logical names, which fails under sharding rules.) With fan_in_axes=(0, 1),
+  the matrix's fan-in counts both of its dimensions: the attention output
+  projection starts sqrt(hidden_dim) times smaller than LeCun's, the
+  initialisation every reported result was measured with.
+  """
+  base = nn.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=fan_in_axes, out_axis=-1)
+
+  def init(key, shape, dtype=jnp.float32):
+    flat = (math.prod(shape[:num_in]), math.prod(shape[num_in:]))
+    return base(key, flat, dtype).reshape(shape)
+
   return nn.with_logical_partitioning(init, names)
 
 
@@ -139,14 +176,16 @@ class Attention(nn.Module):
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     head_dim, num_kv = cfg.resolved_head_dim, cfg.num_kv_heads
     group = cfg.num_heads // num_kv
-    proj = lambda feats, names, name: nn.DenseGeneral(
-        feats, use_bias=False, dtype=dtype, param_dtype=pdtype,
-        kernel_init=_dense_init(names), name=name)
-    q = proj((cfg.num_heads, head_dim), ('embed', 'heads', 'head_dim'), 'q')(x)
-    k = proj((num_kv, head_dim), ('embed', 'kv_heads', 'head_dim'), 'k')(x)
-    v = proj((num_kv, head_dim), ('embed', 'kv_heads', 'head_dim'), 'v')(x)
-    q = rotary(q, positions, cfg.rope_theta)
-    k = rotary(k, positions, cfg.rope_theta)
+    proj = lambda heads, names, name: nn.Einsum(
+        (x.shape[-1], heads, head_dim), 'ble,ehd->blhd', use_bias=False,
+        dtype=dtype, param_dtype=pdtype,
+        kernel_init=_projection_init(names, num_in=1), name=name)
+    q = proj(cfg.num_heads, ('embed', 'heads', 'head_dim'), 'q')(x)
+    k = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'k')(x)
+    v = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'v')(x)
+    q = _constrain(rotary(q, positions, cfg.rope_theta), _HEADS)
+    k = _constrain(rotary(k, positions, cfg.rope_theta), _KV_HEADS)
+    v = _constrain(v, _KV_HEADS)
 
     if layer_cache is not None:
       cache_k, cache_v, index = layer_cache
@@ -154,6 +193,7 @@ class Attention(nn.Module):
                                               index, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype),
                                               index, axis=1)
+      k, v = _constrain(k, _KV_HEADS), _constrain(v, _KV_HEADS)
     new_kv = (k, v)
 
     b, l = q.shape[:2]
@@ -166,11 +206,12 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum('bkgls,bskd->blkgd', probs, v)
     out = out.reshape(b, l, cfg.num_heads, head_dim)
-    out = nn.DenseGeneral(x.shape[-1], axis=(-2, -1), use_bias=False,
-                          dtype=dtype, param_dtype=pdtype,
-                          kernel_init=_dense_init(('heads', 'head_dim', 'embed'),
-                                                  fan_in_axes=(0, 1)),
-                          name='o')(out)
+    out = nn.Einsum((cfg.num_heads, head_dim, x.shape[-1]), 'blhd,hde->ble',
+                    use_bias=False, dtype=dtype, param_dtype=pdtype,
+                    kernel_init=_projection_init(
+                        ('heads', 'head_dim', 'embed'), num_in=2,
+                        fan_in_axes=(0, 1)),
+                    name='o')(out)
     return out, new_kv
 
 
@@ -186,7 +227,8 @@ class MLP(nn.Module):
         name=name)
     gate = dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x)
     up = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x)
-    return dense(x.shape[-1], ('mlp', 'embed'), 'down')(nn.silu(gate) * up)
+    hidden = _constrain(nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
+    return dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden)
 
 
 def _norm(cfg: TransformerConfig, name: str) -> nn.RMSNorm:
@@ -203,9 +245,9 @@ class Block(nn.Module):
   def __call__(self, x, positions, key_mask, layer_cache):
     attn_out, new_kv = Attention(self.config, name='attn')(
         _norm(self.config, 'attn_norm')(x), positions, key_mask, layer_cache)
-    x = x + attn_out
+    x = _constrain(x + attn_out, _EMBED)
     x = x + MLP(self.config, name='mlp')(_norm(self.config, 'mlp_norm')(x))
-    return x, new_kv
+    return _constrain(x, _EMBED), new_kv
 
 
 class Transformer(nn.Module):
@@ -249,7 +291,12 @@ class Transformer(nn.Module):
               nn.initializers.zeros, (None,)))
 
   def __call__(self, tokens, positions, token_mask, cache: KVCache | None = None):
-    x = self.embed(tokens)
+    # The lookup reads a replicated table: XLA cannot partition a row gather
+    # from a vocab- and fsdp-sharded table into batch-sharded rows, and would
+    # replicate far more (with a warning) than this one all-gather does.
+    table = _constrain(self.embed.embedding, (None, 'act_embed'))
+    x = jnp.take(table, tokens, axis=0).astype(self.config.dtype)
+    x = _constrain(x, _EMBED)
     if cache is None:
       length = tokens.shape[1]
       causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
@@ -285,6 +332,8 @@ class Transformer(nn.Module):
       logits = self.embed.attend(hidden)
     else:
       logits = self.unembed(hidden)
+    if logits.ndim == 3:
+      logits = _constrain(logits, ('batch', 'length', 'act_vocab'))
     return logits.astype(jnp.float32)
 
   def value(self, hidden):

@@ -12,18 +12,21 @@ evaluated before RL (`eval/accuracy` at step 0), every `eval.every` steps and
 at the end.
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from jaxrlgen import algos
+from jaxrlgen import parallel
 from jaxrlgen import rewards
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
@@ -43,6 +46,7 @@ from jaxrlgen.train import writers
 
 PLOT_KEYS = ('reward/mean', 'eval/accuracy', 'kl', 'entropy',
              'completions/mean_length', 'grad_norm')
+REFERENCE_DTYPES = ('float32', 'bfloat16')
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict,
@@ -67,11 +71,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict,
 
 
 def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
-             model_cfg: tfm.TransformerConfig) -> None:
+             model_cfg: tfm.TransformerConfig, mesh: jax.sharding.Mesh) -> None:
   """Checks the config before anything is computed; errors name the field."""
-  n_dev = jax.device_count()
   if config.loop not in ('sync', 'async'):
     raise ValueError(f"config.loop={config.loop!r}; known: 'sync', 'async'.")
+  if config.loop == 'async' and jax.process_count() > 1:
+    raise ValueError("config.loop='async' runs on one host; use "
+                     "config.loop='sync' for a multi-host run.")
+  if config.rl.reference_dtype not in REFERENCE_DTYPES:
+    raise ValueError(f'config.rl.reference_dtype={config.rl.reference_dtype!r};'
+                     f' known: {REFERENCE_DTYPES}.')
   rl = config.rl
   for name, value in (('total_steps', config.total_steps),
                       ('rl.batch_size', rl.batch_size),
@@ -83,16 +92,21 @@ def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
     raise ValueError(
         f'config.rl.batch_size={rl.batch_size} (sequences per step) must be '
         f'divisible by config.rl.group_size={rl.group_size}.')
+  # Every batch is split over data x fsdp, and read in equal shares by the
+  # processes.
+  shards = max(parallel.batch_size_divisor(mesh), jax.process_count())
   prompts = rl.batch_size // rl.group_size
-  if prompts % n_dev:
+  if prompts % shards:
     raise ValueError(
         f'config.rl.batch_size / config.rl.group_size = {prompts} prompts per '
-        f'step must be divisible by the {n_dev} devices.')
+        f'step must be divisible by the {shards} batch shards (mesh data x '
+        f'fsdp = {parallel.batch_size_divisor(mesh)}, '
+        f'{jax.process_count()} processes).')
   for name in ('sft.batch_size', 'eval.batch_size'):
     value = config[name.split('.')[0]][name.split('.')[1]]
-    if value % n_dev:
+    if value % shards:
       raise ValueError(f'config.{name}={value} must be divisible by the '
-                       f'{n_dev} devices.')
+                       f'{shards} batch shards (mesh data x fsdp, processes).')
   if tokenizer.vocab_size > model_cfg.vocab_size:
     raise ValueError(
         f'The tokenizer has {tokenizer.vocab_size} tokens but '
@@ -137,16 +151,25 @@ class Task:
     if not num_examples:
       raise ValueError(f'config.eval.batch_size={batch_size} exceeds the '
                        f'{len(self.test)} held-out examples.')
-    return [self.collate(pipeline.get_batch(self.test, range(i, i + batch_size)))
+    share = parallel.process_shard(batch_size)  # This host's rows.
+    return [self.collate(pipeline.get_batch(
+        self.test, range(i + share.start, i + share.stop)))
             for i in range(0, num_examples, batch_size)]
 
 
 def load_task(config: ml_collections.ConfigDict, workdir, tokenizer) -> Task:
   data = config.data
   data_dir = data.data_dir or str(workdir / 'data')
-  splits = arithmetic.load_arithmetic(data_dir, data.max_operand,
-                                      data.num_train, data.num_test,
-                                      seed=data.seed)
+  load = functools.partial(arithmetic.load_arithmetic, data_dir,
+                           data.max_operand, data.num_train, data.num_test,
+                           seed=data.seed)
+  # Process 0 writes the dataset (once); the others read it when it is done.
+  if parallel.is_primary():
+    splits = load()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices('jaxrlgen: dataset prepared')
+  if not parallel.is_primary():
+    splits = load()
   return Task(splits['train'], splits['test'], tokenizer, data.max_prompt_len,
               data.max_target_len, seed=config.seed)
 
@@ -155,22 +178,30 @@ def _rl_fields(batch):
   return {k: batch[k] for k in ('prompt', 'prompt_mask', 'answer')}
 
 
-def make_evaluator(env: TextEnv, reward_fn, batches, policy_params):
-  """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions."""
-  eval_step = jax.jit(functools.partial(step_lib.greedy_eval_step,
-                                        env=env.greedy(), reward_fn=reward_fn))
-  batches = [_rl_fields(b) for b in batches]
+def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
+                   layout: parallel.Layout | None = None):
+  """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions.
+
+  `batches` are this process's shares of the evaluation batches; sums are
+  reduced on the devices, so every process gets the global figures.
+  """
+  def sums(params, batch):
+    reward, rollout = step_lib.greedy_eval_step(
+        params, batch, env=env.greedy(), reward_fn=reward_fn)
+    return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
+
+  layout = layout or default_layout(env.model.config)
+  eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
+  batches = [layout.batch(_rl_fields(b)) for b in batches]
 
   def evaluate(state) -> dict[str, float]:
-    scores, lengths = [], []
+    totals = np.zeros(3)
     for batch in batches:
-      reward, rollout = eval_step(policy_params(state.params), batch)
-      scores.append(reward)
-      lengths.append(jnp.sum(rollout.mask, axis=1))
-    scores = np.concatenate(jax.device_get(scores))
-    lengths = np.concatenate(jax.device_get(lengths))
-    return {'eval/accuracy': float(np.mean(scores)),
-            'eval/mean_length': float(np.mean(lengths))}
+      totals += np.array(jax.device_get(
+          eval_step(policy_params(state.params), batch)), np.float64)
+    correct, length, count = totals
+    return {'eval/accuracy': float(correct / count),
+            'eval/mean_length': float(length / count)}
 
   return evaluate
 
@@ -186,32 +217,47 @@ def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
   return checkpointer.restore(step, state), step
 
 
-def warm_start(config, workdir, task: Task, env: TextEnv, params):
+def default_layout(model_cfg: tfm.TransformerConfig) -> parallel.Layout:
+  """Every device on `data`, with the logical names of `model_cfg`'s params."""
+  return parallel.Layout(parallel.make_mesh(), model_logical_axes(model_cfg))
+
+
+def model_logical_axes(model_cfg: tfm.TransformerConfig):
+  # With the value head's names too: PPO's critic is the model with one.
+  return tfm.logical_axes(dataclasses.replace(model_cfg, value_head=True))
+
+
+def warm_start(config, workdir, task: Task, env: TextEnv, params,
+               layout: parallel.Layout | None = None):
   """Supervised warm start as its own run under `workdir/sft`; its params."""
+  layout = layout or default_layout(env.model.config)
   sft = config.sft
   sft_dir = workdir_lib.prepare_workdir(str(workdir / 'sft'))
   tx = make_optimizer(sft.optimizer, sft.steps)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params))
+  state = layout.init(
+      lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
+                           opt_state=tx.init(p)), params)
   checkpointer = checkpoint_lib.Checkpointer(str(sft_dir / 'checkpoints'))
   state, resume_step = _restore_or(checkpointer, state)
   if int(state.step) >= sft.steps:
     checkpointer.close()
     return state.params
-  step_fn = jax.jit(functools.partial(step_lib.sft_step, env=env, tx=tx),
-                    donate_argnums=0)
+  step_fn = layout.jit_step(
+      functools.partial(step_lib.sft_step, env=env, tx=tx), state)
   with writers.MetricWriter(str(sft_dir), resume_step=resume_step) as writer:
     state = loop.fit(
         state, step_fn=step_fn,
-        batch_fn=lambda s: task.batch(s, sft.batch_size, stream=1),
+        batch_fn=lambda s: layout.batch(task.batch(s, sft.batch_size,
+                                                   stream=1)),
         key=jax.random.key(config.seed + 1),
         config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
                                checkpoint_every=sft.steps,
                                progress_desc='sft', progress_show=('nll',)),
         checkpointer=checkpointer, writer=writer)
   checkpointer.close()
-  plots.plot_metrics(writers.read_metrics(str(sft_dir)), ('nll', 'entropy'),
-                     str(sft_dir / 'sft.png'), title='Supervised warm start')
+  if parallel.is_primary():
+    plots.plot_metrics(writers.read_metrics(str(sft_dir)), ('nll', 'entropy'),
+                       str(sft_dir / 'sft.png'), title='Supervised warm start')
   return state.params
 
 
@@ -221,7 +267,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = workdir_lib.prepare_workdir(workdir)
   tokenizer = ByteTokenizer()
   model_cfg = tfm.TransformerConfig(**config.model)
-  validate(config, tokenizer, model_cfg)
+  mesh = parallel.make_mesh(config.mesh)
+  validate(config, tokenizer, model_cfg, mesh)
+  # The async loop places its actor and learner on device groups of its own;
+  # the sync loop's activations follow the mesh.
+  context = (parallel.activate(mesh) if config.loop == 'sync'
+             else contextlib.nullcontext())
+  with context:
+    return _run(config, workdir, tokenizer, model_cfg,
+                parallel.Layout(mesh, model_logical_axes(model_cfg)),
+                start_time)
+
+
+def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
+         start_time: float) -> dict:
   algo = algos.make(config.algo)
   reward_fn = rewards.make(config.reward.terms, tokenizer,
                            target_length=config.reward.target_length)
@@ -237,35 +296,47 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   task = load_task(config, workdir, tokenizer)
   init_key = jax.random.key(config.seed)
-  params = tfm.init_params(model_cfg, init_key)
+  params = layout.init(functools.partial(tfm.init_params, model_cfg), init_key)
   if config.sft.steps:
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
-    params = warm_start(config, workdir, task, sft_env, params)
+    params = warm_start(config, workdir, task, sft_env, params, layout)
 
   tx = make_optimizer(config.rl.optimizer, config.total_steps)
-  ref_params = (jax.tree.map(jnp.copy, params)  # Not aliased: donated.
-                if algo.uses_reference else None)
-  params = algo.init_params(params, jax.random.fold_in(init_key, 1))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params), ref_params=ref_params,
-                     algo_state=algo.init_state())
+  ref_dtype = jnp.dtype(config.rl.reference_dtype)
+
+  def build_state(params):
+    ref_params = (jax.tree.map(lambda x: x.astype(ref_dtype), params)
+                  if algo.uses_reference else None)
+    params = algo.init_params(params, jax.random.fold_in(init_key, 1))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), ref_params=ref_params,
+                      algo_state=algo.init_state())
+
+  state = layout.init(build_state, params)
+  del params
+  if parallel.is_primary():
+    print(memory_report(state, env, num_prompts, config, layout), flush=True)
   checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
                                              max_to_keep=config.max_checkpoints)
+  # Restored arrays take the shardings of `state`'s: a checkpoint written on
+  # one mesh restores onto another.
   state, resume_step = _restore_or(checkpointer, state)
-  step_fn = jax.jit(functools.partial(step_lib.rl_step, env=env,
-                                      reward_fn=reward_fn, algo=algo, tx=tx),
-                    donate_argnums=0)
+  step_fn = layout.jit_step(functools.partial(
+      step_lib.rl_step, env=env, reward_fn=reward_fn, algo=algo, tx=tx), state)
   fit = functools.partial(loop.fit, step_fn=step_fn)
+  batch_fn = lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts)))
   if config.loop == 'async':  # The actor lags the learner (IMPALA).
     fit = functools.partial(
         async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
         steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
+    batch_fn = lambda s: _rl_fields(task.batch(s, num_prompts))
   evaluate = make_evaluator(env, reward_fn, task.eval_batches(
-      config.eval.num_examples, config.eval.batch_size), algo.policy_params)
+      config.eval.num_examples, config.eval.batch_size), algo.policy_params,
+                            layout)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,
-        batch_fn=lambda s: _rl_fields(task.batch(s, num_prompts)),
+        batch_fn=batch_fn,
         key=jax.random.fold_in(jax.random.key(config.seed), 2),
         config=loop.LoopConfig(total_steps=config.total_steps,
                                log_every=config.log_every,
@@ -274,13 +345,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                progress_desc=config.algo.name),
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
-  records = writers.read_metrics(str(workdir))
-  plots.plot_metrics(records, PLOT_KEYS, str(workdir / 'training.png'),
-                     title=f'{config.algo.name} on arithmetic')
-  summary = summarize(records, time.time() - start_time)
-  if jax.process_index() == 0:
+  summary = summarize(writers.read_metrics(str(workdir)),
+                      time.time() - start_time)
+  summary['mesh'] = dict(layout.mesh.shape)
+  summary['num_processes'] = jax.process_count()
+  if parallel.is_primary():
+    plots.plot_metrics(writers.read_metrics(str(workdir)), PLOT_KEYS,
+                       str(workdir / 'training.png'),
+                       title=f'{config.algo.name} on arithmetic')
     writers.write_summary(str(workdir), summary)
   return summary
+
+
+def memory_report(state: TrainState, env: TextEnv, num_prompts: int, config,
+                  layout: parallel.Layout) -> str:
+  """Bytes per device of parameters, optimizer state, reference model and
+  the rollout's KV cache, on the run's mesh."""
+  model_cfg = env.model.config
+  cache = jax.eval_shape(functools.partial(
+      tfm.init_cache, model_cfg, num_prompts * env.num_samples,
+      config.data.max_prompt_len + env.max_new_tokens))
+  sizes = dict(layout.mesh.shape)
+  kv_names = ('batch', 'length', 'act_kv_heads', None)
+
+  def place(x):
+    names = kv_names if x.ndim == 4 else ('batch', None)[:x.ndim]
+    spec = parallel.spec_for(names, x.shape, sizes)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
+        jax.sharding.NamedSharding(layout.mesh, spec)))
+
+  return parallel.memory_report({
+      'parameters': state.params,
+      'optimizer state': state.opt_state,
+      'reference model': state.ref_params,
+      'KV cache (rollout)': jax.tree.map(place, cache),
+  }) + f'\n  on mesh {sizes} of {jax.process_count()} process(es)'
 
 
 def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int, config):

@@ -10,6 +10,7 @@ from ml_collections import config_flags
 import pytest
 
 from experiments.configs import arithmetic_grpo
+from jaxrlgen import parallel
 from jaxrlgen import train
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.models import transformer as tfm
@@ -100,6 +101,10 @@ def test_unknown_config_field_is_rejected():
     ({'model.vocab_size': 100}, r'config\.model\.vocab_size'),
     ({'algo.aggregation': 'mean'}, r'config\.algo\.aggregation'),
     ({'reward.terms': {'exactmatch': 1.0}}, r'config\.reward\.terms'),
+    ({'mesh.tensor': 2}, r'config\.mesh'),
+    ({'mesh.data': -1, 'mesh.fsdp': -1}, r'config\.mesh'),
+    ({'rl.reference_dtype': 'float16'}, r'config\.rl\.reference_dtype'),
+    ({'distributed.mode': 'always'}, r'config\.distributed\.mode'),
 ])
 def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
                                          message):
@@ -118,12 +123,12 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
     train.run(config, str(tmp_path / 'run'))
 
 
-def test_batch_not_divisible_by_devices(tmp_path, monkeypatch):
-  monkeypatch.setattr(jax, 'device_count', lambda: 3)
+def test_batch_not_divisible_by_batch_shards(tmp_path):
+  mesh = jax.sharding.AbstractMesh((3, 1, 1), parallel.AXES)
   config = tiny_config(tmp_path / 'data')
-  with pytest.raises(ValueError, match='divisible by the 3 devices'):
+  with pytest.raises(ValueError, match='divisible by the 3 batch shards'):
     text_rl.validate(config, ByteTokenizer(),
-                     tfm.TransformerConfig(**config.model))
+                     tfm.TransformerConfig(**config.model), mesh)
 
 
 def test_unwritable_workdir(tmp_path):
