@@ -79,8 +79,9 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int],
     axis_sizes: mesh axis name -> size (`dict(mesh.shape)`).
     rules: logical name -> mesh axis, tuple of mesh axes, or None.
   Returns:
-    A PartitionSpec; a dimension its mesh axes do not divide, or a mesh axis
-    already used by an earlier dimension, is left unsharded.
+    A PartitionSpec without trailing Nones; a dimension its mesh axes do not
+    divide, or a mesh axis already used by an earlier dimension, is left
+    unsharded.
   """
   if len(logical) != len(shape):
     raise ValueError(f'{len(logical)} logical axis names {tuple(logical)} for '
@@ -97,6 +98,8 @@ def spec_for(logical: Sequence[str | None], shape: Sequence[int],
       continue
     used.update(axes)
     out.append(axes[0] if len(axes) == 1 else axes)
+  while out and out[-1] is None:  # Canonical: P('fsdp'), not P('fsdp', None).
+    out.pop()
   return P(*out)
 
 
