@@ -1,8 +1,9 @@
 """Two processes of two CPU devices each train like one process of four.
 
-Starts `experiments.main` as separate OS processes that find each other
-through JAX's distributed runtime (CPU collectives over gloo), on the same
-workdir; compares every logged metric with a single 4-device process.
+Runs `launch/local_devices.sh`, which starts `experiments.main` as separate
+OS processes that find each other through JAX's distributed runtime (CPU
+collectives over gloo) and share a workdir; compares every logged metric with
+a single 4-device process.
 """
 
 import json
@@ -35,17 +36,16 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir, data_dir, *extra):
-  return [sys.executable, '-m', 'experiments.main',
-          '--config=experiments/configs/arithmetic_grpo.py',
-          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          *(f'--config.{o}' for o in OVERRIDES + extra)]
-
-
-def _env(num_devices: int) -> dict:
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu',
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={num_devices}',
-          'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
+def _launch(workdir, data_dir, *launcher_flags):
+  env = {**os.environ, 'PYTHON': sys.executable,
+         'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  return subprocess.run(
+      ['bash', 'launch/local_devices.sh', *launcher_flags,
+       '--config=experiments/configs/arithmetic_grpo.py',
+       f'--workdir={workdir}', '--', f'--config.data.data_dir={data_dir}',
+       *(f'--config.{o}' for o in OVERRIDES)],
+      env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+      check=False)
 
 
 def _records(workdir):
@@ -56,24 +56,13 @@ def _records(workdir):
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
-  data_dir = tmp_path / 'data'
   one, two = tmp_path / 'one', tmp_path / 'two'
-  address = f'localhost:{_free_port()}'
-  procs = [subprocess.Popen(
-      _command(two, data_dir,
-               f'distributed.coordinator_address={address}',
-               'distributed.num_processes=2', f'distributed.process_id={i}'),
-      env=_env(2), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
-  outputs = []
-  for proc in procs:
-    out, _ = proc.communicate(timeout=600)
-    outputs.append(out)
-    assert proc.returncode == 0, out[-4000:]
-  single = subprocess.run(_command(one, data_dir), env=_env(4), cwd=REPO,
-                          capture_output=True, text=True, timeout=600,
-                          check=False)
+  single = _launch(one, tmp_path / 'data1', '--devices=4')
   assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
+  # A fresh data dir: process 0 writes the dataset while process 1 waits.
+  pair = _launch(two, tmp_path / 'data2', '--devices=4', '--processes=2',
+                 f'--port={_free_port()}')
+  assert pair.returncode == 0, pair.stdout[-2000:] + pair.stderr[-4000:]
 
   want, got = _records(one), _records(two)
   assert [r['step'] for r in got] == [r['step'] for r in want]
@@ -85,6 +74,6 @@ def test_two_processes_equal_one_process(tmp_path):
   summary = json.loads((two / 'summary.json').read_text())
   assert summary['num_processes'] == 2
   assert summary['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 1}
-  # Only process 0 reports: one progress/memory table in the two outputs.
-  assert sum('bytes per device' in out for out in outputs) == 1
+  # Only process 0 reports: one memory table from the two processes.
+  assert pair.stdout.count('bytes per device') == 1
   assert (two / 'checkpoints' / '3').is_dir()
