@@ -155,3 +155,24 @@ def test_unknown_recipe(tmp_path):
   config.recipe = 'nope'
   with pytest.raises(ValueError, match='text_rl'):
     train.run(config, str(tmp_path / 'run'))
+
+
+def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
+  config = tiny_config(tmp_path / 'data')
+  config.algo.beta = 0.04  # GRPO with a KL term: the reference is used.
+  config.rl.reference_dtype = 'bfloat16'
+  config.sft.steps = 0
+  config.update(total_steps=2, checkpoint_every=0)
+  summary = train.run(config, str(tmp_path / 'run'))
+  assert summary['final/kl'] >= 0.0
+  report = capsys.readouterr().out
+  for part in ('parameters', 'optimizer state', 'reference model',
+               'KV cache (rollout)', 'total'):
+    assert part in report, report
+  # The reference model takes half the bytes of the float32 parameters.
+  sizes = {line.split('  ')[1].strip(): line.split()[-2:]
+           for line in report.splitlines() if line.startswith('  ')
+           and 'mesh' not in line}
+  to_bytes = lambda v: float(v[0]) * {'B': 1, 'KiB': 1024, 'MiB': 2**20}[v[1]]
+  assert to_bytes(sizes['reference model']) == pytest.approx(
+      to_bytes(sizes['parameters']) / 2, rel=0.02)
