@@ -5,6 +5,7 @@
 
 import ml_collections
 
+from jaxrlgen import parallel
 from jaxrlgen.train import text_rl
 
 RECIPES = {
@@ -13,7 +14,12 @@ RECIPES = {
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the experiment that `config` describes."""
+  """Runs (or resumes) the experiment that `config` describes.
+
+  A multi-host run's processes find each other first (`config.distributed`,
+  or the environment), before anything touches a device.
+  """
+  parallel.initialize(config.get('distributed'))
   if config.recipe not in RECIPES:
     raise ValueError(f'Unknown config.recipe={config.recipe!r}; known: '
                      f'{sorted(RECIPES)}.')
