@@ -12,76 +12,16 @@ from typing import Literal
 import numpy as np
 
 
-class ByteTokenizer:
-  """UTF-8 bytes as ids 0..255, then `pad_id`, `bos_id` and `eos_id`.
+class Batching:
+  """The batch methods every tokenizer shares, given `decode` and `pad_id`.
 
-  Stateless; every method could be a function. It is a class so that callers
-  can hold "a tokenizer" and swap in another with the same methods.
+  A tokenizer has `vocab_size`, `pad_id`, `bos_id`, `eos_id`,
+  `encode(text, add_bos=False, add_eos=False) -> list[int]` and
+  `decode(ids, stop_at_eos=True) -> str`; this adds `decode_batch` and
+  `pad_batch`.
   """
 
-  pad_id: int = 256
-  bos_id: int = 257
-  eos_id: int = 258
-  vocab_size: int = 259
-
-  def encode(
-      self,
-      text: str | bytes,
-      add_bos: bool = False,
-      add_eos: bool = False,
-  ) -> list[int]:
-    """Encodes `text` as its UTF-8 bytes.
-
-    Args:
-      text: the string (or already-encoded bytes, as TFDS text features are
-        read back).
-      add_bos: prepend `bos_id`.
-      add_eos: append `eos_id`.
-
-    Returns:
-      The ids, `len(text.encode('utf-8')) + add_bos + add_eos` of them.
-    """
-    data = text if isinstance(text, bytes) else text.encode('utf-8')
-    ids = list(data)
-    if add_bos:
-      ids.insert(0, self.bos_id)
-    if add_eos:
-      ids.append(self.eos_id)
-    return ids
-
-  def decode(self, ids: Sequence[int] | np.ndarray,
-             stop_at_eos: bool = True) -> str:
-    """Decodes ids back to a string.
-
-    Pad and BOS ids are dropped. Bytes that do not form valid UTF-8 (a model
-    may emit any byte sequence) become U+FFFD rather than raising.
-
-    Args:
-      ids: `[T]` token ids.
-      stop_at_eos: ignore everything from the first EOS on; otherwise EOS ids
-        are dropped like pad.
-
-    Returns:
-      The decoded text.
-
-    Raises:
-      ValueError: an id is outside `[0, vocab_size)`.
-    """
-    out = bytearray()
-    for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
-      if i == self.eos_id:
-        if stop_at_eos:
-          break
-        continue
-      if i in (self.pad_id, self.bos_id):
-        continue
-      if not 0 <= i < 256:
-        raise ValueError(
-            f'Token id {i} is outside the byte tokenizer vocabulary '
-            f'[0, {self.vocab_size}); was the model built with a larger '
-            'vocab_size than the tokenizer?')
-      out.append(i)
-    return out.decode('utf-8', errors='replace')
+  pad_id: int
 
   def decode_batch(
       self,
@@ -157,3 +97,75 @@ class ByteTokenizer:
       ids[row, cols] = seq
       mask[row, cols] = True
     return ids, mask
+
+
+class ByteTokenizer(Batching):
+  """UTF-8 bytes as ids 0..255, then `pad_id`, `bos_id` and `eos_id`.
+
+  Stateless; every method could be a function. It is a class so that callers
+  can hold "a tokenizer" and swap in another with the same methods.
+  """
+
+  pad_id: int = 256
+  bos_id: int = 257
+  eos_id: int = 258
+  vocab_size: int = 259
+
+  def encode(
+      self,
+      text: str | bytes,
+      add_bos: bool = False,
+      add_eos: bool = False,
+  ) -> list[int]:
+    """Encodes `text` as its UTF-8 bytes.
+
+    Args:
+      text: the string (or already-encoded bytes, as TFDS text features are
+        read back).
+      add_bos: prepend `bos_id`.
+      add_eos: append `eos_id`.
+
+    Returns:
+      The ids, `len(text.encode('utf-8')) + add_bos + add_eos` of them.
+    """
+    data = text if isinstance(text, bytes) else text.encode('utf-8')
+    ids = list(data)
+    if add_bos:
+      ids.insert(0, self.bos_id)
+    if add_eos:
+      ids.append(self.eos_id)
+    return ids
+
+  def decode(self, ids: Sequence[int] | np.ndarray,
+             stop_at_eos: bool = True) -> str:
+    """Decodes ids back to a string.
+
+    Pad and BOS ids are dropped. Bytes that do not form valid UTF-8 (a model
+    may emit any byte sequence) become U+FFFD rather than raising.
+
+    Args:
+      ids: `[T]` token ids.
+      stop_at_eos: ignore everything from the first EOS on; otherwise EOS ids
+        are dropped like pad.
+
+    Returns:
+      The decoded text.
+
+    Raises:
+      ValueError: an id is outside `[0, vocab_size)`.
+    """
+    out = bytearray()
+    for i in np.asarray(ids, dtype=np.int64).reshape(-1).tolist():
+      if i == self.eos_id:
+        if stop_at_eos:
+          break
+        continue
+      if i in (self.pad_id, self.bos_id):
+        continue
+      if not 0 <= i < 256:
+        raise ValueError(
+            f'Token id {i} is outside the byte tokenizer vocabulary '
+            f'[0, {self.vocab_size}); was the model built with a larger '
+            'vocab_size than the tokenizer?')
+      out.append(i)
+    return out.decode('utf-8', errors='replace')

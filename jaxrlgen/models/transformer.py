@@ -20,6 +20,7 @@ maps both kinds of name to mesh axes.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -29,6 +30,11 @@ import jax
 import jax.numpy as jnp
 
 Dtype = Any
+
+NORM_TYPES = ('rms', 'layer')
+MLP_TYPES = ('swiglu', 'geglu', 'gelu')
+POSITION_TYPES = ('rope', 'learned')
+ROPE_SCALINGS = ('none', 'linear', 'llama3')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +56,44 @@ class TransformerConfig:
   dtype: str = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
   param_dtype: str = 'float32'
   remat: bool = False  # Rematerialise each block in the backward pass.
+  # Where model families differ (the defaults are Llama's); jaxrlgen/models/
+  # hf.py sets these from a Hugging Face config.json.
+  norm_type: str = 'rms'  # 'rms', or 'layer' (LayerNorm with bias: GPT-2).
+  mlp_type: str = 'swiglu'  # 'swiglu', 'geglu' (Gemma), 'gelu' (GPT-2).
+  qkv_bias: bool = False  # Biases on q, k, v (Qwen2, GPT-2).
+  out_bias: bool = False  # Bias on the attention output projection (GPT-2).
+  mlp_bias: bool = False  # Biases in the MLP (GPT-2).
+  qk_norm: bool = False  # RMSNorm over each head of q and k (Qwen3).
+  position_type: str = 'rope'  # 'rope', or 'learned' (GPT-2's table).
+  max_positions: int = 0  # Rows of the learned table; 0: max_seq_len.
+  rope_scaling: str = 'none'  # 'none', 'linear' or 'llama3' (Llama 3.1+).
+  rope_factor: float = 1.0  # Frequency divisor of the scaled rotary bands.
+  rope_low_freq_factor: float = 1.0  # llama3: wavelengths above
+  rope_high_freq_factor: float = 4.0  # original / low are divided by factor,
+  rope_original_max_len: int = 8192  # below original / high kept, blended between.
+  embed_scale: bool = False  # Embeddings times sqrt(hidden_dim) (Gemma).
+  query_scale: float = 0.0  # Scores / sqrt(query_scale); 0: head_dim (Gemma 2).
+  attn_softcap: float = 0.0  # Scores -> c * tanh(scores / c); 0: off (Gemma 2).
+  final_softcap: float = 0.0  # The same for the logits (Gemma 2).
+  sliding_window: int = 0  # Keys at most this many tokens back; 0: none.
+  sliding_layers: tuple[int, ...] = ()  # Layers with the window; (): all.
+  post_norms: bool = False  # Norm each block's attention and MLP output (Gemma 2).
 
   def __post_init__(self):
+    # Configs arrive from ml_collections with lists where tuples belong.
+    object.__setattr__(self, 'sliding_layers', tuple(self.sliding_layers))
+    for name, value, known in (
+        ('norm_type', self.norm_type, NORM_TYPES),
+        ('mlp_type', self.mlp_type, MLP_TYPES),
+        ('position_type', self.position_type, POSITION_TYPES),
+        ('rope_scaling', self.rope_scaling, ROPE_SCALINGS)):
+      if value not in known:
+        raise ValueError(f'model.{name}={value!r}; known: {known}.')
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f'model.num_heads={self.num_heads} must be a multiple of '
           f'model.num_kv_heads={self.num_kv_heads} (grouped-query attention).')
-    if self.resolved_head_dim % 2:
+    if self.position_type == 'rope' and self.resolved_head_dim % 2:
       raise ValueError(f'head_dim={self.resolved_head_dim} must be even for '
                        'rotary embeddings; change model.hidden_dim or '
                        'model.head_dim.')
@@ -64,6 +101,10 @@ class TransformerConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_dim // self.num_heads
+
+  def uses_window(self, layer: int) -> bool:
+    return self.sliding_window > 0 and (not self.sliding_layers
+                                        or layer in self.sliding_layers)
 
 
 @flax.struct.dataclass
@@ -114,16 +155,48 @@ def repeat_cache(cache: KVCache, repeats: int) -> KVCache:
                        mask=rep(cache.mask))
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding of x: [B, L, H, D] at positions: [B, L]."""
+def rope_frequencies(config: TransformerConfig) -> jax.Array:
+  """Angular frequency of each rotary band: f32[head_dim / 2]."""
+  half = config.resolved_head_dim // 2
+  freqs = config.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if config.rope_scaling == 'linear':
+    freqs = freqs / config.rope_factor
+  elif config.rope_scaling == 'llama3':
+    # Llama 3.1's long-context scaling: bands whose wavelength exceeds the
+    # original context / low_freq_factor are slowed by `factor`, bands shorter
+    # than original / high_freq_factor are kept, and those between blend.
+    wavelength = 2 * jnp.pi / freqs
+    original = config.rope_original_max_len
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    blend = (original / wavelength - low) / (high - low)
+    blended = (1 - blend) * freqs / config.rope_factor + blend * freqs
+    freqs = jnp.where(wavelength > original / low, freqs / config.rope_factor,
+                      jnp.where(wavelength < original / high, freqs, blended))
+  return freqs
+
+
+def rotary(x: jax.Array, positions: jax.Array,
+           freqs: jax.Array | float) -> jax.Array:
+  """Rotary position embedding of x: [B, L, H, D] at positions: [B, L].
+
+  `freqs` are the bands' frequencies, f32[D / 2] (`rope_frequencies`), or a
+  base theta for the unscaled bands theta^(-2i / D). The two halves of the
+  head dimension are rotated as pairs (the Hugging Face layout).
+  """
   half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if not hasattr(freqs, 'shape'):
+    freqs = freqs ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions[..., None].astype(jnp.float32) * freqs  # [B, L, D/2]
   sin = jnp.sin(angles)[:, :, None, :]
   cos = jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap): x squashed smoothly into (-cap, cap)."""
+  return cap * jnp.tanh(x / cap)
 
 
 # Logical names of the main activations (see jaxrlgen/parallel/sharding.py);
@@ -145,25 +218,51 @@ def _dense_init(names, fan_in_axes=(0,)):
   return nn.with_logical_partitioning(init, names)
 
 
-def _projection_init(names, num_in: int, fan_in_axes=(0,)):
-  """`_dense_init` of a kernel with several input or output axes.
+class Projection(nn.Module):
+  """x [..., *in] -> [..., *out] by a kernel [*in, *out] (and a bias [*out]).
 
-  The kernel is drawn as the [prod(inputs), prod(outputs)] matrix and
-  reshaped, so it equals what `nn.DenseGeneral` draws. (It is not a
-  DenseGeneral because that module boxes the 2-D draw under the 3-D kernel's
-  logical names, which fails under sharding rules.) With fan_in_axes=(0, 1),
-  the matrix's fan-in counts both of its dimensions: the attention output
-  projection starts sqrt(hidden_dim) times smaller than LeCun's, the
-  initialisation every reported result was measured with.
+  A dense layer with several input or output axes, e.g. [E] -> [H, D] for
+  the query heads. Like `nn.DenseGeneral`, the kernel is drawn LeCun-style as
+  the [prod(in), prod(out)] matrix and reshaped, and the product is one
+  `dot_general`; unlike it, the kernel is boxed with its own logical names
+  (DenseGeneral boxes the 2-D draw under the 3-D kernel's names, which fails
+  under sharding rules). With fan_in_axes=(0, 1) the matrix's fan-in counts
+  both of its dimensions, so the attention output projection starts
+  sqrt(hidden_dim) times smaller than LeCun's: the initialisation every
+  reported result was measured with.
   """
-  base = nn.initializers.variance_scaling(
-      1.0, 'fan_in', 'truncated_normal', in_axis=fan_in_axes, out_axis=-1)
 
-  def init(key, shape, dtype=jnp.float32):
-    flat = (math.prod(shape[:num_in]), math.prod(shape[num_in:]))
-    return base(key, flat, dtype).reshape(shape)
+  shape: tuple[int, ...]  # Kernel: input axes, then output axes.
+  num_in: int  # How many of the kernel's leading axes are contracted.
+  names: tuple[str | None, ...]  # Logical names of the kernel's axes.
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  fan_in_axes: tuple[int, ...] = (0,)
 
-  return nn.with_logical_partitioning(init, names)
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    base = nn.initializers.variance_scaling(
+        1.0, 'fan_in', 'truncated_normal', in_axis=self.fan_in_axes,
+        out_axis=-1)
+
+    def init(key, shape, dtype=jnp.float32):
+      flat = (math.prod(shape[:self.num_in]), math.prod(shape[self.num_in:]))
+      return base(key, flat, dtype).reshape(shape)
+
+    kernel = self.param('kernel', nn.with_logical_partitioning(
+        init, self.names), self.shape, self.param_dtype)
+    bias = None
+    if self.use_bias:
+      bias = self.param('bias', nn.with_logical_partitioning(
+          nn.initializers.zeros, self.names[self.num_in:]),
+                        self.shape[self.num_in:], self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    contract = tuple(range(x.ndim - self.num_in, x.ndim))
+    y = jax.lax.dot_general(x, kernel,
+                            ((contract, tuple(range(self.num_in))), ((), ())))
+    return y if bias is None else y + bias
 
 
 class Attention(nn.Module):
@@ -176,15 +275,20 @@ class Attention(nn.Module):
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     head_dim, num_kv = cfg.resolved_head_dim, cfg.num_kv_heads
     group = cfg.num_heads // num_kv
-    proj = lambda heads, names, name: nn.Einsum(
-        (x.shape[-1], heads, head_dim), 'ble,ehd->blhd', use_bias=False,
-        dtype=dtype, param_dtype=pdtype,
-        kernel_init=_projection_init(names, num_in=1), name=name)
+    proj = lambda heads, names, name: Projection(
+        (x.shape[-1], heads, head_dim), 1, names, use_bias=cfg.qkv_bias,
+        dtype=dtype, param_dtype=pdtype, name=name)
     q = proj(cfg.num_heads, ('embed', 'heads', 'head_dim'), 'q')(x)
     k = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'k')(x)
     v = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'v')(x)
-    q = _constrain(rotary(q, positions, cfg.rope_theta), _HEADS)
-    k = _constrain(rotary(k, positions, cfg.rope_theta), _KV_HEADS)
+    if cfg.qk_norm:
+      q = _norm(cfg, 'q_norm', 'rms', ('head_dim',))(q)
+      k = _norm(cfg, 'k_norm', 'rms', ('head_dim',))(k)
+    if cfg.position_type == 'rope':
+      freqs = (cfg.rope_theta if cfg.rope_scaling == 'none'
+               else rope_frequencies(cfg))
+      q, k = rotary(q, positions, freqs), rotary(k, positions, freqs)
+    q, k = _constrain(q, _HEADS), _constrain(k, _KV_HEADS)
     v = _constrain(v, _KV_HEADS)
 
     if layer_cache is not None:
@@ -200,18 +304,18 @@ class Attention(nn.Module):
     q = q.reshape(b, l, num_kv, group, head_dim)
     scores = jnp.einsum('blkgd,bskd->bkgls', q, k,
                         preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(head_dim))
+    scores = scores / jnp.sqrt(jnp.float32(cfg.query_scale or head_dim))
+    if cfg.attn_softcap:
+      scores = softcap(scores, cfg.attn_softcap)
     scores = jnp.where(key_mask[:, None, None], scores,
                        jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum('bkgls,bskd->blkgd', probs, v)
     out = out.reshape(b, l, cfg.num_heads, head_dim)
-    out = nn.Einsum((cfg.num_heads, head_dim, x.shape[-1]), 'blhd,hde->ble',
-                    use_bias=False, dtype=dtype, param_dtype=pdtype,
-                    kernel_init=_projection_init(
-                        ('heads', 'head_dim', 'embed'), num_in=2,
-                        fan_in_axes=(0, 1)),
-                    name='o')(out)
+    out = Projection((cfg.num_heads, head_dim, x.shape[-1]), 2,
+                     ('heads', 'head_dim', 'embed'), use_bias=cfg.out_bias,
+                     dtype=dtype, param_dtype=pdtype, fan_in_axes=(0, 1),
+                     name='o')(out)
     return out, new_kv
 
 
@@ -222,20 +326,37 @@ class MLP(nn.Module):
   def __call__(self, x):
     cfg = self.config
     dense = lambda feats, names, name: nn.Dense(
-        feats, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+        feats, use_bias=cfg.mlp_bias, dtype=jnp.dtype(cfg.dtype),
         param_dtype=jnp.dtype(cfg.param_dtype), kernel_init=_dense_init(names),
-        name=name)
-    gate = dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x)
-    up = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x)
-    hidden = _constrain(nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                               names[1:]), name=name)
+    if cfg.mlp_type == 'gelu':  # Ungated (GPT-2).
+      hidden = nn.gelu(dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x),
+                       approximate=True)
+    else:
+      gate = dense(cfg.mlp_dim, ('embed', 'mlp'), 'gate')(x)
+      up = dense(cfg.mlp_dim, ('embed', 'mlp'), 'up')(x)
+      act = (nn.silu if cfg.mlp_type == 'swiglu'
+             else functools.partial(nn.gelu, approximate=True))
+      hidden = act(gate) * up
+    hidden = _constrain(hidden, ('batch', 'length', 'act_mlp'))
     return dense(x.shape[-1], ('mlp', 'embed'), 'down')(hidden)
 
 
-def _norm(cfg: TransformerConfig, name: str) -> nn.RMSNorm:
-  return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
-                    param_dtype=jnp.dtype(cfg.param_dtype),
-                    scale_init=nn.with_logical_partitioning(
-                        nn.initializers.ones, ('embed',)), name=name)
+def _norm(cfg: TransformerConfig, name: str, kind: str | None = None,
+          names: tuple[str, ...] = ('embed',)) -> nn.Module:
+  """RMSNorm or LayerNorm over the last axis (`names`: its logical name)."""
+  kind = kind or cfg.norm_type
+  common = dict(epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
+                param_dtype=jnp.dtype(cfg.param_dtype),
+                scale_init=nn.with_logical_partitioning(
+                    nn.initializers.ones, names), name=name)
+  if kind == 'layer':
+    # Two-pass variance, as PyTorch computes it.
+    return nn.LayerNorm(use_fast_variance=False,
+                        bias_init=nn.with_logical_partitioning(
+                            nn.initializers.zeros, names), **common)
+  return nn.RMSNorm(**common)
 
 
 class Block(nn.Module):
@@ -243,11 +364,16 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, key_mask, layer_cache):
-    attn_out, new_kv = Attention(self.config, name='attn')(
-        _norm(self.config, 'attn_norm')(x), positions, key_mask, layer_cache)
+    cfg = self.config
+    attn_out, new_kv = Attention(cfg, name='attn')(
+        _norm(cfg, 'attn_norm')(x), positions, key_mask, layer_cache)
+    if cfg.post_norms:
+      attn_out = _norm(cfg, 'post_attn_norm')(attn_out)
     x = _constrain(x + attn_out, _EMBED)
-    x = x + MLP(self.config, name='mlp')(_norm(self.config, 'mlp_norm')(x))
-    return _constrain(x, _EMBED), new_kv
+    mlp_out = MLP(cfg, name='mlp')(_norm(cfg, 'mlp_norm')(x))
+    if cfg.post_norms:
+      mlp_out = _norm(cfg, 'post_mlp_norm')(mlp_out)
+    return _constrain(x + mlp_out, _EMBED), new_kv
 
 
 class Transformer(nn.Module):
@@ -274,6 +400,12 @@ class Transformer(nn.Module):
         param_dtype=pdtype,
         embedding_init=nn.with_logical_partitioning(
             nn.initializers.normal(1.0), ('vocab', 'embed')))
+    if cfg.position_type == 'learned':
+      self.pos_embed = nn.Embed(
+          cfg.max_positions or cfg.max_seq_len, cfg.hidden_dim,
+          dtype=jnp.dtype(cfg.dtype), param_dtype=pdtype,
+          embedding_init=nn.with_logical_partitioning(
+              nn.initializers.normal(0.02), (None, 'embed')))
     block = nn.remat(Block) if cfg.remat else Block
     self.blocks = [block(cfg, name=f'block_{i}')
                    for i in range(cfg.num_layers)]
@@ -295,24 +427,36 @@ class Transformer(nn.Module):
     # from a vocab- and fsdp-sharded table into batch-sharded rows, and would
     # replicate far more (with a warning) than this one all-gather does.
     table = _constrain(self.embed.embedding, (None, 'act_embed'))
-    x = jnp.take(table, tokens, axis=0).astype(self.config.dtype)
+    cfg = self.config
+    x = jnp.take(table, tokens, axis=0).astype(cfg.dtype)
+    if cfg.embed_scale:
+      x = x * jnp.asarray(cfg.hidden_dim ** 0.5, x.dtype)
+    if cfg.position_type == 'learned':
+      x = x + jnp.take(self.pos_embed.embedding, positions,
+                       axis=0).astype(cfg.dtype)
     x = _constrain(x, _EMBED)
     if cache is None:
-      length = tokens.shape[1]
-      causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-      key_mask = causal[None] & token_mask[:, None, :]  # [B, L, L]
+      query_slots = slots = jnp.arange(tokens.shape[1])
+      valid = token_mask
     else:
       slots = jnp.arange(cache.size)
       cache_mask = jax.lax.dynamic_update_slice_in_dim(
           cache.mask, token_mask, cache.index, axis=1)
       query_slots = cache.index + jnp.arange(tokens.shape[1])
-      key_mask = (slots[None, :] <= query_slots[:, None])[None] & \
-          cache_mask[:, None, :]  # [B, L, S]
+      valid = cache_mask
+    back = query_slots[:, None] - slots[None, :]  # [L, S] tokens back.
+    key_mask = (back >= 0)[None] & valid[:, None, :]  # [B, L, S]
+    window_mask = None
+    if cfg.sliding_window:
+      # Slots are consecutive tokens (padding sits before the prompt, where
+      # `valid` masks it), so slot distance is token distance.
+      window_mask = key_mask & (back < cfg.sliding_window)[None]
     new_keys, new_values = [], []
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else (
           cache.keys[i], cache.values[i], cache.index)
-      x, (k, v) = block(x, positions, key_mask, layer_cache)
+      mask = window_mask if cfg.uses_window(i) else key_mask
+      x, (k, v) = block(x, positions, mask, layer_cache)
       new_keys.append(k)
       new_values.append(v)
     hidden = self.final_norm(x)
@@ -334,7 +478,10 @@ class Transformer(nn.Module):
       logits = self.unembed(hidden)
     if logits.ndim == 3:
       logits = _constrain(logits, ('batch', 'length', 'act_vocab'))
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    if self.config.final_softcap:
+      logits = softcap(logits, self.config.final_softcap)
+    return logits
 
   def value(self, hidden):
     """Scalar value of hidden states [..., E] -> f32[...]."""
