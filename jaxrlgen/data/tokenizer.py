@@ -106,6 +106,7 @@ class ByteTokenizer(Batching):
   can hold "a tokenizer" and swap in another with the same methods.
   """
 
+  byte_level: bool = True  # Ids are characters: rewards parse them in jit.
   pad_id: int = 256
   bos_id: int = 257
   eos_id: int = 258

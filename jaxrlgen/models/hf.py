@@ -20,9 +20,11 @@ shards; the host holds at most one layer's tensor at once.
 
 import json
 import os
+import shutil
 from typing import Any, Callable, NamedTuple
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -420,10 +422,18 @@ def load(path: str | os.PathLike[str], *, param_dtype: str = 'float32',
       array = np.asarray(array).astype(target)
       sharding = None if shardings is None else _get(shardings, our_path)
       _set(params, our_path, jax.device_put(array, sharding))
-  missing = set(map(tuple, _leaf_paths(abstract))) - set(
-      map(tuple, _leaf_paths(params)))
-  if missing:  # A family table that forgot a parameter.
-    raise AssertionError(f'{arch}: no tensor for {sorted(missing)}.')
+  for our_path in _leaf_paths(abstract):
+    try:
+      _get(params, our_path)
+    except KeyError:
+      if our_path[0] != 'value_proj':  # A family table missing a parameter.
+        raise AssertionError(f'{arch}: no tensor for {our_path}.') from None
+      # A value head (PPO's critic) is not in the checkpoint: it starts at 0,
+      # as a freshly initialised one does.
+      want = _get(abstract, our_path)
+      sharding = None if shardings is None else _get(shardings, our_path)
+      _set(params, our_path, jax.device_put(
+          np.zeros(want.shape, want.dtype), sharding))
   return config, params
 
 
@@ -431,6 +441,26 @@ def _leaf_paths(tree, prefix=()) -> list[Path]:
   if not isinstance(tree, dict):
     return [prefix]
   return [p for k, v in tree.items() for p in _leaf_paths(v, prefix + (k,))]
+
+
+def _fetch(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json',
+                   'special_tokens_map.json', 'tokenizer.model', 'vocab.json',
+                   'merges.txt', 'generation_config.json')
+
+
+def copy_tokenizer(source: str | os.PathLike[str],
+                   target: str | os.PathLike[str]) -> None:
+  """Copies the tokenizer (and generation config) files that exist."""
+  for name in TOKENIZER_FILES:
+    file = os.path.join(source, name)
+    if os.path.exists(file):
+      shutil.copyfile(file, os.path.join(target, name))
 
 
 def hf_config_of(config: tfm.TransformerConfig, arch: str) -> dict:
@@ -457,6 +487,9 @@ def save(path: str | os.PathLike[str], config: tfm.TransformerConfig,
          max_shard_bytes: int = 4 << 30) -> None:
   """Writes params as a Hugging Face checkpoint that transformers loads.
 
+  In a multi-host run every process calls it (parameters sharded across
+  hosts are gathered tensor by tensor) and process 0 writes.
+
   Args:
     path: output directory (created).
     config: the model's TransformerConfig.
@@ -468,14 +501,16 @@ def save(path: str | os.PathLike[str], config: tfm.TransformerConfig,
     max_shard_bytes: above this, tensors go to several files and an index.
   """
   path = os.fspath(path)
-  os.makedirs(path, exist_ok=True)
+  write = jax.process_index() == 0
+  if write:
+    os.makedirs(path, exist_ok=True)
   hf_config = dict(hf_config) if hf_config else hf_config_of(config, arch)
   arch = architecture(hf_config)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   out_dtype = None if dtype is None else np.dtype(jnp.dtype(dtype))
   for tensor in ARCHITECTURES[arch].tensors(config):
-    ours = [np.asarray(jax.device_get(_get(params, p))) for p in tensor.ours]
+    ours = [_fetch(_get(params, p)) for p in tensor.ours]
     for name, array in zip(tensor.hf, tensor.save(*ours)):
       array = np.ascontiguousarray(
           array.astype(out_dtype or ours[0].dtype))
@@ -484,6 +519,8 @@ def save(path: str | os.PathLike[str], config: tfm.TransformerConfig,
         size = 0
       shards[-1][name] = array
       size += array.nbytes
+  if not write:
+    return
   first = next(iter(shards[0].values()))
   hf_config['torch_dtype'] = hf_config['dtype'] = {
       np.dtype(np.float32): 'float32', np.dtype(ml_dtypes.bfloat16): 'bfloat16',

@@ -2,12 +2,17 @@
 
 `REGISTRY` maps a reward name to a factory `(tokenizer, **options) -> fn`;
 `make(terms, tokenizer, options)` builds the weighted sum that
-`config.reward.terms` (name -> weight) describes.
+`config.reward.terms` (name -> weight) describes. With the byte tokenizer the
+rewards run inside jit; with a released model's tokenizer (`byte_level`
+False), `exact_match` and `format` parse the decoded text on the host.
 """
 
 import functools
 from typing import Callable, Mapping
 
+import jax.numpy as jnp
+
+from jaxrlgen.rewards import host
 from jaxrlgen.rewards import text
 from jaxrlgen.rewards.text import exact_match
 from jaxrlgen.rewards.text import integer_format
@@ -15,11 +20,28 @@ from jaxrlgen.rewards.text import length_penalty
 from jaxrlgen.rewards.text import parse_integer
 from jaxrlgen.rewards.text import weighted
 
+
+def _exact_match(tok, **_):
+  if getattr(tok, 'byte_level', False):
+    return functools.partial(text.exact_match, eos_id=tok.eos_id)
+  return host.text_reward(text.exact_match_text, tok, fields=('answer',))
+
+
+def _format(tok, **_):
+  if getattr(tok, 'byte_level', False):
+    return functools.partial(text.integer_format, eos_id=tok.eos_id)
+  is_integer = host.text_reward(text.is_integer_text, tok)
+
+  def integer_format(rollout, batch):
+    ended = text.ended_with_eos(rollout, tok.eos_id)
+    return ended.astype(jnp.float32) * is_integer(rollout, batch)
+
+  return integer_format
+
+
 REGISTRY: dict[str, Callable[..., Callable]] = {
-    'exact_match': lambda tok, **_: functools.partial(
-        text.exact_match, eos_id=tok.eos_id),
-    'format': lambda tok, **_: functools.partial(
-        text.integer_format, eos_id=tok.eos_id),
+    'exact_match': _exact_match,
+    'format': _format,
     'length_penalty': lambda tok, target_length=0, **_: functools.partial(
         text.length_penalty, target_length=target_length),
 }

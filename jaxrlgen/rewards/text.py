@@ -3,7 +3,13 @@
 `rollout.actions` are byte tokens (see `jaxrlgen.data.ByteTokenizer`);
 `batch` holds per-sequence data (already repeated over each prompt's group),
 e.g. `batch['answer']: i32[B]`. Everything runs inside jit.
+
+A subword tokenizer's ids are not characters, so for released models' tokenizers
+the same rewards are computed on decoded text on the host (`*_text`, wrapped
+by `jaxrlgen.rewards.host.text_reward`).
 """
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +91,25 @@ def weighted(terms):
     return total
 
   return reward_fn
+
+
+_INTEGER = re.compile(r'-?[0-9]{1,%d}' % MAX_DIGITS)
+
+
+def parse_integer_text(text: str) -> int | None:
+  """`parse_integer` of decoded text: an optional '-' and 1 to 9 digits,
+  surrounding whitespace ignored (subword tokenizers attach spaces to
+  tokens); None otherwise."""
+  text = text.strip()
+  return int(text) if _INTEGER.fullmatch(text) else None
+
+
+def exact_match_text(text: str, answer) -> float:
+  """`exact_match` of a decoded completion."""
+  value = parse_integer_text(text)
+  return float(value is not None and value == int(answer))
+
+
+def is_integer_text(text: str) -> float:
+  """1.0 where the decoded completion is an integer."""
+  return float(parse_integer_text(text) is not None)

@@ -32,9 +32,11 @@ from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import arithmetic
 from jaxrlgen.data import pipeline
+from jaxrlgen.data.hf_tokenizer import HFTokenizer
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
+from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
@@ -217,6 +219,26 @@ def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
   return checkpointer.restore(step, state), step
 
 
+def _hf_overrides(model: ml_collections.ConfigDict) -> dict:
+  # The fields of an HF config's `model` section beside `path`.
+  return {k: v for k, v in model.items() if k != 'path'}
+
+
+def model_and_tokenizer(model: ml_collections.ConfigDict):
+  """(tokenizer, TransformerConfig) of `config.model`.
+
+  With `model.path`, a Hugging Face checkpoint directory: its config.json and
+  tokenizer, with the section's other fields (max_seq_len, param_dtype,
+  dtype, remat, ...) overriding; otherwise the byte tokenizer and a fresh
+  model of the section's TransformerConfig fields.
+  """
+  if model.get('path'):
+    return (HFTokenizer.from_dir(model.path),
+            hf.model_config(hf.read_config(model.path),
+                            **_hf_overrides(model)))
+  return ByteTokenizer(), tfm.TransformerConfig(**model)
+
+
 def default_layout(model_cfg: tfm.TransformerConfig) -> parallel.Layout:
   """Every device on `data`, with the logical names of `model_cfg`'s params."""
   return parallel.Layout(parallel.make_mesh(), model_logical_axes(model_cfg))
@@ -265,8 +287,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the summary."""
   start_time = time.time()
   workdir = workdir_lib.prepare_workdir(workdir)
-  tokenizer = ByteTokenizer()
-  model_cfg = tfm.TransformerConfig(**config.model)
+  tokenizer, model_cfg = model_and_tokenizer(config.model)
   mesh = parallel.make_mesh(config.mesh)
   validate(config, tokenizer, model_cfg, mesh)
   # The async loop places its actor and learner on device groups of its own;
@@ -296,7 +317,12 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
 
   task = load_task(config, workdir, tokenizer)
   init_key = jax.random.key(config.seed)
-  params = layout.init(functools.partial(tfm.init_params, model_cfg), init_key)
+  if config.model.get('path'):  # A released model, placed in its shards.
+    _, params = hf.load(config.model.path, shardings=layout.shardings,
+                        **_hf_overrides(config.model))
+  else:
+    params = layout.init(functools.partial(tfm.init_params, model_cfg),
+                         init_key)
   if config.sft.steps:
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
     params = warm_start(config, workdir, task, sft_env, params, layout)
@@ -345,6 +371,12 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
                                progress_desc=config.algo.name),
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
+  if config.model.get('path'):  # The trained policy, for other tools to serve.
+    export = str(workdir / 'hf_model')
+    hf.save(export, model_cfg, algo.policy_params(state.params),
+            hf_config=hf.read_config(config.model.path))
+    if parallel.is_primary():
+      hf.copy_tokenizer(config.model.path, export)
   summary = summarize(writers.read_metrics(str(workdir)),
                       time.time() - start_time)
   summary['mesh'] = dict(layout.mesh.shape)
