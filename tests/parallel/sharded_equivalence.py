@@ -6,6 +6,7 @@ Prints one JSON object: {case: {quantity: max abs difference or bool}}.
 """
 
 import functools
+import dataclasses
 import json
 import os
 import sys
@@ -24,6 +25,7 @@ from jaxrlgen import parallel
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
+from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import checkpoint
 from jaxrlgen.train import step as step_lib
@@ -164,6 +166,22 @@ def restore_on_other_mesh(directory: str) -> dict:
           'num_devices': len(kernel.sharding.device_set)}
 
 
+def load_hf_into_shards(directory: str) -> dict:
+  """Saves a model as a Hugging Face checkpoint; loads it onto a mesh."""
+  config = dataclasses.replace(MODEL, value_head=False)
+  params = tfm.init_params(config, jax.random.key(5))
+  hf.save(directory, config, params)
+  mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(
+      zip(parallel.AXES, MESHES['mixed']))))
+  layout = parallel.Layout(mesh, tfm.logical_axes(config))
+  _, loaded = hf.load(directory, max_seq_len=MODEL.max_seq_len,
+                      shardings=layout.shardings)
+  kernel = loaded['block_0']['mlp']['up']['kernel']
+  return {'values': max_diff(loaded, params),
+          'sharding': str(kernel.sharding.spec),
+          'shard_shape': list(kernel.addressable_shards[0].data.shape)}
+
+
 def max_diff(a, b) -> float:
   """Largest difference relative to max(1, |reference|), over all leaves."""
   diffs = jax.tree.map(lambda x, y: float(np.max(
@@ -196,6 +214,8 @@ def main(argv):
                           'params': max_diff(state.params, ref_state.params)}
   with tempfile.TemporaryDirectory() as directory:
     results['restore'] = restore_on_other_mesh(directory)
+  with tempfile.TemporaryDirectory() as directory:
+    results['hf_load'] = load_hf_into_shards(directory)
   print(json.dumps(results))
 
 

@@ -118,3 +118,10 @@ def test_checkpoint_restores_onto_another_mesh(sharded_results):
   # Saved on (data 2, fsdp 2, tensor 2), restored onto (tensor 4).
   assert result['sharding'] == str(P(None, 'tensor'))
   assert result['num_devices'] == 4
+
+
+def test_hf_checkpoint_loads_into_shards(sharded_results):
+  result = sharded_results['hf_load']
+  assert result['values'] == 0.0
+  assert result['sharding'] == str(P('fsdp', 'tensor'))
+  assert result['shard_shape'] == [16, 32]  # [32, 64] over fsdp 2 x tensor 2.
