@@ -250,3 +250,26 @@ def test_suppress_eos_choose(greedy):
 def test_invalid_sampling_raises(kwargs, field):
   with pytest.raises(ValueError, match=field):
     Sampling(**kwargs)
+
+
+def test_early_stop_equals_full_scan():
+  # EOS is likely (0.5), so every sequence ends long before the budget.
+  probs = np.full(_V, 0.5 / (_V - 1))
+  probs[_EOS] = 0.5
+  params = _fixed_policy_params(probs)
+  prompt, prompt_mask = _prompts(pads=[0, 1, 2, 3], length=4)
+  full = jax.jit(_env(max_new_tokens=10).rollout)
+  early = jax.jit(_env(max_new_tokens=10, early_stop=True).rollout)
+  for seed in range(3):
+    want = full(params, prompt, prompt_mask, jax.random.key(seed))
+    got = early(params, prompt, prompt_mask, jax.random.key(seed))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert not np.asarray(want.mask)[:, -1].any()  # All ended early.
+  # And when nothing ends (EOS suppressed), the loop runs all T steps.
+  want = jax.jit(_env(max_new_tokens=10, suppress_eos=True).rollout)(
+      params, prompt, prompt_mask, jax.random.key(0))
+  got = jax.jit(_env(max_new_tokens=10, suppress_eos=True,
+                     early_stop=True).rollout)(
+                         params, prompt, prompt_mask, jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert np.asarray(got.mask).all()
