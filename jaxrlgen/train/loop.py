@@ -106,3 +106,24 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
     writer.flush()
     progress.close()
   return state
+
+
+def fuse_steps(step_fn: StepFn, num_steps: int):
+  """`num_steps` training steps as one `lax.scan`, for one jit.
+
+  For small models the host's per-step work (dispatch, fetching the batch,
+  launching the program) is a visible share of a step; fusing k steps pays
+  it once per k. `step_fn` is the plain (unjitted) step.
+
+  Returns:
+    fused(state, batches, keys) -> (state, metrics), where `batches` has a
+    leading axis of `num_steps` (one batch per step), `keys` is
+    key[num_steps], and `metrics` are the last step's.
+  """
+  def fused(state, batches, keys):
+    def body(state, batch_and_key):
+      return step_fn(state, *batch_and_key)
+    state, metrics = jax.lax.scan(body, state, (batches, keys),
+                                  length=num_steps)
+    return state, jax.tree.map(lambda m: m[-1], metrics)
+  return fused

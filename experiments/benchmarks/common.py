@@ -1,0 +1,164 @@
+"""What the benchmarks share: workload W, FLOP counts, the machine's peak,
+timing, and the output format (a table, and with --json one JSON object on
+the last line).
+
+Workload W (README, "Throughput"): a Llama-architecture model with vocabulary
+1024, hidden 256, MLP 1024, 4 layers, 4 heads, 4 KV heads, float32, random
+init; 16 prompts x 4 samples = 64 sequences; prompts of 16 tokens; exactly 64
+new tokens (EOS suppressed); temperature 1, no top-k or top-p.
+"""
+
+import dataclasses
+import json
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrlgen.envs.text import Sampling
+from jaxrlgen.envs.text import TextEnv
+from jaxrlgen.models import transformer as tfm
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  vocab_size: int = 1024
+  hidden_dim: int = 256
+  mlp_dim: int = 1024
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  num_prompts: int = 16
+  group_size: int = 4
+  prompt_len: int = 16
+  new_tokens: int = 64
+  dtype: str = 'float32'
+
+  @property
+  def batch(self) -> int:
+    return self.num_prompts * self.group_size
+
+  def model_config(self, **overrides) -> tfm.TransformerConfig:
+    return tfm.TransformerConfig(
+        vocab_size=self.vocab_size, hidden_dim=self.hidden_dim,
+        mlp_dim=self.mlp_dim, num_layers=self.num_layers,
+        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+        max_seq_len=self.prompt_len + self.new_tokens, dtype=self.dtype,
+        **overrides)
+
+  def env(self, **overrides) -> TextEnv:
+    fields = dict(max_new_tokens=self.new_tokens, sampling=Sampling(),
+                  eos_id=self.vocab_size - 1, pad_id=0,
+                  num_samples=self.group_size, suppress_eos=True)
+    fields.update(overrides)
+    model_overrides = fields.pop('model_overrides', {})
+    return TextEnv(tfm.Transformer(self.model_config(**model_overrides)),
+                   **fields)
+
+  def prompts(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, self.vocab_size - 1,
+                          (self.num_prompts, self.prompt_len)).astype(np.int32)
+    return tokens, np.ones_like(tokens, bool)
+
+
+W = Workload()
+
+
+# ---------------------------------------------------------------------------
+# Model FLOPs (multiply-adds count 2). Attention counts the context each query
+# actually attends to (causal), not the padded cache.
+
+
+def _matmul_flops_per_token(w: Workload) -> float:
+  d = w.hidden_dim // w.num_heads
+  per_layer = 2 * w.hidden_dim * d * (w.num_heads + 2 * w.num_kv_heads)
+  per_layer += 2 * w.num_heads * d * w.hidden_dim
+  per_layer += 2 * 3 * w.hidden_dim * w.mlp_dim
+  return w.num_layers * per_layer + 2 * w.hidden_dim * w.vocab_size
+
+
+def _attention_flops(w: Workload, context: float) -> float:
+  """Scores and weighted values of one query over `context` keys."""
+  d = w.hidden_dim // w.num_heads
+  return w.num_layers * 2 * 2 * w.num_heads * d * context
+
+
+def forward_flops(w: Workload, num_seqs: int, length: int,
+                  logits_positions: int | None = None) -> float:
+  """A causal forward over `num_seqs` sequences of `length` tokens;
+  `logits_positions`: how many positions need the vocabulary projection."""
+  logits_positions = length if logits_positions is None else logits_positions
+  per_token = _matmul_flops_per_token(w) - 2 * w.hidden_dim * w.vocab_size
+  attention = sum(_attention_flops(w, t + 1) for t in range(length))
+  return num_seqs * (length * per_token + attention
+                     + logits_positions * 2 * w.hidden_dim * w.vocab_size)
+
+
+def rollout_flops(w: Workload, *, shared_prefill: bool = True) -> float:
+  """Prefill (once per prompt, or once per sample) + decode of every sample."""
+  prefills = w.num_prompts if shared_prefill else w.batch
+  prefill = forward_flops(w, prefills, w.prompt_len, logits_positions=1)
+  decode = 0.0
+  for t in range(w.new_tokens - 1):  # The last token needs no decode step.
+    decode += (_matmul_flops_per_token(w)
+               + _attention_flops(w, w.prompt_len + t + 1))
+  return prefill + w.batch * decode
+
+
+def grpo_step_flops(w: Workload) -> float:
+  """Rollout + reference forward + policy forward and backward (2x)."""
+  length = w.prompt_len + w.new_tokens
+  teacher = forward_flops(w, w.batch, length, logits_positions=w.new_tokens)
+  return rollout_flops(w) + teacher + 3 * teacher
+
+
+# ---------------------------------------------------------------------------
+# Measuring.
+
+
+def time_fn(fn: Callable[[], Any], *, repeats: int = 5,
+            min_time: float = 0.0) -> float:
+  """Best wall time of `fn()` (blocked on its outputs), after one warm-up."""
+  jax.block_until_ready(fn())
+  best, total, n = float('inf'), 0.0, 0
+  while n < repeats or total < min_time:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    elapsed = time.perf_counter() - start
+    best, total, n = min(best, elapsed), total + elapsed, n + 1
+  return best
+
+
+def peak_flops(size: int = 2048, dtype=jnp.float32) -> float:
+  """This machine's matrix-multiply FLOP/s: the best of square products."""
+  key1, key2 = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(key1, (size, size), dtype)
+  b = jax.random.normal(key2, (size, size), dtype)
+  matmul = jax.jit(jnp.matmul)
+  seconds = time_fn(lambda: matmul(a, b), repeats=5)
+  return 2 * size ** 3 / seconds
+
+
+def device_name() -> str:
+  device = jax.devices()[0]
+  return f'{device.platform}:{device.device_kind} x{jax.device_count()}'
+
+
+def print_table(title: str, header: Sequence[str],
+                rows: Sequence[Sequence[Any]]) -> None:
+  cells = [[str(h) for h in header]] + [
+      [f'{c:.4g}' if isinstance(c, float) else str(c) for c in row]
+      for row in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  print(f'\n{title}')
+  for i, row in enumerate(cells):
+    print('  '.join(c.rjust(w) for c, w in zip(row, widths)))
+    if i == 0:
+      print('  '.join('-' * w for w in widths))
+
+
+def emit_json(result: dict) -> None:
+  print(json.dumps(result, sort_keys=True))
