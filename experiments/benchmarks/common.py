@@ -132,14 +132,52 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5,
   return best
 
 
-def peak_flops(size: int = 2048, dtype=jnp.float32) -> float:
-  """This machine's matrix-multiply FLOP/s: the best of square products."""
-  key1, key2 = jax.random.split(jax.random.key(0))
-  a = jax.random.normal(key1, (size, size), dtype)
-  b = jax.random.normal(key2, (size, size), dtype)
-  matmul = jax.jit(jnp.matmul)
-  seconds = time_fn(lambda: matmul(a, b), repeats=5)
-  return 2 * size ** 3 / seconds
+def peak_flops(dtype=jnp.float32,
+               shapes: Sequence[tuple[int, int, int]] = (
+                   (2048, 2048, 2048), (1024, 1024, 1024), (512, 512, 512),
+                   (256, 256, 1024), (1024, 256, 1024))) -> float:
+  """This machine's matrix-multiply FLOP/s: the best over square products
+  and products of the shapes small models use ([M, 256] x [256, 1024] fits
+  in cache and runs faster on a CPU than a 2048^2 product)."""
+  best = 0.0
+  for m, k, n in shapes:
+    key1, key2 = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(key1, (m, k), dtype)
+    b = jax.random.normal(key2, (k, n), dtype)
+    matmul = jax.jit(jnp.matmul)
+    seconds = time_fn(lambda: matmul(a, b), repeats=10)
+    best = max(best, 2 * m * k * n / seconds)
+  return best
+
+
+def dense_flops_floor(w: Workload, rows: int, steps: int,
+                      repeats: int = 3) -> float:
+  """Seconds for just the dense layers of `steps` decode steps of `rows`
+  sequences (q/k/v/o, MLP, vocabulary projection) as a scan of matmuls: the
+  floor under the decode step, without attention, norms or sampling."""
+  d = w.hidden_dim // w.num_heads
+  e = w.hidden_dim
+  keys = jax.random.split(jax.random.key(0), 5)
+  qkv = jax.random.normal(keys[0], (w.num_layers, e, d * (w.num_heads + 2 * w.num_kv_heads))) / 16
+  o = jax.random.normal(keys[1], (w.num_layers, w.num_heads * d, e)) / 16
+  up = jax.random.normal(keys[2], (w.num_layers, e, 2 * w.mlp_dim)) / 16
+  down = jax.random.normal(keys[3], (w.num_layers, w.mlp_dim, e)) / 32
+  unembed = jax.random.normal(keys[4], (e, w.vocab_size)) / 16
+
+  @jax.jit
+  def run(x):
+    def step(x, _):
+      def layer(x, weights):
+        qkv_l, o_l, up_l, down_l = weights
+        h = (x @ qkv_l)[:, :w.num_heads * d] @ o_l
+        g = (x + h) @ up_l
+        return x + h + g[:, :w.mlp_dim] @ down_l, None
+      x, _ = jax.lax.scan(layer, x, (qkv, o, up, down))
+      return x / (1 + jnp.abs(x)), (x @ unembed)[:, 0]
+    return jax.lax.scan(step, x, None, length=steps)[1]
+
+  x = jax.random.normal(keys[0], (rows, e))
+  return time_fn(lambda: run(x), repeats=repeats)
 
 
 def device_name() -> str:

@@ -74,9 +74,10 @@ def profile(w: common.Workload, params, repeats: int,
 
   sampling = common.time_fn(lambda: sample(state, jax.random.key(1)),
                             repeats=repeats)
+  dense = common.dense_flops_floor(w, w.batch, w.new_tokens - 1, repeats)
   return {'prefill': prefill, 'decode': seconds - prefill,
           'decode_step': (seconds - prefill) / (w.new_tokens - 1),
-          'sampling': sampling}
+          'sampling': sampling, 'decode_dense_matmuls': dense}
 
 
 def early_stop_workload(w: common.Workload, params):
@@ -147,7 +148,12 @@ def main(argv):
            f'{100 * (flops - decode_flops) / parts["prefill"] / peak:.1f}%'],
           [f'decode ({w.new_tokens - 1} steps)', parts['decode'],
            f'{100 * decode_flops / parts["decode"] / peak:.1f}%'],
-          ['  of which sampling (softmax + draw)', parts['sampling'], ''],
+          ['  its dense matmuls alone (floor)', parts['decode_dense_matmuls'],
+           ''],
+          ['  sampling alone (softmax + draw)', parts['sampling'], ''],
+          ['  the rest: attention over the cache, norms, rotary, cache '
+           'writes', max(parts['decode'] - parts['decode_dense_matmuls']
+                         - parts['sampling'], 0.0), ''],
           ['rollout', seconds, f'{100 * result["mfu"]:.1f}%']]
   common.print_table('Where the rollout time goes',
                      ['part', 'seconds', 'MFU'], rows)

@@ -112,8 +112,8 @@ class KVCache:
   """Keys and values of every layer for `S` slots.
 
   Attributes:
-    keys: per layer, [B, S, num_kv_heads, head_dim].
-    values: per layer, [B, S, num_kv_heads, head_dim].
+    keys: per layer, [B, num_kv_heads, S, head_dim].
+    values: per layer, [B, num_kv_heads, S, head_dim].
     mask: bool[B, S] slots holding a real token.
     index: i32[] next slot to write (shared by the batch).
   """
@@ -136,7 +136,7 @@ def init_cache(config: TransformerConfig, batch_size: int,
         f'A KV cache of {size} slots exceeds model.max_seq_len='
         f'{config.max_seq_len}; shorten the prompt or max_new_tokens, or raise '
         'model.max_seq_len.')
-  shape = (batch_size, size, config.num_kv_heads, config.resolved_head_dim)
+  shape = (batch_size, config.num_kv_heads, size, config.resolved_head_dim)
   dtype = jnp.dtype(config.dtype)
   zeros = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
   return KVCache(keys=zeros, values=zeros,
@@ -203,7 +203,7 @@ def softcap(x: jax.Array, cap: float) -> jax.Array:
 # the constraints are no-ops unless sharding rules are active.
 _EMBED = ('batch', 'length', 'act_embed')
 _HEADS = ('batch', 'length', 'act_heads', None)
-_KV_HEADS = ('batch', 'length', 'act_kv_heads', None)
+_CACHE = ('batch', 'act_kv_heads', 'length', None)  # Keys, values: [B, KV, S, D].
 
 
 def _constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
@@ -288,21 +288,24 @@ class Attention(nn.Module):
       freqs = (cfg.rope_theta if cfg.rope_scaling == 'none'
                else rope_frequencies(cfg))
       q, k = rotary(q, positions, freqs), rotary(k, positions, freqs)
-    q, k = _constrain(q, _HEADS), _constrain(k, _KV_HEADS)
-    v = _constrain(v, _KV_HEADS)
-
+    q = _constrain(q, _HEADS)
+    # Keys and values live heads-major, [B, KV, S, D], the layout both
+    # attention products read without transposing: in the cache, that saves
+    # copying the whole cache twice per layer at every decode step.
+    k = _constrain(jnp.swapaxes(k, 1, 2), _CACHE)
+    v = _constrain(jnp.swapaxes(v, 1, 2), _CACHE)
     if layer_cache is not None:
       cache_k, cache_v, index = layer_cache
       k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype),
-                                              index, axis=1)
+                                              index, axis=2)
       v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype),
-                                              index, axis=1)
-      k, v = _constrain(k, _KV_HEADS), _constrain(v, _KV_HEADS)
+                                              index, axis=2)
+      k, v = _constrain(k, _CACHE), _constrain(v, _CACHE)
     new_kv = (k, v)
 
     b, l = q.shape[:2]
-    q = q.reshape(b, l, num_kv, group, head_dim)
-    scores = jnp.einsum('blkgd,bskd->bkgls', q, k,
+    q = jnp.moveaxis(q.reshape(b, l, num_kv, group, head_dim), 1, 3)
+    scores = jnp.einsum('bkgld,bksd->bkgls', q, k,
                         preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(cfg.query_scale or head_dim))
     if cfg.attn_softcap:
@@ -310,7 +313,7 @@ class Attention(nn.Module):
     scores = jnp.where(key_mask[:, None, None], scores,
                        jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    out = jnp.einsum('bkgls,bskd->blkgd', probs, v)
+    out = jnp.einsum('bkgls,bksd->blkgd', probs, v)
     out = out.reshape(b, l, cfg.num_heads, head_dim)
     out = Projection((cfg.num_heads, head_dim, x.shape[-1]), 2,
                      ('heads', 'head_dim', 'embed'), use_bias=cfg.out_bias,

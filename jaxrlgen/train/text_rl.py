@@ -398,7 +398,7 @@ def memory_report(state: TrainState, env: TextEnv, num_prompts: int, config,
       tfm.init_cache, model_cfg, num_prompts * env.num_samples,
       config.data.max_prompt_len + env.max_new_tokens))
   sizes = dict(layout.mesh.shape)
-  kv_names = ('batch', 'length', 'act_kv_heads', None)
+  kv_names = ('batch', 'act_kv_heads', 'length', None)
 
   def place(x):
     names = kv_names if x.ndim == 4 else ('batch', None)[:x.ndim]
