@@ -13,6 +13,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import grpo
 from jaxrlgen.algos import impala
 from jaxrlgen.algos import ppo
+from jaxrlgen.algos import preference
 from jaxrlgen.algos import reinforce
 from jaxrlgen.algos import rloo
 from jaxrlgen.algos.base import Algorithm
@@ -36,6 +37,7 @@ REGISTRY: dict[str, Entry] = {
     'scst': Entry(reinforce.SCSTConfig, reinforce.make_scst),
     'remax': Entry(reinforce.ReMaxConfig, reinforce.make_remax),
     'rloo': Entry(rloo.RLOOConfig, rloo.make),
+    'online_dpo': Entry(preference.PreferenceConfig, preference.make_online_dpo),
 }
 
 

@@ -38,7 +38,9 @@ def host_rl_step(state: TrainState, batch, key: jax.Array, *, env,
                  tx: optax.GradientTransformation):
   """`step.rl_step` with a host reward, also reporting its failures.
 
-  Args: as `rl_step`, with `reward` a TextReward. Jit it like `rl_step`.
+  Args: as `rl_step`, with `reward` a TextReward or any reward with its
+    `with_failures(rollout, batch) -> (f32[B], bool[B])` (e.g.
+    `rewards.image.ImageReward`). Jit it like `rl_step`.
   Returns:
     (new_state, rl_step's metrics plus `reward/host_failures`).
   """
@@ -55,6 +57,8 @@ def host_rl_step(state: TrainState, batch, key: jax.Array, *, env,
 def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
                     tx: optax.GradientTransformation, donate: bool = True):
   """The RL step as two jitted halves with the host reward between them.
+
+  `reward` is a TextReward (its `host` method scores host arrays).
 
   Returns:
     `step_fn(state, batch, key) -> (state, metrics)` for `loop.fit`. Its

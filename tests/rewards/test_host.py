@@ -1,4 +1,4 @@
-"""Host rewards: same numbers as a direct call, failures as penalties, in jit."""
+"""Host rewards: a direct call's numbers, failures as penalties, in jit."""
 
 import functools
 import re
@@ -141,7 +141,8 @@ def _setup():
                      algo_state=algo.init_state())
   prompt, prompt_mask = TOK.pad_batch([TOK.encode('1+1='), TOK.encode('9=')],
                                       6, side='left')
-  batch = {'prompt': jnp.asarray(prompt), 'prompt_mask': jnp.asarray(prompt_mask),
+  batch = {'prompt': jnp.asarray(prompt),
+           'prompt_mask': jnp.asarray(prompt_mask),
            'answer': jnp.asarray([2, 9], jnp.int32)}
   return env, algo, tx, state, batch
 
@@ -154,24 +155,35 @@ def odd_bytes(text, *, answer):
   return sum(b % 2 for b in data) / max(len(data), 1)
 
 
-def test_host_steps_equal_rl_step_and_count_failures():
+def test_host_steps_agree_and_count_failures():
+  """The one-jit step (callback inside) and the two-halves step give the same
+  rewards, metrics and update; failures are penalised and counted."""
   env, algo, tx, state, batch = _setup()
-  reward = host.text_reward(odd_bytes, TOK, fields=('answer',), penalty=-1.0)
+  seen = []
+
+  def recording(text, *, answer):
+    seen.append((text, int(answer)))
+    return odd_bytes(text, answer=answer)
+
+  reward = host.text_reward(recording, TOK, fields=('answer',), penalty=-1.0)
   key = jax.random.key(3)
-  step = functools.partial(step_lib.rl_step, env=env, reward_fn=reward,
-                           algo=algo, tx=tx)
-  want_state, want = jax.jit(step)(state, batch, key)
   one_jit = jax.jit(functools.partial(host_step.host_rl_step, env=env,
                                       reward=reward, algo=algo, tx=tx))
   split = host_step.make_split_step(env=env, reward=reward, algo=algo, tx=tx,
                                     donate=False)
-  for step_fn in (one_jit, split):
-    got_state, got = step_fn(state, batch, key)
-    # The second prompt's two samples fail and get the penalty.
-    assert float(got[host_step.FAILURES_METRIC]) == 2.0
-    for name, value in want.items():
-      np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
-                                 err_msg=name)
-    for a, b in zip(jax.tree.leaves(got_state.params),
-                    jax.tree.leaves(want_state.params)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  want_state, want = one_jit(state, batch, key)
+  seen.clear()
+  got_state, got = split(state, batch, key)
+  # Each of the 4 completions was scored once, on its decoded text; the
+  # second prompt's two fail and get the penalty.
+  assert sorted(a for _, a in seen) == [2, 2, 9, 9]
+  direct = [odd_bytes(t, answer=a) if a != 9 else -1.0 for t, a in seen]
+  np.testing.assert_allclose(got['reward/mean'], np.mean(direct), rtol=1e-5)
+  assert float(got[host_step.FAILURES_METRIC]) == 2.0
+  assert set(got) == set(want)
+  for name, value in want.items():
+    np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  for a, b in zip(jax.tree.leaves(got_state.params),
+                  jax.tree.leaves(want_state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
