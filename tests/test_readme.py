@@ -24,7 +24,9 @@ def test_readme_starts_with_demo_and_test_commands():
 
 
 def test_library_example_runs_one_grpo_step():
-  (example,) = code_blocks('python')
+  # The first Python block, under "Library use"; later ones are fragments.
+  example = code_blocks('python')[0]
+  assert 'rl_step' in example
   assert len(example.strip().splitlines()) < 20
   namespace = {}
   exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
