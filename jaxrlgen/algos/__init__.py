@@ -10,6 +10,7 @@ import ml_collections
 
 from jaxrlgen.algos import a2c
 from jaxrlgen.algos import base
+from jaxrlgen.algos import ddpo
 from jaxrlgen.algos import grpo
 from jaxrlgen.algos import impala
 from jaxrlgen.algos import ppo
@@ -37,6 +38,9 @@ REGISTRY: dict[str, Entry] = {
     'scst': Entry(reinforce.SCSTConfig, reinforce.make_scst),
     'remax': Entry(reinforce.ReMaxConfig, reinforce.make_remax),
     'rloo': Entry(rloo.RLOOConfig, rloo.make),
+    'ddpo_sf': Entry(ddpo.DDPOSFConfig, ddpo.make),
+    'ddpo_is': Entry(ddpo.DDPOISConfig, ddpo.make),
+    'dpok': Entry(ddpo.DPOKConfig, ddpo.make),
     'online_dpo': Entry(preference.PreferenceConfig, preference.make_online_dpo),
 }
 

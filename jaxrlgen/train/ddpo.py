@@ -1,0 +1,500 @@
+"""RL fine-tuning of a class-conditional diffusion model on the digits, end to end.
+
+  1. Reward classifier: a small CNN trained on the `heldout` digits (which
+     the denoiser never sees), its own run under `workdir/classifier/`;
+     its accuracy on the `train` digits is reported.
+  2. Denoiser pretraining with DDPM's objective on the `train` digits, with
+     an exponential moving average of the parameters (the EMA is the
+     pretrained model), its own run under `workdir/pretrain/`.
+  3. RL (`config.algo.name`: ddpo_sf, ddpo_is, dpok, or any algorithm that
+     needs no critic) against `config.reward.terms`, under `workdir/`:
+     metrics.jsonl, tensorboard/, checkpoints/, summary.json, training.png,
+     samples_before.png and samples_after.png.
+
+Each stage resumes from its checkpoint, so a run restarted with the same
+workdir picks up where it stopped. Evaluation denoises a fixed set of
+`eval.samples_per_class` samples of every class from fixed noise, before RL
+(step 0), every `eval.every` steps and at the end: `eval/reward` is the mean
+reward, `eval/class_accuracy` the fraction the classifier assigns to the
+requested class.
+"""
+
+import dataclasses
+import functools
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import optax
+
+from jaxrlgen import algos
+from jaxrlgen.core.types import TrainState
+from jaxrlgen.data import digits
+from jaxrlgen.data import pipeline
+from jaxrlgen.envs import diffusion
+from jaxrlgen.models import classifier as classifier_lib
+from jaxrlgen.models import unet as unet_lib
+from jaxrlgen.rewards import image as image_rewards
+from jaxrlgen.train import checkpoint as checkpoint_lib
+from jaxrlgen.train import host_step
+from jaxrlgen.train import loop
+from jaxrlgen.train import plots
+from jaxrlgen.train import step as step_lib
+from jaxrlgen.train import text_rl
+from jaxrlgen.train import workdir as workdir_lib
+from jaxrlgen.train import writers
+
+matplotlib.use('Agg')
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+
+PLOT_KEYS = ('reward/mean', 'eval/reward', 'eval/class_accuracy', 'kl',
+             'approx_kl', 'clip_ratio', 'grad_norm')
+# Algorithms whose loss needs a value function, which a denoiser lacks.
+_NEEDS_CRITIC = ('ppo', 'a2c', 'impala')
+# Algorithms that score a greedy decode, which a diffusion sampler lacks.
+_NEEDS_GREEDY = ('scst', 'remax')
+
+
+def model_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
+  """The denoiser's config: `config.model` at the data's size and classes."""
+  return unet_lib.UNetConfig(image_size=config.data.image_size, channels=1,
+                             num_classes=digits.NUM_CLASSES, **config.model)
+
+
+def classifier_config(config) -> classifier_lib.ClassifierConfig:
+  cfg = config.classifier
+  return classifier_lib.ClassifierConfig(
+      image_size=config.data.image_size, channels=1,
+      features=tuple(cfg.features), num_classes=digits.NUM_CLASSES,
+      dropout=cfg.dropout)
+
+
+def make_env(config: ml_collections.ConfigDict) -> diffusion.DiffusionEnv:
+  env = config.env
+  schedule = diffusion.NoiseSchedule(
+      num_timesteps=env.num_timesteps, beta_schedule=env.beta_schedule,
+      beta_start=env.beta_start, beta_end=env.beta_end)
+  sampler = diffusion.Sampler(kind=env.sampler, num_steps=env.num_steps,
+                              eta=env.eta, guidance_scale=env.guidance_scale,
+                              clip_denoised=env.clip_denoised)
+  return diffusion.DiffusionEnv(unet_lib.UNet(model_config(config)),
+                                schedule=schedule, sampler=sampler,
+                                num_samples=config.rl.group_size)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the config before anything is computed; errors name the field."""
+  for name, value, least in (
+      ('total_steps', config.total_steps, 0),
+      ('classifier.steps', config.classifier.steps, 1),
+      ('classifier.batch_size', config.classifier.batch_size, 1),
+      ('pretrain.steps', config.pretrain.steps, 1),
+      ('pretrain.batch_size', config.pretrain.batch_size, 1),
+      ('rl.batch_size', config.rl.batch_size, 1),
+      ('rl.group_size', config.rl.group_size, 1),
+      ('eval.samples_per_class', config.eval.samples_per_class, 1),
+      ('eval.batch_size', config.eval.batch_size, 1)):
+    if value < least:
+      raise ValueError(f'config.{name}={value} must be >= {least}.')
+  if config.rl.batch_size % config.rl.group_size:
+    raise ValueError(
+        f'config.rl.batch_size={config.rl.batch_size} (samples per step) must '
+        f'be divisible by config.rl.group_size={config.rl.group_size}.')
+  num_eval = digits.NUM_CLASSES * config.eval.samples_per_class
+  if num_eval % config.eval.batch_size:
+    raise ValueError(
+        f'10 classes x config.eval.samples_per_class='
+        f'{config.eval.samples_per_class} = {num_eval} evaluation samples '
+        f'must be divisible by config.eval.batch_size={config.eval.batch_size}.')
+  if not 0 <= config.pretrain.label_dropout < 1:
+    raise ValueError(f'config.pretrain.label_dropout='
+                     f'{config.pretrain.label_dropout} must be in [0, 1).')
+  if not 0 <= config.pretrain.ema_decay < 1:
+    raise ValueError(f'config.pretrain.ema_decay={config.pretrain.ema_decay} '
+                     'must be in [0, 1).')
+  if (config.env.guidance_scale != 1.0
+      and config.pretrain.label_dropout == 0.0):
+    raise ValueError(
+        f'config.env.guidance_scale={config.env.guidance_scale} needs an '
+        'unconditional model: set config.pretrain.label_dropout > 0 '
+        '(e.g. 0.1) so that the denoiser also learns eps(x_t, t, no class).')
+  name = config.algo.name
+  if name in _NEEDS_CRITIC + _NEEDS_GREEDY:
+    raise ValueError(
+        f'config.algo.name={name!r} needs a '
+        f'{"value function" if name in _NEEDS_CRITIC else "greedy decode"}, '
+        'which the diffusion environment does not have; use ddpo_sf, '
+        'ddpo_is, dpok, reinforce or grpo.')
+  if name in ('ddpo_sf', 'ddpo_is', 'dpok') and (
+      config.algo.num_conditions <= digits.NUM_CLASSES):
+    raise ValueError(
+        f'config.algo.num_conditions={config.algo.num_conditions} must exceed '
+        f'the {digits.NUM_CLASSES} classes (ids 0..9, and 10 for no class).')
+  image_rewards.check_terms(config.reward.terms)
+  if not 2 <= config.reward.levels <= 256:
+    raise ValueError(f'config.reward.levels={config.reward.levels} must be '
+                     'in [2, 256].')
+  if config.data.image_size < digits.IMAGE_SIZE:
+    raise ValueError(f'config.data.image_size={config.data.image_size} must '
+                     f'be >= {digits.IMAGE_SIZE}.')
+  # The frozen configs check their own fields (and name them).
+  model_config(config)
+  classifier_config(config)
+  make_env(config)
+
+
+def _restore(checkpointer: checkpoint_lib.Checkpointer, state):
+  """The newest checkpointed state (or `state`) and the step metrics resume
+  from (-1 for a fresh run, which drops stale lines of a crashed one)."""
+  step = checkpointer.latest_step()
+  if step is None:
+    return state, -1
+  logging.warning('Resuming from %s, step %d.', checkpointer.directory, step)
+  return checkpointer.restore(step, state), step
+
+
+def _fresh_state(params, tx, algo_state=None) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params),
+                    algo_state={} if algo_state is None else algo_state)
+
+
+def _stage(workdir, name: str, state, step_fn, batch_fn, key, *, steps: int,
+           log_every: int, show: str, plot_keys, title: str):
+  """A supervised stage as its own run under `workdir/name`; its last state."""
+  stage_dir = workdir_lib.prepare_workdir(str(workdir / name))
+  checkpointer = checkpoint_lib.Checkpointer(str(stage_dir / 'checkpoints'),
+                                             max_to_keep=1)
+  state, resume_step = _restore(checkpointer, state)
+  if int(state.step) < steps:
+    with writers.MetricWriter(str(stage_dir),
+                              resume_step=resume_step) as writer:
+      state = loop.fit(
+          state, step_fn=step_fn, batch_fn=batch_fn, key=key,
+          config=loop.LoopConfig(total_steps=steps, log_every=log_every,
+                                 checkpoint_every=steps, progress_desc=name,
+                                 progress_show=(show,)),
+          checkpointer=checkpointer, writer=writer)
+    plots.plot_metrics(writers.read_metrics(str(stage_dir)), plot_keys,
+                       str(stage_dir / f'{name}.png'), title=title)
+  checkpointer.close()
+  return state
+
+
+def shift_augment(images: jax.Array, key: jax.Array, max_shift: int
+                  ) -> jax.Array:
+  """Each image translated by up to `max_shift` pixels (zero = -1 padded)."""
+  if not max_shift:
+    return images
+  b, h, w, _ = images.shape
+  padded = jnp.pad(images, ((0, 0), (max_shift,) * 2, (max_shift,) * 2,
+                            (0, 0)), constant_values=-1.0)
+  offsets = jax.random.randint(key, (b, 2), 0, 2 * max_shift + 1)
+  crop = lambda x, o: jax.lax.dynamic_slice(x, (o[0], o[1], 0),
+                                            (h, w, x.shape[-1]))
+  return jax.vmap(crop)(padded, offsets)
+
+
+def classifier_step(state: TrainState, batch, key: jax.Array, *,
+                    model: classifier_lib.Classifier,
+                    tx: optax.GradientTransformation, max_shift: int):
+  """One cross-entropy step on shifted images, with dropout."""
+  shift_key, dropout_key = jax.random.split(key)
+  images = shift_augment(batch['image'], shift_key, max_shift)
+
+  def loss_fn(params):
+    logits = model.apply({'params': params}, images, train=True,
+                         rngs={'dropout': dropout_key})
+    return classifier_lib.cross_entropy_loss(logits, batch['label'])
+
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1,
+                       params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state), metrics
+
+
+def pretrain_step(state: TrainState, batch, key: jax.Array, *,
+                  env: diffusion.DiffusionEnv,
+                  tx: optax.GradientTransformation, label_dropout: float,
+                  ema_decay: float):
+  """One DDPM step; `algo_state['ema']` tracks the parameters' moving average."""
+  loss_fn = functools.partial(env.denoising_loss, images=batch['image'],
+                              labels=batch['label'], key=key,
+                              label_dropout=label_dropout)
+  (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = optax.incremental_update(params, state.algo_state['ema'],
+                                 1.0 - ema_decay)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       algo_state={'ema': ema}), {
+                           **metrics, 'grad_norm': optax.tree.norm(grads)}
+
+
+def _array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                   seed: int):
+  """step -> this host's share of a shuffled batch of the arrays."""
+  def batch_fn(step: int):
+    idx = pipeline.batch_indices(len(images), batch_size, step, seed,
+                                 jax.process_index(), jax.process_count())
+    return {'image': images[idx], 'label': labels[idx]}
+
+  return batch_fn
+
+
+def train_classifier(config, workdir, heldout, test):
+  """Trains (or restores) the reward classifier; (model, params, accuracy).
+
+  `accuracy` is measured on `test` (the denoiser's digits, unseen here).
+  """
+  cfg = config.classifier
+  model = classifier_lib.Classifier(classifier_config(config))
+  key = jax.random.key(config.seed + 10)
+  tx = text_rl.make_optimizer(cfg.optimizer, cfg.steps)
+  state = _fresh_state(classifier_lib.init_params(model.config, key), tx)
+  step_fn = jax.jit(functools.partial(classifier_step, model=model, tx=tx,
+                                      max_shift=cfg.max_shift),
+                    donate_argnums=0)
+  state = _stage(workdir, 'classifier', state, step_fn,
+                 _array_batches(*heldout, cfg.batch_size, config.seed + 11),
+                 jax.random.fold_in(key, 1), steps=cfg.steps,
+                 log_every=cfg.log_every, show='accuracy',
+                 plot_keys=('loss', 'accuracy'), title='Reward classifier')
+  logits = jax.jit(lambda p, x: model.apply({'params': p}, x))(state.params,
+                                                               test[0])
+  accuracy = float(np.mean(np.argmax(np.asarray(logits), -1) == test[1]))
+  return model, state.params, accuracy
+
+
+def pretrain_denoiser(config, workdir, env, train):
+  """DDPM pretraining (or its restored result); the EMA parameters.
+
+  Outside a scan XLA's native convolution is the fast one, so pretraining
+  runs the denoiser with `im2col=False` (the parameters are the same).
+  """
+  cfg = config.pretrain
+  env = dataclasses.replace(env, model=unet_lib.UNet(dataclasses.replace(
+      env.model.config, im2col=False)))
+  key = jax.random.key(config.seed + 20)
+  params = unet_lib.init_params(env.model.config, key)
+  tx = text_rl.make_optimizer(cfg.optimizer, cfg.steps)
+  state = _fresh_state(params, tx, {'ema': jax.tree.map(jnp.copy, params)})
+  step_fn = jax.jit(functools.partial(pretrain_step, env=env, tx=tx,
+                                      label_dropout=cfg.label_dropout,
+                                      ema_decay=cfg.ema_decay),
+                    donate_argnums=0)
+  state = _stage(workdir, 'pretrain', state, step_fn,
+                 _array_batches(*train, cfg.batch_size, config.seed + 21),
+                 jax.random.fold_in(key, 1), steps=cfg.steps,
+                 log_every=cfg.log_every, show='loss',
+                 plot_keys=('loss', 'grad_norm'),
+                 title='Denoiser pretraining (DDPM)')
+  return state.algo_state['ema']
+
+
+def eval_labels(samples_per_class: int) -> np.ndarray:
+  """i32[10 * n]: every class n times, class-major (the grid's rows)."""
+  return np.repeat(np.arange(digits.NUM_CLASSES, dtype=np.int32),
+                   samples_per_class)
+
+
+def make_sampler(env: diffusion.DiffusionEnv, reward_fn, classifier_model,
+                 classifier_params):
+  """jit(params, labels, key) -> (images, rewards, classifier's predictions)."""
+  one_each = dataclasses.replace(env, num_samples=1)
+
+  def sample(params, labels, key):
+    rollout = one_each.rollout(params, labels, jnp.ones_like(labels, bool),
+                               key)
+    images = diffusion.final_images(rollout)
+    rewards = reward_fn(rollout, {'prompt': labels,
+                                  'prompt_mask': jnp.ones_like(labels, bool)})
+    logits = classifier_model.apply({'params': classifier_params}, images)
+    return images, rewards, jnp.argmax(logits, axis=-1)
+
+  return jax.jit(sample)
+
+
+def make_evaluator(sample, config, policy_params, workdir):
+  """state -> eval metrics on fixed labels and fixed noise.
+
+  The evaluation before RL also draws `samples_before.png`; the last
+  evaluation's images stay in `evaluate.images` for `samples_after.png`.
+  """
+  labels = eval_labels(config.eval.samples_per_class)
+  size = config.eval.batch_size
+  key = jax.random.key(config.seed + 30)
+
+  def evaluate_params(params):
+    images, rewards, predicted = [], [], []
+    for i in range(0, len(labels), size):
+      out = sample(params, labels[i:i + size], jax.random.fold_in(key, i))
+      for store, value in zip((images, rewards, predicted), out):
+        store.append(np.asarray(value))
+    images, rewards, predicted = map(np.concatenate,
+                                     (images, rewards, predicted))
+    metrics = {'eval/reward': float(np.mean(rewards)),
+               'eval/reward_std': float(np.std(rewards)),
+               'eval/class_accuracy': float(np.mean(predicted == labels))}
+    return metrics, images
+
+  def evaluate(state) -> dict[str, float]:
+    metrics, evaluate.images = evaluate_params(policy_params(state.params))
+    before = workdir / 'samples_before.png'
+    if int(state.step) == 0 and not before.exists():
+      save_grid(evaluate.images, before, columns=config.eval.grid_columns,
+                title='Pretrained denoiser')
+    return metrics
+
+  evaluate.images = None
+  return evaluate
+
+
+def save_grid(images: np.ndarray, path, *, columns: int, title: str) -> None:
+  """A PNG of `columns` samples per class, one class per row.
+
+  Args:
+    images: f32[10 * n, H, W, 1] class-major (as `eval_labels`), in [-1, 1].
+  """
+  n = len(images) // digits.NUM_CLASSES
+  columns = min(columns, n)
+  h, w = images.shape[1:3]
+  # Light grey lines between the samples (the digits' background is white).
+  grid = np.full((digits.NUM_CLASSES * (h + 1) - 1, columns * (w + 1) - 1),
+                 -0.7)
+  for c in range(digits.NUM_CLASSES):
+    for j in range(columns):
+      grid[c * (h + 1):c * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = (
+          images[c * n + j, ..., 0])
+  fig, ax = plt.subplots(figsize=(0.5 * columns + 1, 0.5 * digits.NUM_CLASSES
+                                  + 0.8))
+  try:
+    ax.imshow(np.clip((grid + 1) / 2, 0, 1), cmap='gray_r', vmin=0, vmax=1,
+              interpolation='nearest')
+    ax.set_yticks([c * (h + 1) + h / 2 - 0.5
+                   for c in range(digits.NUM_CLASSES)])
+    ax.set_yticklabels([str(c) for c in range(digits.NUM_CLASSES)])
+    ax.set_ylabel('requested class')
+    ax.set_xticks([])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+  finally:
+    plt.close(fig)
+
+
+def make_batch_fn(config):
+  """step -> the step's conditions: `prompt` i32[N] classes (each class once
+  per epoch of the 10, shuffled), `prompt_mask` all true."""
+  n = config.rl.batch_size // config.rl.group_size
+
+  def batch_fn(step: int):
+    labels = pipeline.batch_indices(digits.NUM_CLASSES, n, step,
+                                    config.seed + 40).astype(np.int32)
+    return {'prompt': labels, 'prompt_mask': np.ones((n,), bool)}
+
+  return batch_fn
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the whole experiment; returns the summary."""
+  start_time = time.time()
+  workdir = workdir_lib.prepare_workdir(workdir)
+  validate(config)
+  algo = algos.make(config.algo)
+  env = make_env(config)
+
+  timings = {}
+  tick = time.time()
+  data_dir = config.data.data_dir or str(workdir / 'data')
+  splits = digits.load_digits(data_dir, config.data.heldout_per_class,
+                              config.data.seed)
+  train = digits.to_arrays(splits['train'], config.data.image_size)
+  heldout = digits.to_arrays(splits['heldout'], config.data.image_size)
+  classifier_model, classifier_params, classifier_accuracy = train_classifier(
+      config, workdir, heldout, train)
+  timings['time/classifier_s'] = time.time() - tick
+  tick = time.time()
+  pretrained = pretrain_denoiser(config, workdir, env, train)
+  timings['time/pretrain_s'] = time.time() - tick
+  tick = time.time()
+
+  reward_fn = image_rewards.make(
+      config.reward.terms, classifier_model=classifier_model,
+      classifier_params=classifier_params,
+      jpeg_quality=config.reward.jpeg_quality, levels=config.reward.levels,
+      host_penalty=config.reward.host_penalty,
+      host_workers=config.reward.host_workers or None)
+  tx = text_rl.make_optimizer(config.rl.optimizer, config.total_steps)
+  params = algo.init_params(pretrained, jax.random.key(config.seed + 50))
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+      ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
+                  if algo.uses_reference else None),
+      algo_state=algo.init_state())
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
+                                             max_to_keep=config.max_checkpoints)
+  state, resume_step = _restore(checkpointer, state)
+  if reward_fn.uses_host:  # Also counts failed encodings.
+    step = functools.partial(host_step.host_rl_step, reward=reward_fn)
+  else:
+    step = functools.partial(step_lib.rl_step, reward_fn=reward_fn)
+  step_fn = jax.jit(functools.partial(step, env=env, algo=algo, tx=tx),
+                    donate_argnums=0)
+  sample = make_sampler(env, reward_fn, classifier_model, classifier_params)
+  evaluate = make_evaluator(sample, config, algo.policy_params, workdir)
+  with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
+    state = loop.fit(
+        state, step_fn=step_fn, batch_fn=make_batch_fn(config),
+        key=jax.random.key(config.seed + 60),
+        config=loop.LoopConfig(total_steps=config.total_steps,
+                               log_every=config.log_every,
+                               eval_every=config.eval.every,
+                               checkpoint_every=config.checkpoint_every,
+                               progress_desc=config.algo.name,
+                               progress_show=('reward/mean',)),
+        checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
+  checkpointer.close()
+  after = workdir / 'samples_after.png'
+  if evaluate.images is None and not after.exists():
+    evaluate(state)  # Resumed with nothing left to run, and no grid yet.
+  if evaluate.images is not None:
+    save_grid(evaluate.images, after, columns=config.eval.grid_columns,
+              title=f'After {config.total_steps} steps of {config.algo.name}')
+  timings['time/rl_s'] = time.time() - tick
+
+  records = writers.read_metrics(str(workdir))
+  plots.plot_metrics(records, PLOT_KEYS, str(workdir / 'training.png'),
+                     title=f'{config.algo.name} on digits, reward '
+                     f'{reward_fn.__name__}')
+  summary = summarize(records, time.time() - start_time)
+  summary.update(timings)
+  summary['classifier/accuracy'] = classifier_accuracy
+  if jax.process_index() == 0:
+    writers.write_summary(str(workdir), summary)
+  return summary
+
+
+def summarize(records: list[dict], wall_time: float) -> dict:
+  """Reward and class accuracy before / after RL, and the last train metrics."""
+  evals = [r for r in records if 'eval/reward' in r]
+  train = [r for r in records if 'reward/mean' in r]
+  summary = {'wall_time_s': wall_time}
+  if evals:
+    for key in ('reward', 'class_accuracy'):
+      before, after = evals[0][f'eval/{key}'], evals[-1][f'eval/{key}']
+      summary[f'eval/{key}_before'] = before
+      summary[f'eval/{key}_after'] = after
+      summary[f'eval/{key}_gain'] = after - before
+  if train:
+    summary['final_step'] = train[-1]['step']
+    summary.update({f'final/{k}': v for k, v in train[-1].items()
+                    if k != 'step'})
+  return summary
+
