@@ -8,12 +8,14 @@ import ml_collections
 from jaxrlgen import parallel
 from jaxrlgen.train import ddpo
 from jaxrlgen.train import rlhf_gold
+from jaxrlgen.train import seqgan
 from jaxrlgen.train import text_rl
 
 RECIPES = {
     'text_rl': text_rl.run,
     'rlhf_gold': rlhf_gold.run,
     'ddpo': ddpo.run,
+    'seqgan': seqgan.run,
 }
 
 

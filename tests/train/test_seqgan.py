@@ -1,0 +1,133 @@
+"""The SeqGAN experiment end to end on a shrunk config: outputs, learning,
+resume from a mid-phase checkpoint, and config errors before any compute."""
+
+import os
+import shutil
+
+from absl import flags
+from ml_collections import config_flags
+import numpy as np
+import pytest
+
+from experiments.configs import seqgan_oracle
+from jaxrlgen import train
+from jaxrlgen.models import lstm
+from jaxrlgen.train import seqgan
+from jaxrlgen.train import writers
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+TIMING_KEYS = ('step_time', 'steps_per_second')
+
+
+def tiny_config():
+  config = seqgan_oracle.get_config()
+  config.update(vocab_size=24, length=6, checkpoint_every=2)
+  config.oracle.update(embed_dim=8, hidden_dim=8, num_samples=256)
+  config.generator.update(embed_dim=8, hidden_dim=8, sample_block=8)
+  config.pretrain.update(epochs=6, batch_size=32, learning_rate=0.02)
+  config.discriminator.update(embed_dim=8, filter_widths=(1, 3, 6),
+                              num_filters=(8, 8, 8), batch_size=32,
+                              score_chunk=64)
+  config.discriminator_pretrain.update(rounds=2, epochs=1, num_negatives=64)
+  config.adversarial.update(epochs=4, batch_size=16, num_rollouts=2,
+                            discriminator_rounds=2, discriminator_epochs=1,
+                            num_negatives=32)
+  config.pg_bleu.update(num_rollouts=2, max_order=2)
+  config.eval.update(every=2, num_samples=256, chunk=128)
+  return config
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('seqgan') / 'run'
+  return workdir, train.run(tiny_config(), str(workdir))
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k not in TIMING_KEYS}
+          for r in records]
+
+
+def test_run_writes_outputs_and_learns(finished):
+  workdir, summary = finished
+  for name in ('summary.json', 'nll_oracle.png'):
+    assert (workdir / name).exists(), name
+  for phase in seqgan.PHASES:
+    for name in ('metrics.jsonl', 'training.png', 'checkpoints'):
+      assert (workdir / phase / name).exists(), (phase, name)
+    assert list((workdir / phase / 'tensorboard').iterdir())
+  assert writers.read_summary(str(workdir))['nll_oracle/seqgan'] == \
+      pytest.approx(summary['nll_oracle/seqgan'])
+  for method in ('random_init', 'pretrained', 'oracle_data', *seqgan.METHODS):
+    assert np.isfinite(summary[f'nll_oracle/{method}']), method
+  # MLE pretraining moves the generator well towards the oracle.
+  assert summary['nll_oracle/pretrained'] < \
+      summary['nll_oracle/random_init'] - 0.3
+  assert summary['nll_oracle/oracle_data'] < summary['nll_oracle/pretrained']
+  assert isinstance(summary['ordering_reproduced'], bool)
+  records = writers.read_metrics(str(workdir / 'seqgan'))
+  assert [r['step'] for r in records if 'reward/mean' in r] == [1, 2, 3, 4]
+  assert [r['step'] for r in records if 'nll_oracle' in r] == [0, 2, 4]
+  last = [r for r in records if 'reward/mean' in r][-1]
+  for key in ('policy_loss', 'entropy', 'grad_norm', 'reward/final',
+              'discriminator/loss', 'discriminator/accuracy'):
+    assert key in last, key
+  assert 0.0 < last['reward/mean'] < 1.0
+  # The branches start where pretraining ended (same evaluation samples).
+  pretrain = writers.read_metrics(str(workdir / 'pretrain'))
+  for method in seqgan.METHODS:
+    first = writers.read_metrics(str(workdir / method))[0]
+    assert first['step'] == 0
+    assert first['nll_oracle'] == pytest.approx(pretrain[-1]['nll_oracle'])
+
+
+def test_resumed_run_equals_uninterrupted(finished, tmp_path):
+  workdir, summary = finished
+  cut = tmp_path / 'cut'
+  shutil.copytree(workdir, cut)
+  # As if the run had died after SeqGAN's epoch 2: its last checkpoint is 2.
+  shutil.rmtree(cut / 'seqgan' / 'checkpoints' / '4')
+  (cut / 'summary.json').unlink()
+  resumed = train.run(tiny_config(), str(cut))
+  for phase in seqgan.PHASES:
+    assert strip_timing(writers.read_metrics(str(cut / phase))) == \
+        strip_timing(writers.read_metrics(str(workdir / phase))), phase
+  for key, value in summary.items():
+    if key.startswith('nll_oracle'):
+      assert resumed[key] == pytest.approx(value, rel=1e-6), key
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('adversarial.num_negatives', 10_000, r'config\.adversarial\.num_negatives'),
+    ('adversarial.num_rollouts', 3, r'config\.adversarial\.num_rollouts'),
+    ('pg_bleu.max_order', 7, r'config\.pg_bleu\.max_order'),
+    ('discriminator.score_dtype', 'half', r'config\.discriminator\.score_dtype'),
+    ('pretrain.batch_size', 512, r'config\.pretrain\.batch_size'),
+])
+def test_bad_config_fails_before_compute(tmp_path, monkeypatch, field, value,
+                                         message):
+  monkeypatch.setattr(lstm, 'init_params',
+                      lambda *a: pytest.fail('computed before validating'))
+  config = tiny_config()
+  config.adversarial.rollouts_per_scan = 2
+  group, name = field.split('.')
+  config[group][name] = value
+  with pytest.raises(ValueError, match=message):
+    train.run(config, str(tmp_path / 'run'))
+
+
+def test_discriminator_filters_must_fit(tmp_path):
+  config = tiny_config()
+  config.discriminator.filter_widths = (1, 3, 20)
+  with pytest.raises(ValueError, match='filter_widths'):
+    train.run(config, str(tmp_path / 'run'))
+
+
+def test_unknown_config_field_is_rejected():
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config',
+                                  flag_values=flag_values, lock_config=True)
+  with pytest.raises(Exception, match='no_such_field'):
+    flag_values(['main', '--config=' + os.path.join(
+        REPO, 'experiments', 'configs', 'seqgan_oracle.py'),
+                 '--config.adversarial.no_such_field=3'])
