@@ -55,7 +55,7 @@ def setup(w: common.Workload, algo_name: str, **env_overrides):
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=tx.init(params),
                      ref_params=params if algo.uses_reference else None,
-                     algo_state=algo.init_state())
+                     algo_state=algos.init_algo_state(algo, params))
   step = functools.partial(step_lib.rl_step, env=env, reward_fn=even_fraction,
                            algo=algo, tx=tx)
   prompt, mask = w.prompts()

@@ -72,6 +72,18 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       # Reference model copy: float32, or bfloat16 to halve its memory.
       reference_dtype='float32',
       optimizer=optimizer(5e-4),
+      # online: sample each step's batch; offline: read config.offline's
+      # dataset of scored sequences instead (the learner step only).
+      source='online',
+  ))
+
+  # The offline dataset (config.rl.source='offline'): sampled once from the
+  # warm-started policy, scored by config.reward, kept in the workdir.
+  config.offline = ml_collections.ConfigDict(dict(
+      num_prompts=2048,  # Training prompts in the dataset.
+      samples_per_prompt=8,  # Completions per prompt (rows of one group).
+      temperature=1.0,  # Sampling temperature of the behaviour policy.
+      chunk_prompts=256,  # Prompts sampled per jitted call.
   ))
 
   config.algo = algos.default_config(algo)  # Hyperparameters of the algorithm.

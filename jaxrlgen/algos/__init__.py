@@ -11,13 +11,19 @@ import ml_collections
 from jaxrlgen.algos import a2c
 from jaxrlgen.algos import base
 from jaxrlgen.algos import ddpo
+from jaxrlgen.algos import dqn
 from jaxrlgen.algos import grpo
+from jaxrlgen.algos import ilql
 from jaxrlgen.algos import impala
+from jaxrlgen.algos import mcts
 from jaxrlgen.algos import ppo
 from jaxrlgen.algos import preference
 from jaxrlgen.algos import reinforce
 from jaxrlgen.algos import rloo
+from jaxrlgen.algos import sac
+from jaxrlgen.algos import sql
 from jaxrlgen.algos.base import Algorithm
+from jaxrlgen.algos.base import init_algo_state
 from jaxrlgen.algos.base import minibatch_update
 
 
@@ -42,6 +48,11 @@ REGISTRY: dict[str, Entry] = {
     'ddpo_is': Entry(ddpo.DDPOISConfig, ddpo.make),
     'dpok': Entry(ddpo.DPOKConfig, ddpo.make),
     'online_dpo': Entry(preference.PreferenceConfig, preference.make_online_dpo),
+    'mcts_expert_iteration': Entry(mcts.ExpertIterationConfig, mcts.make),
+    'sql': Entry(sql.SQLConfig, sql.make),
+    'dqn': Entry(dqn.DQNConfig, dqn.make),
+    'sac': Entry(sac.SACConfig, sac.make),
+    'ilql': Entry(ilql.ILQLConfig, ilql.make),
 }
 
 

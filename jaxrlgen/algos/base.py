@@ -17,6 +17,7 @@ of optimizer steps as one `lax.scan`.
 """
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -47,13 +48,20 @@ class Algorithm(NamedTuple):
       (each prompt's fields repeated over its group); `reward_fn` scores other
       rollouts (e.g. a greedy baseline decode).
     loss: (env, params, experience) -> (scalar loss, metrics).
-    init_state: () -> the algorithm's running state (`TrainState.algo_state`).
+    init_state: the algorithm's running state (`TrainState.algo_state`);
+      takes nothing, or asks by name for `params` (the initial trainable
+      parameters: target networks start from them) and/or `rollout` (an
+      example rollout, arrays or shapes: replay buffers are sized from it).
+      Call it through `init_algo_state`.
     init_params: (policy_params, key) -> the trainable parameters (default:
       the policy's own).
     policy_params: trainable parameters -> the policy's (default: identity).
     uses_reference: whether `state.ref_params` is needed at all.
     num_epochs: passes over each rollout (GRPO's mu, PPO's epochs).
     num_minibatches: minibatches per pass.
+    decoding_env: env -> the environment that samples this algorithm's
+      policy from `policy_params(params)` (default: `env` itself; ILQL:
+      advantage-weighted decoding). Evaluation decodes with it.
   """
 
   name: str
@@ -65,6 +73,27 @@ class Algorithm(NamedTuple):
   uses_reference: bool = False
   num_epochs: int = 1
   num_minibatches: int = 1
+  decoding_env: Callable[[Any], Any] = _identity
+
+
+def init_algo_state(algo, params: PyTree, rollout=None) -> PyTree:
+  """`algo.init_state`, given what it asks for by argument name.
+
+  Value-based algorithms start their target networks from the initial
+  parameters (`params`) and size replay buffers from an example rollout
+  (`rollout`: arrays or `jax.ShapeDtypeStruct`s); the other algorithms'
+  `init_state()` takes nothing.
+  """
+  try:
+    wanted = inspect.signature(algo.init_state).parameters
+  except (TypeError, ValueError):  # Builtins such as `dict`.
+    wanted = {}
+  given = {'params': params, 'rollout': rollout}
+  kwargs = {k: given[k] for k in wanted if k in given}
+  if 'rollout' in kwargs and rollout is None:
+    raise ValueError(f'Algorithm {algo.name!r} sizes its replay buffer from '
+                     'an example rollout: pass init_algo_state(..., rollout=).')
+  return algo.init_state(**kwargs)
 
 
 def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,

@@ -11,7 +11,7 @@ rollout with one teacher-forced forward pass.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import chex
 import flax.struct
@@ -128,6 +128,10 @@ class TextEnv:
     early_stop: decode in a `lax.while_loop` that ends as soon as every
       sequence has emitted EOS, instead of a scan of all T steps; the rollout
       is the same, generation of short completions is cheaper.
+    logits_fn: optional `(params, hidden [N, E]) -> f32[N, V]` giving the
+      logits that `reset` / `advance` sample from, for a policy that is not
+      the LM's own head (ILQL's advantage-weighted decoding); None: the LM's
+      logits. `evaluate` and `action_logits` always read the LM's.
   """
 
   model: tfm.Transformer
@@ -139,11 +143,19 @@ class TextEnv:
   suppress_eos: bool = False
   logprob_chunk: int = 128
   early_stop: bool = False
+  logits_fn: Callable[[Params, jax.Array], jax.Array] | None = None
 
   def greedy(self) -> 'TextEnv':
     """This environment with argmax decoding and one sample per prompt."""
     return dataclasses.replace(self, sampling=Sampling(greedy=True),
                                num_samples=1)
+
+  def _next_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
+    """The logits sampled from at decoder states hidden [N, E]."""
+    if self.logits_fn is not None:
+      return self.logits_fn(params, hidden)
+    return self.model.apply({'params': params}, hidden,
+                            method=tfm.Transformer.logits)
 
   def reset(self, params: Params, prompt: jax.Array,
             prompt_mask: jax.Array) -> TextState:
@@ -163,8 +175,7 @@ class TextEnv:
     positions = tfm.positions_from_mask(prompt_mask)
     hidden, cache = self.model.apply({'params': params}, prompt, positions,
                                      prompt_mask, cache)
-    logits = self.model.apply({'params': params}, hidden[:, -1],
-                              method=tfm.Transformer.logits)
+    logits = self._next_logits(params, hidden[:, -1])
     g = self.num_samples
     return TextState(
         cache=tfm.repeat_cache(cache, g),
@@ -195,8 +206,7 @@ class TextEnv:
     hidden, cache = self.model.apply(
         {'params': params}, token, state.position[:, None],
         jnp.ones_like(token, jnp.bool_), state.cache)
-    logits = self.model.apply({'params': params}, hidden[:, 0],
-                              method=tfm.Transformer.logits)
+    logits = self._next_logits(params, hidden[:, 0])
     done = state.done | (transition.token == self.eos_id)
     return TextState(cache=cache, logits=logits, position=state.position + 1,
                      done=done)
@@ -245,14 +255,12 @@ class TextEnv:
     return Rollout(context=context, actions=transitions.token,
                    logp=transitions.logp, mask=transitions.valid)
 
-  def evaluate(self, params: Params, rollout: Rollout, *,
-               with_values: bool = False) -> PolicyOutputs:
-    """Teacher-forced log-probs, entropies (and values) of a stored rollout.
+  def hidden_states(self, params: Params, rollout: Rollout) -> jax.Array:
+    """f32[B, T, E]: the decoder state before each action of a stored rollout.
 
-    One forward pass over prompt + completion; log-probs are under the
-    temperature-scaled policy (top-k / top-p truncation is a sampling device,
-    not part of the policy being trained) and computed in time chunks.
-    Returns PolicyOutputs with [B, T] fields; masked steps hold garbage.
+    Row t is what predicted action t (the last prompt position for t = 0),
+    from one teacher-forced pass identical to cached decoding. Heads other
+    than the LM's (values, Q-values, ILQL's) read these.
     """
     prompt, prompt_mask = rollout.context['tokens'], rollout.context['mask']
     actions = rollout.actions
@@ -265,8 +273,31 @@ class TextEnv:
                            axis=1)
     hidden, _ = self.model.apply({'params': params}, tokens,
                                  tfm.positions_from_mask(mask), mask)
-    # The hidden state before each action predicts it.
-    hidden = hidden[:, p - 1:-1]
+    return hidden[:, p - 1:-1]
+
+  def action_logits(self, params: Params, rollout: Rollout) -> jax.Array:
+    """f32[B, T, V]: the LM's logits over every action at every step.
+
+    Value-based algorithms read them as Q-values over the vocabulary. This
+    materialises [B, T, V]: meant for the small vocabularies such
+    algorithms are trained with, not for 100k-token models.
+    """
+    hidden = self.hidden_states(params, rollout)
+    logits = self.model.apply({'params': params}, hidden,
+                              method=tfm.Transformer.logits)
+    return logits.astype(jnp.float32)
+
+  def evaluate(self, params: Params, rollout: Rollout, *,
+               with_values: bool = False) -> PolicyOutputs:
+    """Teacher-forced log-probs, entropies (and values) of a stored rollout.
+
+    One forward pass over prompt + completion; log-probs are under the
+    temperature-scaled policy (top-k / top-p truncation is a sampling device,
+    not part of the policy being trained) and computed in time chunks.
+    Returns PolicyOutputs with [B, T] fields; masked steps hold garbage.
+    """
+    actions = rollout.actions
+    hidden = self.hidden_states(params, rollout)
     logits_fn = lambda h: self.model.apply({'params': params}, h,
                                            method=tfm.Transformer.logits)
     logp, entropy = logprob.chunked_token_logprobs(

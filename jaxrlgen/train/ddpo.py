@@ -437,7 +437,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
                   if algo.uses_reference else None),
-      algo_state=algo.init_state())
+      algo_state=algos.init_algo_state(algo, params))
   checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
                                              max_to_keep=config.max_checkpoints)
   state, resume_step = _restore(checkpointer, state)

@@ -473,7 +473,7 @@ def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
                       opt_state=tx.init(params),
                       ref_params=(_copy(sft_params) if algo.uses_reference
                                   else None),
-                      algo_state=algo.init_state())
+                      algo_state=algos.init_algo_state(algo, params))
 
   state = layout.init(build_state, sft_params)
   step_fn = layout.jit_step(functools.partial(

@@ -17,6 +17,7 @@ from jaxrlgen.algos import base as algo_base
 from jaxrlgen.algos import sft
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
+from jaxrlgen.data import scored
 
 RewardFn = Callable[[Rollout, Any], jax.Array]
 
@@ -114,6 +115,24 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
   rollout, rewards = actor_step(algo.policy_params(state.params), batch, key,
                                 env=env, reward_fn=reward_fn)
   return learner_step(state, rollout, rewards, batch, key, env=env,
+                      reward_fn=reward_fn, algo=algo, tx=tx)
+
+
+def offline_step(state: TrainState, batch, key: jax.Array, *, env,
+                 reward_fn: RewardFn, algo: algo_base.Algorithm,
+                 tx: optax.GradientTransformation):
+  """`learner_step` on a batch of an offline dataset of scored sequences.
+
+  Args:
+    batch: N prompts of the dataset (`jaxrlgen.data.scored`): per-prompt
+      fields and `completion`, `completion_mask`, `logp` [N, G, T],
+      `reward` [N, G]; env.num_samples must be G.
+  Returns:
+    `rl_step`'s (new_state, metrics); `reward/mean` is the batch's stored
+    reward.
+  """
+  rollout, rewards, per_prompt = scored.split(batch)
+  return learner_step(state, rollout, rewards, per_prompt, key, env=env,
                       reward_fn=reward_fn, algo=algo, tx=tx)
 
 

@@ -26,14 +26,17 @@ import numpy as np
 import optax
 
 from jaxrlgen import algos
+from jaxrlgen.algos import base as algo_base
 from jaxrlgen import parallel
 from jaxrlgen import rewards
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import arithmetic
 from jaxrlgen.data import pipeline
+from jaxrlgen.data import scored
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
 from jaxrlgen.data.tokenizer import ByteTokenizer
+from jaxrlgen.envs import search
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import hf
@@ -123,6 +126,91 @@ def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
           f'config.data.max_prompt_len + config.{name} = {need} tokens do not '
           f'fit the KV cache of config.model.max_seq_len='
           f'{model_cfg.max_seq_len}; shorten them or raise model.max_seq_len.')
+  validate_offline(config, shards)
+
+
+SOURCES = ('online', 'offline')
+
+
+def validate_offline(config: ml_collections.ConfigDict, shards: int) -> None:
+  """Checks `config.rl.source` and, for 'offline', `config.offline`."""
+  source = config.rl.get('source', 'online')
+  if source not in SOURCES:
+    raise ValueError(f'config.rl.source={source!r}; known: {SOURCES}.')
+  if source == 'online':
+    return
+  if config.loop != 'sync' or jax.process_count() > 1:
+    raise ValueError("config.rl.source='offline' runs with config.loop='sync'"
+                     ' on one process.')
+  if config.rl.get('sampler', 'policy') != 'policy':
+    raise ValueError("config.rl.source='offline' samples nothing: leave "
+                     "config.rl.sampler='policy'.")
+  off = config.get('offline')
+  if off is None:
+    raise ValueError("config.rl.source='offline' needs a config.offline "
+                     'section (see experiments/configs/arithmetic_base.py).')
+  for name in ('num_prompts', 'samples_per_prompt', 'chunk_prompts'):
+    if off[name] < 1:
+      raise ValueError(f'config.offline.{name}={off[name]} must be positive.')
+  if off.temperature <= 0:
+    raise ValueError(f'config.offline.temperature={off.temperature} must be '
+                     '> 0.')
+  g = off.samples_per_prompt
+  if config.rl.batch_size % g:
+    raise ValueError(f'config.rl.batch_size={config.rl.batch_size} (sequences '
+                     'per step) must be divisible by '
+                     f'config.offline.samples_per_prompt={g}.')
+  prompts = config.rl.batch_size // g
+  if prompts % shards:
+    raise ValueError(f'config.rl.batch_size / config.offline.samples_per_prompt'
+                     f' = {prompts} prompts per step must be divisible by the '
+                     f'{shards} batch shards.')
+  if not prompts <= off.num_prompts <= config.data.num_train:
+    raise ValueError(f'config.offline.num_prompts={off.num_prompts} must be '
+                     f'between the {prompts} prompts of a step and '
+                     f'config.data.num_train={config.data.num_train}.')
+  if off.num_prompts % off.chunk_prompts:
+    raise ValueError(f'config.offline.num_prompts={off.num_prompts} must be a '
+                     'multiple of config.offline.chunk_prompts='
+                     f'{off.chunk_prompts}.')
+
+
+def offline_dataset(config, workdir, task, env: TextEnv, reward_fn, params):
+  """The run's offline dataset of scored sequences (`jaxrlgen.data.scored`).
+
+  Sampled once from `params` (the warm-started policy) at
+  `config.offline.temperature` and kept in WORKDIR/offline_dataset.npz, so a
+  resumed run trains on the same data; deterministic in `config.seed`.
+  """
+  path = workdir / 'offline_dataset.npz'
+  if path.exists():
+    with np.load(path) as stored:
+      return dict(stored)
+  off = config.offline
+  index = pipeline.batch_indices(len(task.train), off.num_prompts, 0,
+                                 config.seed + 3)
+  prompts = _rl_fields(task.collate(pipeline.get_batch(task.train, index)))
+  behaviour = dataclasses.replace(
+      env, sampling=Sampling(temperature=off.temperature),
+      num_samples=off.samples_per_prompt)
+  dataset = scored.generate(
+      params, prompts, jax.random.fold_in(jax.random.key(config.seed), 3),
+      env=behaviour, reward_fn=reward_fn, chunk_prompts=off.chunk_prompts)
+  if parallel.is_primary():  # Written whole, then renamed: never half a file.
+    with open(str(path) + '.tmp', 'wb') as f:
+      np.savez(f, **dataset)
+    (workdir / 'offline_dataset.npz.tmp').rename(path)
+  print(f'offline dataset: {scored.summary(dataset)}', flush=True)
+  return dataset
+
+
+def offline_batch(dataset, step: int, num_prompts: int, seed: int):
+  """This host's share of step `step`'s offline batch (`num_prompts` prompts
+  with all their samples), shuffled per epoch like the prompts."""
+  index = pipeline.batch_indices(len(dataset['prompt']), num_prompts, step,
+                                 seed + 4, jax.process_index(),
+                                 jax.process_count())
+  return {k: v[index] for k, v in dataset.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +294,58 @@ def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
             'eval/mean_length': float(length / count)}
 
   return evaluate
+
+
+SAMPLERS = ('policy', 'mcts')
+
+
+def mcts_sampler(config, env: TextEnv) -> search.MCTSSampler | None:
+  """The MCTS sampler of `config.rl.sampler='mcts'` (`config.mcts`), or None."""
+  sampler = config.rl.get('sampler', 'policy')
+  if sampler not in SAMPLERS:
+    raise ValueError(f'config.rl.sampler={sampler!r}; known: {SAMPLERS}.')
+  if sampler == 'policy':
+    if config.algo.name == 'mcts_expert_iteration':
+      raise ValueError("config.algo.name='mcts_expert_iteration' distils MCTS "
+                       "rollouts: set config.rl.sampler='mcts'.")
+    return None
+  if config.loop != 'sync':
+    raise ValueError("config.rl.sampler='mcts' needs config.loop='sync'.")
+  return search.MCTSSampler(
+      env, search.MCTSConfig.from_config(config.get('mcts', {})))
+
+
+def mcts_rl_step(state, batch, key, *, sampler, env, reward_fn, algo, tx):
+  """`step_lib.rl_step` with rollouts decoded by MCTS."""
+  rollout, rewards = search.actor_step(algo.policy_params(state.params),
+                                       batch, key, sampler=sampler,
+                                       reward_fn=reward_fn)
+  return step_lib.learner_step(state, rollout, rewards, batch, key, env=env,
+                               reward_fn=reward_fn, algo=algo, tx=tx)
+
+
+def with_mcts_eval(evaluate, sampler: search.MCTSSampler, reward_fn, batches,
+                   policy_params, layout: parallel.Layout):
+  """`evaluate` plus `eval/mcts_accuracy` and `eval/mcts_mean_length`: the
+  same held-out examples decoded by noise-free MCTS with the same policy."""
+  def sums(params, batch):
+    reward, rollout = search.greedy_eval_step(params, batch, sampler=sampler,
+                                              reward_fn=reward_fn)
+    return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
+
+  eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
+  batches = [layout.batch(_rl_fields(b)) for b in batches]
+
+  def evaluate_both(state) -> dict[str, float]:
+    totals = np.zeros(3)
+    for batch in batches:
+      totals += np.array(jax.device_get(
+          eval_step(policy_params(state.params), batch)), np.float64)
+    correct, length, count = totals
+    return {**evaluate(state), 'eval/mcts_accuracy': float(correct / count),
+            'eval/mcts_mean_length': float(length / count)}
+
+  return evaluate_both
 
 
 def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
@@ -314,6 +454,7 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
                 logprob_chunk=config.rl.logprob_chunk)
   num_prompts = config.rl.batch_size // config.rl.group_size
   _check_reward_shape(reward_fn, env, num_prompts, config)
+  sampler = mcts_sampler(config, env)  # None unless config.rl.sampler='mcts'.
 
   task = load_task(config, workdir, tokenizer)
   init_key = jax.random.key(config.seed)
@@ -336,8 +477,14 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
     params = algo.init_params(params, jax.random.fold_in(init_key, 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), ref_params=ref_params,
-                      algo_state=algo.init_state())
+                      algo_state=algo_base.init_algo_state(
+                          algo, params, rollout=_rollout_spec(
+                              config.rl.batch_size, config.data.max_prompt_len,
+                              env.max_new_tokens)))
 
+  offline = None  # config.rl.source='offline': the dataset, sampled once.
+  if config.rl.get('source', 'online') == 'offline':
+    offline = offline_dataset(config, workdir, task, env, reward_fn, params)
   state = layout.init(build_state, params)
   del params
   if parallel.is_primary():
@@ -349,16 +496,33 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
   state, resume_step = _restore_or(checkpointer, state)
   step_fn = layout.jit_step(functools.partial(
       step_lib.rl_step, env=env, reward_fn=reward_fn, algo=algo, tx=tx), state)
+  if sampler is not None:  # Searches decode; the learner step is the same.
+    step_fn = layout.jit_step(functools.partial(
+        mcts_rl_step, sampler=sampler, env=env, reward_fn=reward_fn,
+        algo=algo, tx=tx), state)
   fit = functools.partial(loop.fit, step_fn=step_fn)
   batch_fn = lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts)))
+  if offline is not None:  # The learner step alone, on the stored samples.
+    g = config.offline.samples_per_prompt
+    step_fn = layout.jit_step(functools.partial(
+        step_lib.offline_step, env=dataclasses.replace(env, num_samples=g),
+        reward_fn=reward_fn, algo=algo, tx=tx), state)
+    fit = functools.partial(loop.fit, step_fn=step_fn)
+    batch_fn = lambda s: layout.batch(offline_batch(
+        offline, s, config.rl.batch_size // g, config.seed))
   if config.loop == 'async':  # The actor lags the learner (IMPALA).
     fit = functools.partial(
         async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
         steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
     batch_fn = lambda s: _rl_fields(task.batch(s, num_prompts))
+  env = algo.decoding_env(env)  # Held-out decoding: the algorithm's policy.
   evaluate = make_evaluator(env, reward_fn, task.eval_batches(
       config.eval.num_examples, config.eval.batch_size), algo.policy_params,
                             layout)
+  if sampler is not None:
+    evaluate = with_mcts_eval(evaluate, sampler, reward_fn, task.eval_batches(
+        config.eval.num_examples, config.eval.batch_size), algo.policy_params,
+                              layout)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,
@@ -381,6 +545,8 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
                       time.time() - start_time)
   summary['mesh'] = dict(layout.mesh.shape)
   summary['num_processes'] = jax.process_count()
+  if offline is not None:
+    summary.update(scored.summary(offline))
   if parallel.is_primary():
     plots.plot_metrics(writers.read_metrics(str(workdir)), PLOT_KEYS,
                        str(workdir / 'training.png'),
@@ -412,6 +578,16 @@ def memory_report(state: TrainState, env: TextEnv, num_prompts: int, config,
       'reference model': state.ref_params,
       'KV cache (rollout)': jax.tree.map(place, cache),
   }) + f'\n  on mesh {sizes} of {jax.process_count()} process(es)'
+
+
+def _rollout_spec(batch_size: int, prompt_len: int, num_steps: int) -> Rollout:
+  """The shapes of a text rollout, as jax.ShapeDtypeStructs."""
+  spec = jax.ShapeDtypeStruct
+  return Rollout(context={'tokens': spec((batch_size, prompt_len), jnp.int32),
+                          'mask': spec((batch_size, prompt_len), jnp.bool_)},
+                 actions=spec((batch_size, num_steps), jnp.int32),
+                 logp=spec((batch_size, num_steps), jnp.float32),
+                 mask=spec((batch_size, num_steps), jnp.bool_))
 
 
 def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int, config):
