@@ -40,6 +40,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import masked
 from jaxrlgen.core import replay
+from jaxrlgen.core import returns
 
 LOSSES = ('huber', 'mse')
 
@@ -172,10 +173,10 @@ def make(cfg: DQNConfig) -> base.Algorithm:
     online_q = (sg(env.action_logits(state.params, seqs)) if cfg.double
                 else None)  # Its argmax only: no shift needed.
     shaped = cfg.reward_scale * sampled['rewards'] + cfg.reward_shift
-    targets = qlearning.n_step_targets(
-        qlearning.sequence_rewards(shaped, seqs.mask),
-        bootstrap_values(target_q, online_q), seqs.mask, cfg.discount,
-        cfg.n_step)
+    targets = returns.n_step_returns(
+        returns.terminal_rewards(shaped, seqs.mask),
+        bootstrap_values(target_q, online_q), seqs.mask, n=cfg.n_step,
+        gamma=cfg.discount)
     algo_state = {'target_params': qlearning.polyak(target, state.params,
                                                     cfg.target_update),
                   'replay': buffer}

@@ -49,6 +49,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
+from jaxrlgen.core import returns
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.models import transformer as tfm
 
@@ -294,9 +295,9 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
     q_all = jnp.stack([q_head(heads[n], hidden) for n in Q_HEADS])
     v = v_head(heads['v'], hidden)
     # Q's target uses V of the next state, held fixed (IQL eq. 6).
-    targets = qlearning.one_step_targets(
-        qlearning.sequence_rewards(exp['rewards'], mask),
-        jax.lax.stop_gradient(v), mask, cfg.gamma)
+    targets = returns.n_step_returns(
+        returns.terminal_rewards(exp['rewards'], mask),
+        jax.lax.stop_gradient(v), mask, n=1, gamma=cfg.gamma)
     td, metrics = q_loss(
         jax.vmap(qlearning.action_values, (0, None))(q_all, actions),
         targets, mask)

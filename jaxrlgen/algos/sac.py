@@ -48,6 +48,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import masked
 from jaxrlgen.core import replay
+from jaxrlgen.core import returns
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.core.types import Rollout
 
@@ -108,8 +109,8 @@ def critic_targets(target_q: jax.Array, logp: jax.Array, rewards: jax.Array,
   """
   chex.assert_rank([rewards, mask], [1, 2])
   values = soft_state_values(target_q, logp, alpha, log_prior)
-  return qlearning.n_step_targets(
-      qlearning.sequence_rewards(rewards, mask), values, mask, gamma, n_step)
+  return returns.n_step_returns(returns.terminal_rewards(rewards, mask),
+                                values, mask, n=n_step, gamma=gamma)
 
 
 def critic_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):

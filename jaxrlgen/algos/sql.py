@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import masked
+from jaxrlgen.core import returns
 
 OBJECTIVES = ('single', 'multi', 'mixed')
 
@@ -55,16 +56,17 @@ OBJECTIVES = ('single', 'multi', 'mixed')
 def _pcl_per_token(advantage, values, rewards_t, mask, objective, discount):
   """Per-token squared path-consistency residuals (eqs. 9, 11) and |residual|."""
   residuals = []
-  q_target = qlearning.one_step_targets(rewards_t, values, mask, discount)
+  q_target = returns.n_step_returns(rewards_t, values, mask, n=1,
+                                    gamma=discount)
   if objective in ('single', 'mixed'):
     # Eq. 9: the advantage regresses to r_t + gamma V(s_{t+1}) - V(s_t).
     residuals.append(q_target - values - advantage)
   if objective in ('multi', 'mixed'):
     # Eq. 11: the discounted sum of advantages from t on regresses to the
     # discounted return from t minus V(s_t).
-    returns = qlearning.discounted_suffix_sum(rewards_t, mask, discount)
-    path = qlearning.discounted_suffix_sum(advantage, mask, discount)
-    residuals.append(returns - values - path)
+    to_go = returns.discounted_returns(rewards_t, mask, gamma=discount)
+    path = returns.discounted_returns(advantage, mask, gamma=discount)
+    residuals.append(to_go - values - path)
   per_token = sum(0.5 * jnp.square(r) for r in residuals) / len(residuals)
   abs_error = sum(jnp.abs(r) for r in residuals) / len(residuals)
   return per_token, abs_error, q_target
@@ -83,7 +85,7 @@ def sql_loss(q: jax.Array, target_v: jax.Array, actions: jax.Array,
       (constants: no gradient flows into them).
     actions: i32[B, T] taken actions.
     rewards_t: f32[B, T] reward after each action (a sequence reward sits at
-      the last valid step, see `qlearning.sequence_rewards`).
+      the last valid step, see `returns.terminal_rewards`).
     mask: bool[B, T] valid steps (a prefix of each row).
     objective: 'single' (eq. 9), 'multi' (eq. 11) or 'mixed' (their mean).
     discount: gamma.
@@ -200,8 +202,8 @@ def make(cfg: SQLConfig) -> base.Algorithm:
     shaped = cfg.reward_scale * rewards + cfg.reward_shift
     experience = {'rollout': rollout, 'target_v': target_v - v_ref,
                   'v_ref': v_ref, 'target_adv': target_adv,
-                  'rewards_t': qlearning.sequence_rewards(shaped,
-                                                          rollout.mask)}
+                  'rewards_t': returns.terminal_rewards(shaped,
+                                                         rollout.mask)}
     algo_state = {'target_params': qlearning.polyak(target, state.params,
                                                     cfg.target_update)}
     return experience, algo_state, {

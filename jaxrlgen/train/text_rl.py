@@ -269,15 +269,21 @@ def _rl_fields(batch):
 
 
 def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
-                   layout: parallel.Layout | None = None):
+                   layout: parallel.Layout | None = None, *, decode=None,
+                   prefix: str = ''):
   """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions.
 
   `batches` are this process's shares of the evaluation batches; sums are
   reduced on the devices, so every process gets the global figures.
+  `decode` ((params, batch) -> (rewards f32[N], rollout); default: greedy
+  decoding of `env`) and `prefix` (of the metric names, e.g. 'mcts_') give
+  the same figures for another decoder.
   """
+  decode = decode or functools.partial(
+      step_lib.greedy_eval_step, env=env.greedy(), reward_fn=reward_fn)
+
   def sums(params, batch):
-    reward, rollout = step_lib.greedy_eval_step(
-        params, batch, env=env.greedy(), reward_fn=reward_fn)
+    reward, rollout = decode(params, batch)
     return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
 
   layout = layout or default_layout(env.model.config)
@@ -290,8 +296,8 @@ def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
       totals += np.array(jax.device_get(
           eval_step(policy_params(state.params), batch)), np.float64)
     correct, length, count = totals
-    return {'eval/accuracy': float(correct / count),
-            'eval/mean_length': float(length / count)}
+    return {f'eval/{prefix}accuracy': float(correct / count),
+            f'eval/{prefix}mean_length': float(length / count)}
 
   return evaluate
 
@@ -324,28 +330,15 @@ def mcts_rl_step(state, batch, key, *, sampler, env, reward_fn, algo, tx):
                                reward_fn=reward_fn, algo=algo, tx=tx)
 
 
-def with_mcts_eval(evaluate, sampler: search.MCTSSampler, reward_fn, batches,
-                   policy_params, layout: parallel.Layout):
+def with_mcts_eval(evaluate, sampler: search.MCTSSampler, env: TextEnv,
+                   reward_fn, batches, policy_params, layout: parallel.Layout):
   """`evaluate` plus `eval/mcts_accuracy` and `eval/mcts_mean_length`: the
   same held-out examples decoded by noise-free MCTS with the same policy."""
-  def sums(params, batch):
-    reward, rollout = search.greedy_eval_step(params, batch, sampler=sampler,
-                                              reward_fn=reward_fn)
-    return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
-
-  eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
-  batches = [layout.batch(_rl_fields(b)) for b in batches]
-
-  def evaluate_both(state) -> dict[str, float]:
-    totals = np.zeros(3)
-    for batch in batches:
-      totals += np.array(jax.device_get(
-          eval_step(policy_params(state.params), batch)), np.float64)
-    correct, length, count = totals
-    return {**evaluate(state), 'eval/mcts_accuracy': float(correct / count),
-            'eval/mcts_mean_length': float(length / count)}
-
-  return evaluate_both
+  mcts = make_evaluator(
+      env, reward_fn, batches, policy_params, layout, prefix='mcts_',
+      decode=functools.partial(search.greedy_eval_step, sampler=sampler,
+                               reward_fn=reward_fn))
+  return lambda state: {**evaluate(state), **mcts(state)}
 
 
 def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
@@ -494,22 +487,19 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
   # Restored arrays take the shardings of `state`'s: a checkpoint written on
   # one mesh restores onto another.
   state, resume_step = _restore_or(checkpointer, state)
-  step_fn = layout.jit_step(functools.partial(
-      step_lib.rl_step, env=env, reward_fn=reward_fn, algo=algo, tx=tx), state)
-  if sampler is not None:  # Searches decode; the learner step is the same.
-    step_fn = layout.jit_step(functools.partial(
-        mcts_rl_step, sampler=sampler, env=env, reward_fn=reward_fn,
-        algo=algo, tx=tx), state)
-  fit = functools.partial(loop.fit, step_fn=step_fn)
+  step_kwargs = dict(env=env, reward_fn=reward_fn, algo=algo, tx=tx)
   batch_fn = lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts)))
   if offline is not None:  # The learner step alone, on the stored samples.
     g = config.offline.samples_per_prompt
-    step_fn = layout.jit_step(functools.partial(
-        step_lib.offline_step, env=dataclasses.replace(env, num_samples=g),
-        reward_fn=reward_fn, algo=algo, tx=tx), state)
-    fit = functools.partial(loop.fit, step_fn=step_fn)
+    step = functools.partial(step_lib.offline_step, **{
+        **step_kwargs, 'env': dataclasses.replace(env, num_samples=g)})
     batch_fn = lambda s: layout.batch(offline_batch(
         offline, s, config.rl.batch_size // g, config.seed))
+  elif sampler is not None:  # Searches decode; the learner step is the same.
+    step = functools.partial(mcts_rl_step, sampler=sampler, **step_kwargs)
+  else:
+    step = functools.partial(step_lib.rl_step, **step_kwargs)
+  fit = functools.partial(loop.fit, step_fn=layout.jit_step(step, state))
   if config.loop == 'async':  # The actor lags the learner (IMPALA).
     fit = functools.partial(
         async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
@@ -520,9 +510,10 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
       config.eval.num_examples, config.eval.batch_size), algo.policy_params,
                             layout)
   if sampler is not None:
-    evaluate = with_mcts_eval(evaluate, sampler, reward_fn, task.eval_batches(
-        config.eval.num_examples, config.eval.batch_size), algo.policy_params,
-                              layout)
+    evaluate = with_mcts_eval(
+        evaluate, sampler, env, reward_fn, task.eval_batches(
+            config.eval.num_examples, config.eval.batch_size),
+        algo.policy_params, layout)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,

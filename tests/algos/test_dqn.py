@@ -13,6 +13,7 @@ from jaxrlgen import algos
 from jaxrlgen.algos import dqn
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core import returns
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
@@ -60,9 +61,9 @@ class DQNTest(parameterized.TestCase):
   def test_targets(self, double, n, gamma):
     values = dqn.bootstrap_values(jnp.asarray(TARGET_Q),
                                   jnp.asarray(Q) if double else None)
-    got = qlearning.n_step_targets(
-        qlearning.sequence_rewards(jnp.asarray(REWARDS), jnp.asarray(MASK)),
-        values, jnp.asarray(MASK), gamma, n)
+    got = returns.n_step_returns(
+        returns.terminal_rewards(jnp.asarray(REWARDS), jnp.asarray(MASK)),
+        values, jnp.asarray(MASK), n=n, gamma=gamma)
     np.testing.assert_allclose(
         got, np_targets(TARGET_Q, Q, REWARDS, MASK, gamma, n, double),
         rtol=1e-6, atol=1e-6)

@@ -7,6 +7,7 @@ import numpy as np
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core import returns
 
 # Three sequences of four steps: full length, ended after two, after one.
 MASK = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], bool)
@@ -54,19 +55,19 @@ class QLearningTest(parameterized.TestCase):
         np.take_along_axis(q, actions[..., None], -1)[..., 0])
 
   def test_sequence_rewards_land_on_the_last_valid_step(self):
-    got = qlearning.sequence_rewards(jnp.array([1.0, 2.0, 3.0]),
+    got = returns.terminal_rewards(jnp.array([1.0, 2.0, 3.0]),
                                      jnp.asarray(MASK))
     want = np.zeros((3, 4))
     want[0, 3], want[1, 1], want[2, 0] = 1.0, 2.0, 3.0
     np.testing.assert_array_equal(got, want)
     # An all-masked row (a batch filler) gets no reward anywhere.
-    empty = qlearning.sequence_rewards(jnp.array([5.0]),
+    empty = returns.terminal_rewards(jnp.array([5.0]),
                                        jnp.zeros((1, 4), bool))
     np.testing.assert_array_equal(empty, np.zeros((1, 4)))
 
   @parameterized.product(n=[1, 2, 3, 4, 6], gamma=[1.0, 0.9], jit=[False, True])
   def test_n_step_targets(self, n, gamma, jit):
-    f = lambda r, v, m: qlearning.n_step_targets(r, v, m, gamma, n)
+    f = lambda r, v, m: returns.n_step_returns(r, v, m, n=n, gamma=gamma)
     if jit:
       f = jax.jit(f)
     got = f(jnp.asarray(REWARDS_T), jnp.asarray(VALUES_T), jnp.asarray(MASK))
@@ -74,8 +75,9 @@ class QLearningTest(parameterized.TestCase):
                                               gamma, n), rtol=1e-6, atol=1e-6)
 
   def test_one_step_terminal_handling_by_hand(self):
-    got = np.asarray(qlearning.one_step_targets(
-        jnp.asarray(REWARDS_T), jnp.asarray(VALUES_T), jnp.asarray(MASK), 0.5))
+    got = np.asarray(returns.n_step_returns(
+        jnp.asarray(REWARDS_T), jnp.asarray(VALUES_T), jnp.asarray(MASK), n=1,
+        gamma=0.5))
     # Row 1 ends at step 1: its target there is the bare reward, not
     # bootstrapped from the (garbage) value 7 after it.
     np.testing.assert_allclose(got[1], [0.5 + 0.5 * -2.0, 2.0, 0.0, 0.0])
@@ -85,8 +87,8 @@ class QLearningTest(parameterized.TestCase):
 
   @parameterized.parameters(1.0, 0.8)
   def test_discounted_suffix_sum(self, gamma):
-    got = qlearning.discounted_suffix_sum(jnp.asarray(REWARDS_T),
-                                          jnp.asarray(MASK), gamma)
+    got = returns.discounted_returns(jnp.asarray(REWARDS_T),
+                                     jnp.asarray(MASK), gamma=gamma)
     # A suffix sum is the n-step target with n >= T and zero values.
     want = np_n_step(REWARDS_T, np.zeros_like(VALUES_T), MASK, gamma, 4)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

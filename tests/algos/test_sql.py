@@ -12,6 +12,7 @@ import optax
 from jaxrlgen import algos
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core import returns
 from jaxrlgen.algos import sql
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import scored
@@ -66,7 +67,7 @@ class SQLLossTest(parameterized.TestCase):
                          gamma=[1.0, 0.9], tau=[1.0, 0.5],
                          reverse_weight=[0.0, 0.3])
   def test_loss_and_gradient(self, objective, gamma, tau, reverse_weight):
-    rewards_t = qlearning.sequence_rewards(jnp.asarray(REWARDS),
+    rewards_t = returns.terminal_rewards(jnp.asarray(REWARDS),
                                            jnp.asarray(MASK))
 
     def f(q):
@@ -91,7 +92,7 @@ class SQLLossTest(parameterized.TestCase):
 
   def test_loss_is_invariant_to_a_per_state_logit_shift(self):
     # The online side enters only through A = Q - V = tau log pi.
-    rewards_t = qlearning.sequence_rewards(jnp.asarray(REWARDS),
+    rewards_t = returns.terminal_rewards(jnp.asarray(REWARDS),
                                            jnp.asarray(MASK))
     shift = RNG.normal(size=(3, 4, 1)).astype(np.float32) * 5
     loss = lambda q: sql.sql_loss(q, jnp.asarray(TARGET_V),
@@ -101,7 +102,7 @@ class SQLLossTest(parameterized.TestCase):
                                loss(jnp.asarray(Q + shift)), rtol=1e-5)
 
   def test_metrics(self):
-    rewards_t = qlearning.sequence_rewards(jnp.asarray(REWARDS),
+    rewards_t = returns.terminal_rewards(jnp.asarray(REWARDS),
                                            jnp.asarray(MASK))
     _, m = sql.sql_loss(jnp.asarray(Q), jnp.asarray(TARGET_V),
                         jnp.asarray(ACTIONS), rewards_t, jnp.asarray(MASK),

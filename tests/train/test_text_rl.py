@@ -176,3 +176,46 @@ def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
   to_bytes = lambda v: float(v[0]) * {'B': 1, 'KiB': 1024, 'MiB': 2**20}[v[1]]
   assert to_bytes(sizes['reference model']) == pytest.approx(
       to_bytes(sizes['parameters']) / 2, rel=0.02)
+
+
+def shrink(config, data_dir):
+  """`config` with tiny_config's model, data, schedule and evaluation."""
+  tiny = tiny_config(data_dir)
+  for group in ('data', 'sft', 'eval'):
+    config[group].update(tiny[group])
+  for field in ('hidden_dim', 'mlp_dim', 'num_layers'):
+    config.model[field] = tiny.model[field]
+  config.update(total_steps=2, log_every=1, checkpoint_every=2)
+  return config
+
+
+def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
+  from experiments.configs import arithmetic_mcts
+  config = shrink(arithmetic_mcts.get_config(), tmp_path / 'data')
+  config.rl.batch_size = 8
+  config.mcts.num_simulations = 4
+  summary = train.run(config, str(tmp_path / 'run'))
+  evals = [r for r in writers.read_metrics(str(tmp_path / 'run'))
+           if 'eval/mcts_accuracy' in r]
+  assert [r['step'] for r in evals] == [0, 2]
+  for r in evals:
+    assert 0.0 <= r['eval/mcts_accuracy'] <= 1.0
+    assert 0.0 < r['eval/mcts_mean_length'] <= config.rl.max_new_tokens
+  # The actor was the search: its statistics reach the training metrics.
+  assert summary['final/search/entropy'] >= 0.0
+
+
+def test_offline_run_reads_its_stored_dataset(tmp_path):
+  from experiments.configs import arithmetic_sql_offline
+  config = shrink(arithmetic_sql_offline.get_config(), tmp_path / 'data')
+  config.rl.update(batch_size=16)
+  config.offline.update(num_prompts=32, samples_per_prompt=4, chunk_prompts=16)
+  summary = train.run(config, str(tmp_path / 'run'))
+  assert (tmp_path / 'run' / 'offline_dataset.npz').exists()
+  assert summary['offline/num_sequences'] == 32 * 4
+  assert 0.0 <= summary['offline/positive_ratio'] <= 1.0
+  records = [r for r in writers.read_metrics(str(tmp_path / 'run'))
+             if 'td_loss' in r]
+  assert [r['step'] for r in records] == [1, 2]
+  # Offline batches are the dataset's: their rewards are stored ones.
+  assert all(0.0 <= r['reward/mean'] <= 1.0 for r in records)
