@@ -20,11 +20,15 @@ import jax.numpy as jnp
 
 from jaxrlgen.core import logprob
 from jaxrlgen.core import rollout as rollout_lib
+from jaxrlgen.core import sampling as sampling_lib
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.models import transformer as tfm
 
 Params = Any
+
+
+SAMPLING_METHODS = ('gumbel', 'inverse_cdf')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,13 +37,17 @@ class Sampling:
 
   temperature divides the logits; top_k > 0 keeps the k most likely tokens;
   top_p < 1 keeps the smallest set of most likely tokens whose mass reaches
-  top_p (Holtzman et al. 2020); greedy takes the argmax.
+  top_p (Holtzman et al. 2020); greedy takes the argmax. `method` is how a
+  random draw is made, both exact: 'gumbel' (`jax.random.categorical`, V
+  random numbers per row) or 'inverse_cdf' (`core.sampling`, one per row;
+  cheaper where random bits are expensive, as on CPU).
   """
 
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
   greedy: bool = False
+  method: str = 'gumbel'
 
   def __post_init__(self):
     if self.temperature <= 0:
@@ -49,6 +57,9 @@ class Sampling:
       raise ValueError(f'sampling.top_k={self.top_k} must be >= 0 (0: off).')
     if not 0 < self.top_p <= 1:
       raise ValueError(f'sampling.top_p={self.top_p} must be in (0, 1].')
+    if self.method not in SAMPLING_METHODS:
+      raise ValueError(f'sampling.method={self.method!r}; known: '
+                       f'{SAMPLING_METHODS}.')
 
   @property
   def scoring_temperature(self) -> float:
@@ -191,6 +202,8 @@ class TextEnv:
     logps = sampling_logprobs(logits, self.sampling)
     if self.sampling.greedy:
       token = jnp.argmax(logits, axis=-1)
+    elif self.sampling.method == 'inverse_cdf':
+      token, _ = sampling_lib.sample_categorical(key, logps)
     else:
       token = jax.random.categorical(key, logps, axis=-1)
     token = token.astype(jnp.int32)

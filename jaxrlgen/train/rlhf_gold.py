@@ -201,7 +201,8 @@ def _policy_env(config, model, num_samples: int) -> TextEnv:
   return TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
                  sampling=Sampling(temperature=config.rl.temperature,
                                    top_k=config.rl.top_k,
-                                   top_p=config.rl.top_p),
+                                   top_p=config.rl.top_p,
+                                   method=config.rl.sampling_method),
                  eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=num_samples,
                  logprob_chunk=config.rl.logprob_chunk)
 

@@ -440,7 +440,7 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
                            target_length=config.reward.target_length)
   model = tfm.Transformer(model_cfg)
   sampling = Sampling(temperature=config.rl.temperature, top_k=config.rl.top_k,
-                      top_p=config.rl.top_p)
+                      top_p=config.rl.top_p, method=config.rl.sampling_method)
   env = TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
                 sampling=sampling, eos_id=tokenizer.eos_id,
                 pad_id=tokenizer.pad_id, num_samples=config.rl.group_size,

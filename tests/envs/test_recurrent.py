@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrlgen.algos import reinforce
+from jaxrlgen.core import sampling
 from jaxrlgen.envs import recurrent
 from jaxrlgen.models import lstm
 
@@ -22,7 +23,7 @@ def test_sampler_draws_from_the_softmax():
                         [-1e9, 0.0, -1e9, 1.0, -1e9, -1e9, 2.0]])
   n = 20_000
   tokens, logp = jax.jit(jax.vmap(
-      lambda k: recurrent.sample_categorical(k, logits, block_size=3)))(
+      lambda k: sampling.sample_categorical(k, logits, block_size=3)))(
           jax.random.split(jax.random.key(0), n))
   probs = np.exp(np.asarray(jax.nn.log_softmax(logits)))
   for row in range(2):

@@ -67,6 +67,7 @@ _SAMPLINGS = {
     't1': Sampling(temperature=1.0),
     't0.7': Sampling(temperature=0.7),
     'greedy': Sampling(temperature=0.5, greedy=True),
+    'inverse_cdf': Sampling(temperature=0.7, method='inverse_cdf'),
 }
 
 
@@ -163,6 +164,11 @@ def test_sampling_logprobs(sampling, want):
     (Sampling(top_k=2), [4 / 7, 3 / 7, 0, 0, 0]),
     (Sampling(top_p=0.75), [0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85, 0, 0]),
     (Sampling(temperature=0.5), _PROBS**2 / np.sum(_PROBS**2)),
+    (Sampling(method='inverse_cdf'), _PROBS),
+    (Sampling(top_p=0.75, method='inverse_cdf'),
+     [0.4 / 0.85, 0.3 / 0.85, 0.15 / 0.85, 0, 0]),
+    (Sampling(temperature=0.5, top_k=2, method='inverse_cdf'),
+     [16 / 25, 9 / 25, 0, 0, 0]),
 ])
 def test_choose_matches_expected_frequencies(sampling, want):
   n = 20_000
@@ -246,6 +252,7 @@ def test_suppress_eos_choose(greedy):
     (dict(top_p=0.0), 'top_p'),
     (dict(top_p=1.5), 'top_p'),
     (dict(top_k=-1), 'top_k'),
+    (dict(method='multinomial'), 'method'),
 ])
 def test_invalid_sampling_raises(kwargs, field):
   with pytest.raises(ValueError, match=field):
