@@ -1,12 +1,42 @@
 """The rollout: a `lax.scan` over an environment step."""
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 # step(state, key) -> (state, transition); both pytrees.
 StepFn = Callable[[Any, jax.Array], tuple[Any, Any]]
+
+
+def _scan(step: StepFn, state, keys: jax.Array):
+  """`step` once per key in a `lax.scan`; transitions [B, len(keys), ...]."""
+  state, transitions = jax.lax.scan(step, state, keys)
+  return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), transitions)
+
+
+def _scan_until(step: StepFn, state, keys: jax.Array, stop, fill):
+  """`_scan` in a `lax.while_loop` that ends once `stop(state)` is true;
+  the steps not taken hold `fill`."""
+  num_steps = keys.shape[0]
+  buffer = jax.tree.map(
+      lambda x: jnp.repeat(jnp.expand_dims(x, 1), num_steps, axis=1), fill)
+
+  def cond(carry):
+    t, state, _ = carry
+    return (t < num_steps) & ~stop(state)
+
+  def body(carry):
+    t, state, buffer = carry
+    state, transition = step(state, keys[t])
+    buffer = jax.tree.map(
+        lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, t, axis=1),
+        buffer, transition)
+    return t + 1, state, buffer
+
+  _, state, buffer = jax.lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), state, buffer))
+  return state, buffer
 
 
 def unroll(step: StepFn, state, key: jax.Array, num_steps: int):
@@ -16,12 +46,7 @@ def unroll(step: StepFn, state, key: jax.Array, num_steps: int):
     (final_state, transitions), the transitions' leaves stacked batch-major,
     [B, num_steps, ...], the layout algorithms use.
   """
-  def body(state, key):
-    return step(state, key)
-
-  state, transitions = jax.lax.scan(body, state,
-                                    jax.random.split(key, num_steps))
-  return state, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), transitions)
+  return _scan(step, state, jax.random.split(key, num_steps))
 
 
 def unroll_until(step: StepFn, state, key: jax.Array, num_steps: int, *,
@@ -42,22 +67,46 @@ def unroll_until(step: StepFn, state, key: jax.Array, num_steps: int, *,
     (final_state, transitions [B, num_steps, ...]); the final state is the
     one at the stop, not after num_steps steps.
   """
+  return _scan_until(step, state, jax.random.split(key, num_steps), stop,
+                     fill)
+
+
+def unroll_segments(step: StepFn, state, key: jax.Array, num_steps: int, *,
+                    bounds: Sequence[int], grow: Callable[[Any, int], Any],
+                    stop: Callable[[Any], jax.Array] | None = None,
+                    fill=None):
+  """`unroll` (or `unroll_until`, given `stop` and `fill`) in segments.
+
+  Segment j runs steps [bounds[j], bounds[j + 1]) in a loop of its own,
+  after `grow(state, bounds[j + 1])` has made the state ready for the steps
+  up to that bound. The state may change shape between segments: a KV cache
+  sized for the tokens written so far, so that early steps attend over a
+  short cache instead of the whole preallocated one. Each segment compiles
+  its own loop body. Step t uses the same key as in `unroll`, so the result
+  equals `unroll`'s wherever the step itself does not depend on the shape.
+
+  Args:
+    step, state, key, num_steps: as in `unroll`.
+    bounds: 0 = bounds[0] < ... < bounds[-1] = num_steps.
+    grow: (state, end) -> the state for steps before `end`.
+    stop, fill: as in `unroll_until`; a stopped segment's successors run no
+      steps (their loops test `stop` first).
+  Returns:
+    (final_state, transitions [B, num_steps, ...]).
+  """
+  bounds = tuple(bounds)
+  if (bounds[0] != 0 or bounds[-1] != num_steps
+      or any(a >= b for a, b in zip(bounds, bounds[1:]))):
+    raise ValueError(f'bounds={bounds} must rise strictly from 0 to '
+                     f'num_steps={num_steps}.')
   keys = jax.random.split(key, num_steps)
-  buffer = jax.tree.map(
-      lambda x: jnp.repeat(jnp.expand_dims(x, 1), num_steps, axis=1), fill)
-
-  def cond(carry):
-    t, state, _ = carry
-    return (t < num_steps) & ~stop(state)
-
-  def body(carry):
-    t, state, buffer = carry
-    state, transition = step(state, keys[t])
-    buffer = jax.tree.map(
-        lambda b, x: jax.lax.dynamic_update_index_in_dim(b, x, t, axis=1),
-        buffer, transition)
-    return t + 1, state, buffer
-
-  _, state, buffer = jax.lax.while_loop(
-      cond, body, (jnp.zeros((), jnp.int32), state, buffer))
-  return state, buffer
+  pieces = []
+  for start, end in zip(bounds, bounds[1:]):
+    state = grow(state, end)
+    if stop is None:
+      state, transitions = _scan(step, state, keys[start:end])
+    else:
+      state, transitions = _scan_until(step, state, keys[start:end], stop,
+                                       fill)
+    pieces.append(transitions)
+  return state, jax.tree.map(lambda *x: jnp.concatenate(x, axis=1), *pieces)

@@ -144,6 +144,22 @@ def init_cache(config: TransformerConfig, batch_size: int,
                  index=jnp.zeros((), jnp.int32))
 
 
+def grow_cache(cache: KVCache, size: int) -> KVCache:
+  """The cache with empty slots appended up to `size` (>= cache.size).
+
+  Attention reads every slot of the cache, so decoding can start on a cache
+  just long enough for the tokens so far and grow it in a few steps
+  (`TextEnv.cache_segments`) instead of attending over the whole budget.
+  """
+  if size < cache.size:
+    raise ValueError(f'Cannot grow a cache of {cache.size} slots to {size}.')
+  pad = size - cache.size
+  pad_slots = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  return cache.replace(keys=tuple(map(pad_slots, cache.keys)),
+                       values=tuple(map(pad_slots, cache.values)),
+                       mask=jnp.pad(cache.mask, ((0, 0), (0, pad))))
+
+
 def repeat_cache(cache: KVCache, repeats: int) -> KVCache:
   """Each row of the cache `repeats` times in a row: [B, ...] -> [B*repeats, ...].
 
@@ -219,7 +235,7 @@ def _dense_init(names, fan_in_axes=(0,)):
 
 
 def _row_dot_general(lhs, rhs, dimension_numbers, precision=None,
-                     preferred_element_type=None):
+                     preferred_element_type=None, *, out_dtype=None):
   """`lax.dot_general` of x [..., K] and a kernel [K, N] as one 2-D product.
 
   Why flatten the rows: the weight gradient of a product whose rows span
@@ -227,18 +243,26 @@ def _row_dot_general(lhs, rhs, dimension_numbers, precision=None,
   cotangent transposed inside the elementwise fusion that produces it (a
   strided loop); on [B * L, K] rows the matmul reads it transposed itself.
   The MLP of workload W trains 2.5x faster this way. The leading axis stays
-  batch-major, so batch sharding carries over. `nn.Dense` takes this as its
-  `dot_general`.
+  batch-major, so batch sharding carries over.
+
+  Low-precision (bfloat16) inputs accumulate in float32 and the result is
+  cast to `out_dtype` (default: the input's): that is the form matrix units
+  run (tensor cores, TPU MXUs, the CPU's AMX), and on XLA:CPU a product with
+  bfloat16 output is 4-7x slower. `nn.Dense` takes this as its `dot_general`.
   """
+  out_dtype = out_dtype or lhs.dtype
+  if preferred_element_type is None and jnp.dtype(lhs.dtype).itemsize < 4:
+    preferred_element_type = jnp.float32
   (contract_lhs, contract_rhs), batch = dimension_numbers
   if (tuple(contract_lhs) != (lhs.ndim - 1,) or tuple(contract_rhs) != (0,)
       or rhs.ndim != 2 or batch != ((), ())):
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                               preferred_element_type=preferred_element_type)
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                              preferred_element_type=preferred_element_type)
+    return out.astype(out_dtype)
   rows = lhs.reshape(-1, lhs.shape[-1])
   out = jax.lax.dot_general(rows, rhs, (((1,), (0,)), ((), ())), precision,
                             preferred_element_type=preferred_element_type)
-  return out.reshape(lhs.shape[:-1] + rhs.shape[1:])
+  return out.reshape(lhs.shape[:-1] + rhs.shape[1:]).astype(out_dtype)
 
 
 class Projection(nn.Module):
@@ -442,9 +466,11 @@ class Transformer(nn.Module):
                    for i in range(cfg.num_layers)]
     self.final_norm = _norm(cfg, 'final_norm')
     if not cfg.tie_embeddings:
+      # Logits leave the product in float32 (log-probs need the precision).
       self.unembed = nn.Dense(
           cfg.vocab_size, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-          dot_general=_row_dot_general,
+          dot_general=functools.partial(_row_dot_general,
+                                        out_dtype=jnp.float32),
           param_dtype=pdtype, kernel_init=_dense_init(('embed', 'vocab')))
     if cfg.value_head:
       self.value_proj = nn.Dense(
@@ -505,7 +531,10 @@ class Transformer(nn.Module):
   def logits(self, hidden):
     """f32 logits of hidden states [..., E] -> [..., V]."""
     if self.config.tie_embeddings:
-      logits = self.embed.attend(hidden)
+      table = self.embed.embedding.astype(hidden.dtype)  # [V, E]
+      logits = _row_dot_general(hidden, table.T,
+                                (((hidden.ndim - 1,), (0,)), ((), ())),
+                                out_dtype=jnp.float32)
     else:
       logits = self.unembed(hidden)
     if logits.ndim == 3:

@@ -280,3 +280,31 @@ def test_early_stop_equals_full_scan():
                          params, prompt, prompt_mask, jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert np.asarray(got.mask).all()
+
+
+@pytest.mark.parametrize('early_stop', [False, True])
+def test_cache_segments_equal_one_cache(early_stop):
+  # Segments of 2, 1 and 2 decode steps (T = 6: five decode steps) on caches
+  # grown from the prompt's 5 slots to 7, 8 and 10; prompts of several pads.
+  # EOS is the token the model samples most, so rows end at different steps.
+  params = tfm.init_params(_CONFIG, jax.random.key(4))
+  prompt, prompt_mask = _prompts(pads=[0, 2, 4], seed=2)
+  key = jax.random.key(5)
+  first = jax.jit(_env(num_samples=2).rollout)(params, prompt, prompt_mask,
+                                                key)
+  eos = int(np.bincount(np.asarray(first.actions).ravel()).argmax())
+  env = lambda **kw: _env(early_stop=early_stop, num_samples=2, eos_id=eos,
+                          **kw)
+  want = jax.jit(env().rollout)(params, prompt, prompt_mask, key)
+  assert 0 < np.asarray(want.mask).sum() < want.mask.size  # Some ended.
+  for segments in (3, 50):  # 50 > 5 steps: one step per segment.
+    got = jax.jit(env(cache_segments=segments).rollout)(
+        params, prompt, prompt_mask, key)
+    np.testing.assert_array_equal(got.actions, want.actions)
+    np.testing.assert_array_equal(got.mask, want.mask)
+    np.testing.assert_allclose(got.logp, want.logp, atol=1e-6)
+
+
+def test_cache_segments_must_be_positive():
+  with pytest.raises(ValueError, match='cache_segments'):
+    _env(cache_segments=0)
