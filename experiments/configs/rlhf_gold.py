@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
       # How a draw is made (both exact): 'gumbel' or 'inverse_cdf' (one
       # random number per sequence: faster on CPU).
       sampling_method='gumbel',
+      # Decode on a KV cache grown in this many segments (exact; fewer
+      # attention reads for long completions, one compiled loop each).
+      cache_segments=1,
       logprob_chunk=128,  # Time steps per log-prob chunk.
       optimizer=arithmetic_base.optimizer(1e-3),
   ))

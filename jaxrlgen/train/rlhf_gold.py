@@ -204,7 +204,8 @@ def _policy_env(config, model, num_samples: int) -> TextEnv:
                                    top_p=config.rl.top_p,
                                    method=config.rl.sampling_method),
                  eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=num_samples,
-                 logprob_chunk=config.rl.logprob_chunk)
+                 logprob_chunk=config.rl.logprob_chunk,
+                 cache_segments=config.rl.cache_segments)
 
 
 def _rl_fields(batch):

@@ -444,7 +444,8 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
   env = TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
                 sampling=sampling, eos_id=tokenizer.eos_id,
                 pad_id=tokenizer.pad_id, num_samples=config.rl.group_size,
-                logprob_chunk=config.rl.logprob_chunk)
+                logprob_chunk=config.rl.logprob_chunk,
+                cache_segments=config.rl.cache_segments)
   num_prompts = config.rl.batch_size // config.rl.group_size
   _check_reward_shape(reward_fn, env, num_prompts, config)
   sampler = mcts_sampler(config, env)  # None unless config.rl.sampler='mcts'.
