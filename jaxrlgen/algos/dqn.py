@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core import replay
 from jaxrlgen.core import returns
@@ -88,13 +89,13 @@ def dqn_loss(q: jax.Array, actions: jax.Array, targets: jax.Array,
   error = jax.lax.stop_gradient(targets) - q_taken
   per_token = huber(error, delta) if loss == 'huber' else 0.5 * error ** 2
   value = masked.masked_mean(per_token, mask)
-  logp = jax.nn.log_softmax(q, axis=-1)
+  _, entropy = logprob.token_logprobs(q, actions)
   metrics = {
       'td_loss': value,
       'td_error/abs_mean': masked.masked_mean(jnp.abs(error), mask),
       'q/mean': masked.masked_mean(q_taken, mask),
       'q/target_mean': masked.masked_mean(targets, mask),
-      'entropy': masked.masked_mean(-jnp.sum(jnp.exp(logp) * logp, -1), mask),
+      'entropy': masked.masked_mean(entropy, mask),
   }
   return value, metrics
 
@@ -130,13 +131,7 @@ class DQNConfig:
     if not 0 < self.target_update <= 1:
       raise ValueError(f'config.algo.target_update={self.target_update} must '
                        'be in (0, 1].')
-    if self.replay_batch_size < 1 or self.replay_capacity < 1:
-      raise ValueError('config.algo.replay_capacity and '
-                       'config.algo.replay_batch_size must be positive.')
-    if self.replay_batch_size % self.num_minibatches:
-      raise ValueError(f'config.algo.replay_batch_size='
-                       f'{self.replay_batch_size} must be divisible by '
-                       f'config.algo.num_minibatches={self.num_minibatches}.')
+    replay.check_config(self)
 
 
 def make(cfg: DQNConfig) -> base.Algorithm:

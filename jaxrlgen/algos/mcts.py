@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrlgen.algos import base
+from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.models import transformer as tfm
@@ -180,12 +181,8 @@ def make(cfg: ExpertIterationConfig) -> base.Algorithm:
     value, metrics = expert_iteration_loss(
         logits, targets, values, exp['returns'], rollout.mask,
         policy_coef=cfg.policy_coef, value_coef=cfg.value_coef)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    out = PolicyOutputs(
-        logp=jnp.take_along_axis(log_probs, rollout.actions[..., None],
-                                 axis=-1)[..., 0],
-        entropy=-jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1),
-        values=values)
+    logp, entropy = logprob.token_logprobs(logits, rollout.actions)
+    out = PolicyOutputs(logp=logp, entropy=entropy, values=values)
     reg, reg_metrics = base.regularizers(
         out, rollout, exp.get('ref_logp'), entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef)

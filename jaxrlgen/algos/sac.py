@@ -250,13 +250,7 @@ class SACConfig:
     if self.alpha_lr_scale <= 0:
       raise ValueError(
           f'config.algo.alpha_lr_scale={self.alpha_lr_scale} must be > 0.')
-    if self.replay_capacity < 1 or self.replay_batch_size < 1:
-      raise ValueError('config.algo.replay_capacity and '
-                       'config.algo.replay_batch_size must be positive.')
-    if self.replay_batch_size % self.num_minibatches:
-      raise ValueError(f'config.algo.replay_batch_size='
-                       f'{self.replay_batch_size} must be divisible by '
-                       f'config.algo.num_minibatches={self.num_minibatches}.')
+    replay.check_config(self)
 
   @property
   def uses_reference(self) -> bool:

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
 
@@ -123,8 +124,7 @@ def sql_loss(q: jax.Array, target_v: jax.Array, actions: jax.Array,
     per_token = (1 - reverse_weight) * per_token + reverse_weight * reverse
     abs_error = (1 - reverse_weight) * abs_error + reverse_weight * reverse_abs
   loss = masked.masked_mean(per_token, mask)
-  logp = jax.nn.log_softmax(q / tau, axis=-1)
-  entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+  _, entropy = logprob.token_logprobs(q, actions, temperature=tau)
   metrics = {
       'td_loss': loss,
       'td_error/abs_mean': masked.masked_mean(abs_error, mask),

@@ -53,6 +53,19 @@ def _batch_size(items: PyTree) -> int:
   return leaves[0].shape[0]
 
 
+def check_config(cfg) -> None:
+  """Raises before any compute if an algorithm config's replay sizes
+  (`replay_capacity`, `replay_batch_size`, `num_minibatches`) cannot work;
+  the message names the `config.algo` field."""
+  if cfg.replay_capacity < 1 or cfg.replay_batch_size < 1:
+    raise ValueError('config.algo.replay_capacity and '
+                     'config.algo.replay_batch_size must be positive.')
+  if cfg.replay_batch_size % cfg.num_minibatches:
+    raise ValueError(f'config.algo.replay_batch_size={cfg.replay_batch_size} '
+                     'must be divisible by '
+                     f'config.algo.num_minibatches={cfg.num_minibatches}.')
+
+
 def init(example: PyTree, capacity: int) -> ReplayBuffer:
   """An empty buffer of `capacity` items shaped like `example`'s rows.
 

@@ -13,16 +13,17 @@ again reuses it.
 
 Building is deterministic given the config, so hosts with local disks may each
 build their own copy and hold identical records; on a shared filesystem a
-concurrent build by another process is tolerated (see `load_arithmetic`).
+concurrent build by another process is tolerated (`builders.prepare_and_open`).
 """
 
 from collections.abc import Iterator, Sequence
 import dataclasses
 from typing import Any
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxrlgen.data import builders
 
 # Keeps a + b inside int32, the dtype of the `answer` feature.
 _MAX_OPERAND_LIMIT = 2**30 - 1
@@ -130,30 +131,15 @@ def draw_pairs(config: ArithmeticConfig) -> dict[str, np.ndarray]:
   return {'train': pairs[:config.num_train], 'test': pairs[config.num_train:]}
 
 
-class ArithmeticBuilder(tfds.core.GeneratorBasedBuilder,
-                        skip_registration=True):
+class ArithmeticBuilder(builders.LocalBuilder, skip_registration=True):
   """TFDS builder for the addition task; needs an `ArithmeticConfig`.
 
-  Not added to TFDS's global registry: the name 'arithmetic' is generic
-  enough to collide, and reading goes through the files (with an explicit
-  version) so it does not need the registry.
+  Its generator yields the pairs in their random draw order.
   """
 
   name = 'arithmetic'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  # The pairs come out of the generator already in random order; keeping that
-  # order makes record i of a split the i-th drawn pair.
-  disable_shuffling = True
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS's own lookup, for a builder inside any package, evaluates
-    # `isinstance(path, importlib_resources.abc.Traversable)` and so needs
-    # the `importlib_resources` backport, which is not a TFDS dependency; its
-    # fallback (the defining file) is what it would compute anyway.
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     # `tfds.core.DatasetInfo(builder=self, ...)` rather than
@@ -214,22 +200,5 @@ def load_arithmetic(
   """
   config = ArithmeticConfig(max_operand=max_operand, num_train=num_train,
                             num_test=num_test, seed=seed)
-  builder = ArithmeticBuilder(data_dir=data_dir, config=config,
-                              file_format='array_record')
-  try:
-    # A no-op when the data is already there.
-    builder.download_and_prepare()
-  except OSError:
-    # Another process building the same config into a shared data_dir can
-    # win the final rename of the temporary directory. The data is
-    # deterministic in the config, so its copy is as good as ours.
-    if not builder.is_prepared():
-      raise
-  # An explicit version makes TFDS read the prepared files directly instead
-  # of looking the name up among registered builders.
-  return tfds.data_source(
-      f'{ArithmeticBuilder.name}/{config.name}:{ArithmeticBuilder.VERSION}',
-      split=None,
-      data_dir=data_dir,
-      download=False,
-  )
+  return builders.prepare_and_open(ArithmeticBuilder(
+      data_dir=data_dir, config=config, file_format='array_record'))

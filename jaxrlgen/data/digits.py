@@ -13,7 +13,7 @@ Two disjoint splits, stratified by class:
 
 Built once per setting by a `GeneratorBasedBuilder` in the `array_record`
 format and read back with `tfds.data_source` (random access, no TensorFlow),
-in the way of `jaxrlgen.data.arithmetic`; `load_digits_arrays` turns a split
+through `jaxrlgen.data.builders`; `to_arrays` turns a split
 into float arrays in [-1, 1], optionally upsampled.
 """
 
@@ -21,10 +21,11 @@ from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
 from typing import Any
 
-from etils import epath
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+
+from jaxrlgen.data import builders
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -91,25 +92,15 @@ def split_indices(labels: np.ndarray, heldout_per_class: int,
           'heldout': rng.permutation(np.concatenate(heldout))}
 
 
-class DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class DigitsBuilder(builders.LocalBuilder, skip_registration=True):
   """TFDS builder of scikit-learn's digits; needs a `DigitsConfig`.
 
-  Not registered globally (the name 'digits' is generic); reading goes
-  through the files with an explicit version instead.
+  Records keep the seeded order of `split_indices`.
   """
 
   name = 'sklearn_digits'
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  # Records keep the seeded order of `split_indices`.
-  disable_shuffling = True
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # As in arithmetic.py: TFDS's own lookup needs the importlib_resources
-    # backport, which it does not depend on; this is what it would compute.
-    return epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -156,17 +147,8 @@ def load_digits(data_dir: str, heldout_per_class: int = 70,
     records `{'image': uint8[8, 8, 1], 'label': int, 'index': int}`.
   """
   config = DigitsConfig(heldout_per_class=heldout_per_class, seed=seed)
-  builder = DigitsBuilder(data_dir=data_dir, config=config,
-                          file_format='array_record')
-  try:
-    builder.download_and_prepare()  # A no-op when the data is there.
-  except OSError:
-    # A concurrent build of the same (deterministic) setting won the rename.
-    if not builder.is_prepared():
-      raise
-  return tfds.data_source(
-      f'{DigitsBuilder.name}/{config.name}:{DigitsBuilder.VERSION}',
-      split=None, data_dir=data_dir, download=False)
+  return builders.prepare_and_open(DigitsBuilder(
+      data_dir=data_dir, config=config, file_format='array_record'))
 
 
 def to_arrays(source: Sequence[Mapping[str, Any]], image_size: int = IMAGE_SIZE

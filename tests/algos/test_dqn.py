@@ -112,6 +112,9 @@ class DQNTest(parameterized.TestCase):
     config.n_step = 0
     with self.assertRaisesRegex(ValueError, 'config.algo.n_step'):
       algos.make(config)
+    config.n_step, config.replay_capacity = 1, 0
+    with self.assertRaisesRegex(ValueError, 'config.algo.replay_capacity'):
+      algos.make(config)
 
 
 def _toy():
