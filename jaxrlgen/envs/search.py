@@ -54,6 +54,7 @@ import mctx
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
+from jaxrlgen.envs.text import Transition
 from jaxrlgen.models import transformer as tfm
 
 Params = Any
@@ -182,24 +183,6 @@ def _drop_batch(state: TextState) -> TextState:
   return state.replace(cache=state.cache.replace(index=index))
 
 
-def decode_step(model: tfm.Transformer, params: Params, state: TextState,
-                token: jax.Array) -> tuple[TextState, jax.Array]:
-  """`TextEnv.advance` of `token: i32[B]`, also returning the hidden state.
-
-  The same cached decode step (one shared cache slot for the batch), with
-  the final hidden state f32[B, E] returned so the value head can read it.
-  """
-  hidden, cache = model.apply({'params': params}, token[:, None],
-                              state.position[:, None],
-                              jnp.ones((token.shape[0], 1), jnp.bool_),
-                              state.cache)
-  hidden = hidden[:, 0]
-  logits = model.apply({'params': params}, hidden,
-                       method=tfm.Transformer.logits)
-  return TextState(cache=cache, logits=logits, position=state.position + 1,
-                   done=state.done), hidden
-
-
 @dataclasses.dataclass(frozen=True)
 class MCTSSampler:
   """Decodes with one mctx search per token (see the module docstring).
@@ -238,15 +221,7 @@ class MCTSSampler:
     """The prefilled prompts (`TextEnv.reset`), G rows each, as a Node."""
     state = self.env.reset(params, prompt, prompt_mask)
     b, t = state.done.shape[0], self.env.max_new_tokens
-    value = jnp.zeros((b,), jnp.float32)
-    if self.config.value == 'head':
-      # reset() keeps no hidden state; the prompt's last one is recomputed
-      # by a cache-free pass (P tokens, once per completion).
-      hidden, _ = self.env.model.apply(
-          {'params': params}, prompt, tfm.positions_from_mask(prompt_mask),
-          prompt_mask)
-      value = jnp.repeat(self._value(params, hidden[:, -1]),
-                         self.env.num_samples)
+    value = self._value(params, state.hidden)
     # Rows of one search sit at different depths: the cache index per row.
     state = state.replace(cache=state.cache.replace(
         index=jnp.full((b,), state.cache.index, jnp.int32)))
@@ -264,21 +239,20 @@ class MCTSSampler:
       context: the rows' prompts, {'tokens': i32[B, P], 'mask': bool[B, P]}.
       batch: per-row data the reward reads (leading axis B).
     """
-    model, budget = self.env.model, self.env.max_new_tokens
+    budget = self.env.max_new_tokens
 
     def one_row(state: TextState, token):
       # A batch of one, so the row's own cache index is the shared one.
-      state, hidden = decode_step(model, params, _add_batch(state),
-                                  token[None])
-      return _drop_batch(state), hidden[0]
+      chosen = Transition(token=token[None], logp=jnp.zeros((1,)),
+                          valid=jnp.ones((1,), jnp.bool_))
+      return _drop_batch(self.env.advance(params, _add_batch(state), chosen))
 
     def fn(unused_params, unused_key, action: jax.Array, node: Node):
       b = action.shape[0]
       action = action.astype(jnp.int32)
       terminal = node.terminal(budget)
-      state, hidden = jax.vmap(one_row)(node.state, action)
+      state = jax.vmap(one_row)(node.state, action)
       ended = action == self.env.eos_id
-      state = state.replace(done=node.state.done | ended)
       rows = jnp.arange(b)
       slot = jnp.minimum(node.length, budget - 1)
       tokens = node.tokens.at[rows, slot].set(
@@ -291,7 +265,7 @@ class MCTSSampler:
           mask=jnp.arange(budget)[None] < length[:, None])
       reward = jnp.where(ends_now, reward_fn(finished, batch), 0.0)
       stops = terminal | ends_now
-      value = jnp.where(stops, 0.0, self._value(params, hidden))
+      value = jnp.where(stops, 0.0, self._value(params, state.hidden))
       child = Node(state=state, value=value, tokens=tokens, length=length)
       # A terminal node's subtree is inert: the same node, nothing earned.
       child = jax.tree.map(

@@ -104,12 +104,15 @@ class TextState:
     logits: f32[B, V] logits of the next token.
     position: i32[B] rotary position of the next token.
     done: bool[B] whether the sequence has emitted EOS.
+    hidden: [B, E] the decoder state the logits were read from (value heads
+      and searches read it).
   """
 
   cache: tfm.KVCache
   logits: jax.Array
   position: jax.Array
   done: jax.Array
+  hidden: jax.Array
 
 
 @flax.struct.dataclass
@@ -210,7 +213,8 @@ class TextEnv:
         cache=tfm.repeat_cache(cache, g),
         logits=jnp.repeat(logits, g, axis=0),
         position=jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), g),
-        done=jnp.zeros((n * g,), jnp.bool_))
+        done=jnp.zeros((n * g,), jnp.bool_),
+        hidden=jnp.repeat(hidden[:, -1], g, axis=0))
 
   def choose(self, state: TextState, key: jax.Array) -> Transition:
     """Samples the next token of every sequence from `state.logits`."""
@@ -240,7 +244,7 @@ class TextEnv:
     logits = self._next_logits(params, hidden[:, 0])
     done = state.done | (transition.token == self.eos_id)
     return TextState(cache=cache, logits=logits, position=state.position + 1,
-                     done=done)
+                     done=done, hidden=hidden[:, 0])
 
   def step(self, params: Params, state: TextState,
            key: jax.Array) -> tuple[TextState, Transition]:

@@ -179,7 +179,7 @@ def test_choose_matches_expected_frequencies(sampling, want):
   logits = jnp.tile(jnp.log(jnp.asarray(_PROBS, jnp.float32)), (n, 1))
   state = TextState(cache=None, logits=logits,
                     position=jnp.zeros((n,), jnp.int32),
-                    done=jnp.zeros((n,), jnp.bool_))
+                    done=jnp.zeros((n,), jnp.bool_), hidden=None)
   transition = jax.jit(env.choose)(state, jax.random.key(0))
   token = np.asarray(transition.token)
   freqs = np.bincount(token, minlength=5) / n
@@ -232,7 +232,7 @@ def test_suppress_eos_choose(greedy):
   logits = jnp.tile(jnp.log(jnp.asarray(probs, jnp.float32)), (n, 1))
   state = TextState(cache=None, logits=logits,
                     position=jnp.zeros((n,), jnp.int32),
-                    done=jnp.zeros((n,), jnp.bool_))
+                    done=jnp.zeros((n,), jnp.bool_), hidden=None)
   sampling = Sampling(greedy=greedy)
   suppressed = _env(sampling=sampling, suppress_eos=True).choose(
       state, jax.random.key(6))
