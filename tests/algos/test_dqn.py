@@ -11,12 +11,8 @@ import optax
 
 from jaxrlgen import algos
 from jaxrlgen.algos import dqn
-from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import returns
-from jaxrlgen.core.types import TrainState
-from jaxrlgen.envs.text import TextEnv
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
@@ -117,39 +113,16 @@ class DQNTest(parameterized.TestCase):
       algos.make(config)
 
 
-def _toy():
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12)
-  params = tfm.init_params(cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
-                num_samples=8)
-  batch = {'prompt': jnp.full((4, 3), 7, jnp.int32),
-           'prompt_mask': jnp.ones((4, 3), bool)}
-  return params, env, batch
-
-
-def _init(algo, env, params, batch, tx):
-  example = jax.eval_shape(lambda p: env.rollout(
-      p, batch['prompt'], batch['prompt_mask'], jax.random.key(0)), params)
-  online = jax.tree.map(jnp.copy, params)  # The steps donate the state.
-  return TrainState(step=jnp.zeros((), jnp.int32), params=online,
-                    opt_state=tx.init(online),
-                    ref_params=jax.tree.map(jnp.copy, params),
-                    algo_state=base.init_algo_state(algo, online,
-                                                         rollout=example))
-
-
 def test_dqn_raises_reward_on_toy_task():
   """Double DQN with replay learns to emit token 5; margin: mean reward +0.5
   in 20 steps; the buffer fills by 32 sequences a step up to its capacity."""
-  params, env, batch = _toy()
+  env, params, batch = toy.setup()
   config = algos.default_config('dqn')
   config.update(reward_scale=30.0, target_update=0.1, loss='mse', n_step=6,
                 num_epochs=4, replay_capacity=256, replay_batch_size=64)
   algo = algos.make(config)
   tx = optax.adam(3e-3)
-  state = _init(algo, env, params, batch, tx)
+  state = toy.train_state(algo, env, params, batch, tx)
   assert state.algo_state['replay'].capacity == 256
   step = jax.jit(functools.partial(step_lib.rl_step, env=env,
                                    reward_fn=toy.fives_reward, algo=algo,

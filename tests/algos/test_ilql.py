@@ -13,11 +13,7 @@ import optax
 
 from jaxrlgen import algos
 from jaxrlgen.algos import ilql
-from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
-from jaxrlgen.core.types import TrainState
-from jaxrlgen.envs.text import TextEnv
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
@@ -108,15 +104,6 @@ class ILQLReferenceTest(parameterized.TestCase):
       algos.make(config)
 
 
-def _toy(num_samples=8):
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
-                num_samples=num_samples)
-  return env, tfm.init_params(cfg, jax.random.key(0))
-
-
 def _random_heads(heads, key):
   """The heads with every leaf random (the real ones start at Q = V = 0)."""
   leaves, tree = jax.tree.flatten(heads)
@@ -128,7 +115,7 @@ def _random_heads(heads, key):
 def test_decoding_samples_from_the_formula():
   """The sampler's logits are log pi_beta + beta (min_i Q_i - V) at every
   decoder state, and zero heads (the initial ones) decode as the LM."""
-  env, params = _toy(num_samples=2)
+  env, params, _ = toy.setup(num_samples=2)
   algo = algos.make(algos.default_config('ilql'))
   trainable = algo.init_params(params, jax.random.key(1))
   prompt = jnp.full((2, 3), 7, jnp.int32)
@@ -171,23 +158,18 @@ def test_decoding_samples_from_the_formula():
 def test_ilql_improves_on_its_offline_data():
   """ILQL trained on a fixed dataset of random-policy samples decodes a policy
   that beats the data; margin: sampled mean reward +0.12 over the dataset."""
-  env, params = _toy()
+  env, params, batch = toy.setup(num_prompts=8)
   config = algos.default_config('ilql')
   config.beta = 30.0
   config.tau = 0.2
   algo = algos.make(config)
   tx = optax.adam(3e-3)
-  trainable = algo.init_params(params, jax.random.key(1))
-  batch = {'prompt': jnp.full((8, 3), 7, jnp.int32),
-           'prompt_mask': jnp.ones((8, 3), bool)}
   sample = jax.jit(env.rollout)
   dataset = [sample(params, batch['prompt'], batch['prompt_mask'],
                     jax.random.key(100 + i)) for i in range(4)]
   scores = [toy.fives_reward(r, None) for r in dataset]
   data_reward = float(np.mean(scores))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                     opt_state=tx.init(trainable),
-                     algo_state=base.init_algo_state(algo, trainable))
+  state = toy.train_state(algo, env, params, batch, tx)
   step = jax.jit(functools.partial(step_lib.learner_step, env=env,
                                    reward_fn=toy.fives_reward, algo=algo,
                                    tx=tx), donate_argnums=0)

@@ -11,7 +11,6 @@ import pytest
 from experiments.configs import arithmetic_mcts
 from jaxrlgen import algos
 from jaxrlgen.algos import mcts
-from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs import search
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
@@ -97,19 +96,13 @@ def test_expert_iteration_raises_greedy_reward_on_toy_task():
   """A tiny policy distils Gumbel MuZero searches (8 simulations per token)
   on the fives task; margin: the greedy decode of the distilled policy gains
   +0.4 reward (it starts at 1/3, the optimum is 1)."""
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12, value_head=True)
-  params = tfm.init_params(cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=3, eos_id=1, pad_id=0)
+  env, params, batch = toy.setup(num_samples=1, num_prompts=8,
+                                 max_new_tokens=3, value_head=True)
   sampler = search.MCTSSampler(env, search.MCTSConfig(
       policy='gumbel_muzero', num_simulations=8, max_num_considered_actions=4))
   algo = algos.make(algos.default_config('mcts_expert_iteration'))
   tx = optax.adam(3e-3)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params))
-  batch = {'prompt': jnp.full((8, 3), 7, jnp.int32),
-           'prompt_mask': jnp.ones((8, 3), bool)}
+  state = toy.train_state(algo, env, params, batch, tx)
   reward_fn = toy.fives_reward
 
   @jax.jit

@@ -14,9 +14,6 @@ from jaxrlgen import algos
 from jaxrlgen.algos import base
 from jaxrlgen.algos import sac
 from jaxrlgen.core.types import Rollout
-from jaxrlgen.core.types import TrainState
-from jaxrlgen.envs.text import TextEnv
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
@@ -172,17 +169,8 @@ class SACReferenceTest(parameterized.TestCase):
       algos.make(config)
 
 
-def _toy():
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
-                num_samples=8)
-  return env, tfm.init_params(cfg, jax.random.key(0))
-
-
 def test_critics_start_from_the_policy_with_zero_q():
-  env, params = _toy()
+  env, params, batch = toy.setup()
   config = algos.default_config('sac')
   algo = algos.make(config)
   trainable = algo.init_params(params, jax.random.key(1))
@@ -215,21 +203,13 @@ def test_critics_start_from_the_policy_with_zero_q():
 
 def test_sac_raises_reward_on_toy_task():
   """A tiny policy learns to emit token 5; margin: mean reward +0.25."""
-  env, params = _toy()
+  env, params, batch = toy.setup()
   config = algos.default_config('sac')
   config.replay_batch_size = 32
   config.replay_capacity = 256
   algo = algos.make(config)
   tx = optax.adam(3e-3)
-  trainable = algo.init_params(params, jax.random.key(1))
-  batch = {'prompt': jnp.full((4, 3), 7, jnp.int32),
-           'prompt_mask': jnp.ones((4, 3), bool)}
-  example = jax.eval_shape(env.rollout, params, batch['prompt'],
-                           batch['prompt_mask'], jax.random.key(0))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
-                     opt_state=tx.init(trainable),
-                     algo_state=base.init_algo_state(algo, trainable,
-                                                          rollout=example))
+  state = toy.train_state(algo, env, params, batch, tx)
   step = jax.jit(functools.partial(step_lib.rl_step, env=env,
                                    reward_fn=toy.fives_reward, algo=algo,
                                    tx=tx), donate_argnums=0)

@@ -1,6 +1,7 @@
 """Soft Q-learning: the PCL losses and their gradient against NumPy; learning
 on the toy task from on-policy samples and from a fixed offline dataset."""
 
+import dataclasses
 import functools
 
 from absl.testing import parameterized
@@ -10,15 +11,10 @@ import numpy as np
 import optax
 
 from jaxrlgen import algos
-from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import returns
 from jaxrlgen.algos import sql
-from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import scored
-from jaxrlgen.envs.text import Sampling
-from jaxrlgen.envs.text import TextEnv
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
@@ -122,36 +118,15 @@ class SQLLossTest(parameterized.TestCase):
       algos.make(config)
 
 
-def _toy():
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12)
-  params = tfm.init_params(cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
-                num_samples=8)
-  batch = {'prompt': jnp.full((4, 3), 7, jnp.int32),
-           'prompt_mask': jnp.ones((4, 3), bool)}
-  return params, env, batch
-
-
-def _state(algo, params, tx):
-  # Copies: the jitted steps donate the state, `params` stay usable.
-  online = jax.tree.map(jnp.copy, params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=online,
-                    opt_state=tx.init(online),
-                    ref_params=jax.tree.map(jnp.copy, params),
-                    algo_state=base.init_algo_state(algo, online))
-
-
 def test_sql_raises_reward_on_toy_task():
   """On-policy SQL learns to emit token 5; margin: mean reward +0.3."""
-  params, env, batch = _toy()
+  env, params, batch = toy.setup()
   config = algos.default_config('sql')
   config.reward_scale, config.target_update = 30.0, 0.05
   config.reverse_weight = 0.5
   algo = algos.make(config)
   tx = optax.adam(3e-3)
-  state = _state(algo, params, tx)
+  state = toy.train_state(algo, env, params, batch, tx)
   step = jax.jit(functools.partial(step_lib.rl_step, env=env,
                                    reward_fn=toy.fives_reward, algo=algo,
                                    tx=tx), donate_argnums=0)
@@ -173,10 +148,9 @@ def test_sql_learns_from_a_fixed_offline_dataset():
   """Offline SQL on 4 x 16 scored samples of the initial (near-uniform)
   policy improves on it; margin: the learned policy's sampled reward exceeds
   the dataset's by 0.1."""
-  params, env, batch = _toy()
+  env, params, batch = toy.setup()
   prompts = {k: np.asarray(v) for k, v in batch.items()}
-  behaviour = TextEnv(env.model, max_new_tokens=6, eos_id=1, pad_id=0,
-                      num_samples=16, sampling=Sampling(temperature=1.0))
+  behaviour = dataclasses.replace(env, num_samples=16)
   dataset = scored.generate(params, prompts, jax.random.key(1), env=behaviour,
                             reward_fn=toy.fives_reward, chunk_prompts=2)
   assert dataset['completion'].shape == (4, 16, 6)
@@ -185,7 +159,7 @@ def test_sql_learns_from_a_fixed_offline_dataset():
   config.reverse_weight = 0.5
   algo = algos.make(config)
   tx = optax.adam(3e-3)
-  state = _state(algo, params, tx)
+  state = toy.train_state(algo, env, params, batch, tx)
   step = jax.jit(functools.partial(step_lib.offline_step, env=behaviour,
                                    reward_fn=toy.fives_reward, algo=algo,
                                    tx=tx), donate_argnums=0)

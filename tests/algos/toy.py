@@ -1,14 +1,58 @@
-"""Shared pieces of the algorithm tests: the toy reward and numerical gradients.
+"""Shared pieces of the algorithm tests: the toy task (its model,
+environment, prompts and reward), a learning test's starting state, and
+numerical gradients.
 
 The learning tests' toy task rewards a tiny LM for the fraction of its valid
 completion tokens that are TARGET: about 1/16 for a random 16-token policy,
 1 for the optimal one.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrlgen.algos import base
+from jaxrlgen.core.types import TrainState
+from jaxrlgen.envs.text import TextEnv
+from jaxrlgen.models import transformer as tfm
+
 TARGET = 5
+EOS, PAD = 1, 0
+
+
+def setup(*, num_samples: int = 8, num_prompts: int = 4,
+          max_new_tokens: int = 6, **model_overrides):
+  """The toy task: a 1-layer LM over 16 tokens (seeded init), its
+  environment (G = num_samples) and a batch of `num_prompts` prompts "7 7 7".
+
+  Returns:
+    (env, params, batch).
+  """
+  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
+                              num_layers=1, num_heads=2, num_kv_heads=2,
+                              max_seq_len=12, **model_overrides)
+  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=max_new_tokens,
+                eos_id=EOS, pad_id=PAD, num_samples=num_samples)
+  batch = {'prompt': jnp.full((num_prompts, 3), 7, jnp.int32),
+           'prompt_mask': jnp.ones((num_prompts, 3), bool)}
+  return env, tfm.init_params(cfg, jax.random.key(0)), batch
+
+
+def train_state(algo, env, params, batch, tx) -> TrainState:
+  """The state a learning test starts from: the algorithm's trainable
+  parameters built on a copy of `params` (the jitted steps donate the
+  state), a reference copy if the algorithm uses one, and its algo_state
+  (target networks, replay sized from an example rollout's shapes)."""
+  trainable = algo.init_params(jax.tree.map(jnp.copy, params),
+                               jax.random.key(1))
+  example = jax.eval_shape(env.rollout, params, batch['prompt'],
+                           batch['prompt_mask'], jax.random.key(0))
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=trainable,
+      opt_state=tx.init(trainable),
+      ref_params=(jax.tree.map(jnp.copy, params) if algo.uses_reference
+                  else None),
+      algo_state=base.init_algo_state(algo, trainable, rollout=example))
 
 
 def fives_reward(rollout, batch):

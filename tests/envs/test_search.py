@@ -11,6 +11,7 @@ from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs import search
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from tests.envs import policies
 
 _V, _EOS, _PAD = 16, 1, 0
 _CONFIG = tfm.TransformerConfig(vocab_size=_V, hidden_dim=16, mlp_dim=32,
@@ -107,19 +108,6 @@ def test_reward_discount_and_terminal_nodes():
                last.state, node.state)
 
 
-def _fixed_policy_params(probs):
-  """A model whose next-token distribution is always `probs` (the
-  construction of tests/envs/test_text.py), with a zero value head."""
-  params = tfm.init_params(_CONFIG, jax.random.key(0))
-  zero = lambda path, x: jnp.zeros_like(x) if any(
-      getattr(k, 'key', None) in ('o', 'down') for k in path) else x
-  params = jax.tree_util.tree_map_with_path(zero, params)
-  params['embed']['embedding'] = jnp.ones_like(params['embed']['embedding'])
-  kernel = jnp.zeros_like(params['unembed']['kernel'])
-  params['unembed']['kernel'] = kernel.at[0].set(jnp.log(jnp.asarray(probs)))
-  return params
-
-
 @pytest.mark.parametrize('policy', ['muzero', 'gumbel_muzero'])
 def test_search_finds_the_only_rewarded_token(policy):
   """Only token 6 earns a reward; the prior puts most of its mass on 3 (0.3
@@ -127,7 +115,7 @@ def test_search_finds_the_only_rewarded_token(policy):
   (greedy) choice go to 6."""
   probs = np.full(_V, 0.7 / (_V - 1))
   probs[3] = 0.3
-  params = _fixed_policy_params(probs)
+  params = policies.fixed_policy_params(_CONFIG, probs)
   env = _env(max_new_tokens=1)
   sampler = search.MCTSSampler(env, search.MCTSConfig(
       policy=policy, num_simulations=48, value='zero', greedy=True))

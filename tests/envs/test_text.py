@@ -10,6 +10,7 @@ from jaxrlgen.envs.text import sampling_logprobs
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
 from jaxrlgen.models import transformer as tfm
+from tests.envs import policies
 
 _V, _EOS, _PAD = 32, 31, 30
 # Grouped-query attention; the shapes of the 'gqa' model of
@@ -32,23 +33,6 @@ def _prompts(pads, length=5, seed=0):
   mask = np.arange(length)[None, :] >= np.asarray(pads)[:, None]
   return (jnp.asarray(np.where(mask, tokens, _PAD), jnp.int32),
           jnp.asarray(mask))
-
-
-def _fixed_policy_params(probs, seed=0):
-  """Parameters of a model whose next-token distribution is always `probs`.
-
-  Attention and MLP outputs are zeroed and every embedding is all ones, so the
-  final hidden state is the RMS-normed ones vector whatever the context; the
-  first row of the unembedding then holds the logits.
-  """
-  params = tfm.init_params(_CONFIG, jax.random.key(seed))
-  zero = lambda path, x: jnp.zeros_like(x) if any(
-      getattr(k, 'key', None) in ('o', 'down') for k in path) else x
-  params = jax.tree_util.tree_map_with_path(zero, params)
-  params['embed']['embedding'] = jnp.ones_like(params['embed']['embedding'])
-  kernel = jnp.zeros_like(params['unembed']['kernel'])
-  params['unembed']['kernel'] = kernel.at[0].set(jnp.log(jnp.asarray(probs)))
-  return params
 
 
 @jax.jit
@@ -104,7 +88,7 @@ def test_sampled_logp_equals_teacher_forced(name):
 def test_eos_masking():
   probs = np.full(_V, 0.85 / (_V - 1))
   probs[_EOS] = 0.15
-  params = _fixed_policy_params(probs)
+  params = policies.fixed_policy_params(_CONFIG, probs)
   env = _env(max_new_tokens=8)
   prompt, prompt_mask = _prompts(pads=[0, 1, 2, 3], length=4)
   prompt, prompt_mask = jnp.repeat(prompt, 2, 0), jnp.repeat(prompt_mask, 2, 0)
@@ -214,7 +198,7 @@ def test_shared_prefill_equals_separate_prefills():
 def test_suppress_eos():
   probs = np.full(_V, 0.1 / (_V - 1))
   probs[_EOS] = 0.9  # EOS is by far the most likely token.
-  params = _fixed_policy_params(probs)
+  params = policies.fixed_policy_params(_CONFIG, probs)
   prompt, prompt_mask = _prompts(pads=[0, 2, 1, 0])
   rollout = jax.jit(_env(suppress_eos=True).rollout)(
       params, prompt, prompt_mask, jax.random.key(5))
@@ -263,7 +247,7 @@ def test_early_stop_equals_full_scan():
   # EOS is likely (0.5), so every sequence ends long before the budget.
   probs = np.full(_V, 0.5 / (_V - 1))
   probs[_EOS] = 0.5
-  params = _fixed_policy_params(probs)
+  params = policies.fixed_policy_params(_CONFIG, probs)
   prompt, prompt_mask = _prompts(pads=[0, 1, 2, 3], length=4)
   full = jax.jit(_env(max_new_tokens=10).rollout)
   early = jax.jit(_env(max_new_tokens=10, early_stop=True).rollout)
