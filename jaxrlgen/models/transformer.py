@@ -254,11 +254,10 @@ def _row_dot_general(lhs, rhs, dimension_numbers, precision=None,
   if preferred_element_type is None and jnp.dtype(lhs.dtype).itemsize < 4:
     preferred_element_type = jnp.float32
   (contract_lhs, contract_rhs), batch = dimension_numbers
-  if (tuple(contract_lhs) != (lhs.ndim - 1,) or tuple(contract_rhs) != (0,)
-      or rhs.ndim != 2 or batch != ((), ())):
-    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                              preferred_element_type=preferred_element_type)
-    return out.astype(out_dtype)
+  if (tuple(contract_lhs), tuple(contract_rhs), rhs.ndim, batch) != (
+      (lhs.ndim - 1,), (0,), 2, ((), ())):
+    raise ValueError(f'Expected x [..., K] . kernel [K, N]; got '
+                     f'dimension_numbers={dimension_numbers}.')
   rows = lhs.reshape(-1, lhs.shape[-1])
   out = jax.lax.dot_general(rows, rhs, (((1,), (0,)), ((), ())), precision,
                             preferred_element_type=preferred_element_type)

@@ -13,7 +13,6 @@ from jaxrlgen import algos
 from jaxrlgen.algos import dqn
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import returns
-from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
 RNG = np.random.default_rng(1)
@@ -121,17 +120,10 @@ def test_dqn_raises_reward_on_toy_task():
   config.update(reward_scale=30.0, target_update=0.1, loss='mse', n_step=6,
                 num_epochs=4, replay_capacity=256, replay_batch_size=64)
   algo = algos.make(config)
-  tx = optax.adam(3e-3)
-  state = toy.train_state(algo, env, params, batch, tx)
+  state, records = toy.learn(algo, env, params, batch, optax.adam(3e-3), 20)
   assert state.algo_state['replay'].capacity == 256
-  step = jax.jit(functools.partial(step_lib.rl_step, env=env,
-                                   reward_fn=toy.fives_reward, algo=algo,
-                                   tx=tx), donate_argnums=0)
-  history, sizes = [], []
-  for i in range(20):
-    state, metrics = step(state, batch, jax.random.key(i))
-    history.append(float(metrics['reward/mean']))
-    sizes.append(int(metrics['replay/size']))
+  history = [r['reward/mean'] for r in records]
+  sizes = [int(r['replay/size']) for r in records]
   assert sizes[:3] == [32, 64, 96] and sizes[-1] == 256, sizes
   assert np.mean(history[:3]) < 0.2
   assert np.mean(history[-3:]) > np.mean(history[:3]) + 0.5, history

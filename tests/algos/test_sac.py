@@ -14,7 +14,6 @@ from jaxrlgen import algos
 from jaxrlgen.algos import base
 from jaxrlgen.algos import sac
 from jaxrlgen.core.types import Rollout
-from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
 # Three sequences of three steps over a 4-token vocabulary; the second ends
@@ -208,15 +207,9 @@ def test_sac_raises_reward_on_toy_task():
   config.replay_batch_size = 32
   config.replay_capacity = 256
   algo = algos.make(config)
-  tx = optax.adam(3e-3)
-  state = toy.train_state(algo, env, params, batch, tx)
-  step = jax.jit(functools.partial(step_lib.rl_step, env=env,
-                                   reward_fn=toy.fives_reward, algo=algo,
-                                   tx=tx), donate_argnums=0)
-  history = []
-  for i in range(50):
-    state, metrics = step(state, batch, jax.random.key(i))
-    history.append(float(metrics['reward/mean']))
+  _, records = toy.learn(algo, env, params, batch, optax.adam(3e-3), 50)
+  history = [r['reward/mean'] for r in records]
+  metrics = records[-1]
   assert np.mean(history[:3]) < 0.2
   assert np.mean(history[-3:]) > np.mean(history[:3]) + 0.25, history
   # The temperature moved (learned), and the buffer filled to capacity.

@@ -125,15 +125,8 @@ def test_sql_raises_reward_on_toy_task():
   config.reward_scale, config.target_update = 30.0, 0.05
   config.reverse_weight = 0.5
   algo = algos.make(config)
-  tx = optax.adam(3e-3)
-  state = toy.train_state(algo, env, params, batch, tx)
-  step = jax.jit(functools.partial(step_lib.rl_step, env=env,
-                                   reward_fn=toy.fives_reward, algo=algo,
-                                   tx=tx), donate_argnums=0)
-  history = []
-  for i in range(30):
-    state, metrics = step(state, batch, jax.random.key(i))
-    history.append(float(metrics['reward/mean']))
+  state, records = toy.learn(algo, env, params, batch, optax.adam(3e-3), 30)
+  history = [r['reward/mean'] for r in records]
   assert np.mean(history[:3]) < 0.2
   assert np.mean(history[-3:]) > np.mean(history[:3]) + 0.3, history
   # The target network moved towards the online one, but lags it.

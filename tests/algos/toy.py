@@ -7,6 +7,8 @@ completion tokens that are TARGET: about 1/16 for a random 16-token policy,
 1 for the optimal one.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.train import step as step_lib
 
 TARGET = 5
 EOS, PAD = 1, 0
@@ -72,3 +75,20 @@ def finite_difference(f, x, h=1e-6):
     minus[idx] -= h
     grad[idx] = (f(plus) - f(minus)) / (2 * h)
   return grad
+
+
+def learn(algo, env, params, batch, tx, num_steps: int):
+  """`num_steps` jitted `rl_step`s on the toy task from `train_state`.
+
+  Returns:
+    (final state, per-step metrics as dicts of Python floats).
+  """
+  state = train_state(algo, env, params, batch, tx)
+  step = jax.jit(functools.partial(step_lib.rl_step, env=env,
+                                   reward_fn=fives_reward, algo=algo, tx=tx),
+                 donate_argnums=0)
+  records = []
+  for i in range(num_steps):
+    state, metrics = step(state, batch, jax.random.key(i))
+    records.append({k: float(v) for k, v in metrics.items()})
+  return state, records

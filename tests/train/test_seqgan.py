@@ -106,8 +106,7 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, field, value,
                       lambda *a: pytest.fail('computed before validating'))
   config = tiny_config()
   config.adversarial.rollouts_per_scan = 2
-  group, name = field.split('.')
-  config[group][name] = value
+  config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
     train.run(config, str(tmp_path / 'run'))
 

@@ -100,12 +100,7 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
 
   monkeypatch.setattr(text_rl, 'load_task', no_data)
   config = tiny_config(tmp_path / 'data')
-  for path, value in overrides.items():
-    node = config
-    *parents, leaf = path.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
     train.run(config, str(tmp_path / 'run'))
 
