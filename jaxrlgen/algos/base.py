@@ -62,6 +62,10 @@ class Algorithm(NamedTuple):
     decoding_env: env -> the environment that samples this algorithm's
       policy from `policy_params(params)` (default: `env` itself; ILQL:
       advantage-weighted decoding). Evaluation decodes with it.
+    env_requires: what `prepare` / `loss` use of the environment beyond
+      `rollout` and `evaluate`, as its attribute names (`hidden_states` for
+      a critic or Q heads, `action_logits`, `greedy`, `logits_fn`,
+      `transitions`); recipes check them with `check_env` before computing.
   """
 
   name: str
@@ -74,6 +78,18 @@ class Algorithm(NamedTuple):
   num_epochs: int = 1
   num_minibatches: int = 1
   decoding_env: Callable[[Any], Any] = _identity
+  env_requires: tuple[str, ...] = ()
+
+
+def check_env(algo: Algorithm, env: Any) -> None:
+  """Raises if the environment (an instance or its class) lacks what the
+  algorithm uses; called by recipes before anything is computed."""
+  missing = [name for name in algo.env_requires if not hasattr(env, name)]
+  if missing:
+    kind = env if isinstance(env, type) else type(env)
+    raise ValueError(
+        f'config.algo.name={algo.name!r} uses env.{", env.".join(missing)}, '
+        f'which {kind.__name__} does not have; choose another algorithm.')
 
 
 def init_algo_state(algo, params: PyTree, rollout=None) -> PyTree:

@@ -103,8 +103,7 @@ def reward_moments(stats) -> tuple[jax.Array, jax.Array]:
   _, size = stats['rewards'].shape
   valid = jnp.arange(size)[None] < stats['count'][:, None]
   mean = masked.masked_mean(stats['rewards'], valid, axis=1)
-  var = masked.masked_mean(jnp.square(stats['rewards'] - mean[:, None]),
-                           valid, axis=1)
+  var = masked.masked_var(stats['rewards'], valid, axis=1)
   return mean, jnp.sqrt(var)
 
 
@@ -276,6 +275,7 @@ def make(cfg: DDPOConfig) -> base.Algorithm:
     return value + cfg.kl_coef * kl, {**metrics, 'kl': kl}
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
+                        env_requires=('transitions',),
                         init_state=init_state,
                         uses_reference=cfg.kl_coef > 0,
                         num_epochs=cfg.num_epochs,

@@ -35,6 +35,7 @@ from typing import ClassVar
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
@@ -44,13 +45,6 @@ from jaxrlgen.core import replay
 from jaxrlgen.core import returns
 
 LOSSES = ('huber', 'mse')
-
-
-def huber(x: jax.Array, delta: float) -> jax.Array:
-  """0.5 x^2 for |x| <= delta, delta (|x| - delta / 2) beyond."""
-  abs_x = jnp.abs(x)
-  quadratic = jnp.minimum(abs_x, delta)
-  return 0.5 * jnp.square(quadratic) + delta * (abs_x - quadratic)
 
 
 def bootstrap_values(target_q: jax.Array, online_q: jax.Array | None = None
@@ -86,8 +80,10 @@ def dqn_loss(q: jax.Array, actions: jax.Array, targets: jax.Array,
     raise ValueError(f'dqn_loss: loss={loss!r}; known: {LOSSES}.')
   q = q.astype(jnp.float32)
   q_taken = qlearning.action_values(q, actions)
-  error = jax.lax.stop_gradient(targets) - q_taken
-  per_token = huber(error, delta) if loss == 'huber' else 0.5 * error ** 2
+  targets = jax.lax.stop_gradient(targets)
+  error = targets - q_taken
+  per_token = (optax.huber_loss(q_taken, targets, delta=delta) if loss == 'huber'
+               else optax.l2_loss(q_taken, targets))
   value = masked.masked_mean(per_token, mask)
   _, entropy = logprob.token_logprobs(q, actions)
   metrics = {
@@ -172,8 +168,8 @@ def make(cfg: DQNConfig) -> base.Algorithm:
         returns.terminal_rewards(shaped, seqs.mask),
         bootstrap_values(target_q, online_q), seqs.mask, n=cfg.n_step,
         gamma=cfg.discount)
-    algo_state = {'target_params': qlearning.polyak(target, state.params,
-                                                    cfg.target_update),
+    algo_state = {'target_params': optax.incremental_update(
+                      state.params, target, cfg.target_update),
                   'replay': buffer}
     return {'rollout': seqs, 'targets': targets, 'v_ref': v_ref}, algo_state, {
         'replay/size': buffer.size.astype(jnp.float32),
@@ -187,6 +183,7 @@ def make(cfg: DQNConfig) -> base.Algorithm:
                     delta=cfg.huber_delta)
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
+                        env_requires=('action_logits',),
                         init_state=init_state, uses_reference=cfg.normalize_q,
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

@@ -42,8 +42,10 @@ import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
@@ -76,29 +78,6 @@ def expectile_loss(diff: jax.Array, mask: jax.Array, *,
   return masked.masked_mean(weight * jnp.square(diff), mask)
 
 
-def q_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
-  """sum_i token mean of (Q_i(s_t, a_t) - y_t)^2 (ILQL eq. 2, twin heads).
-
-  Args:
-    q_taken: f32[K, B, T] each head's Q of the dataset actions.
-    targets: f32[B, T] y_t = r_t + gamma V(s_{t+1}) (no gradient flows in).
-    mask: bool[B, T] valid steps.
-  Returns:
-    (loss, metrics `td_loss`, `q/mean`, `q/target_mean`, `td_error/abs_mean`).
-  """
-  chex.assert_rank([q_taken, targets, mask], [3, 2, 2])
-  chex.assert_equal_shape([q_taken[0], targets, mask])
-  td_error = q_taken - jax.lax.stop_gradient(targets)[None]
-  loss = jnp.sum(jax.vmap(
-      lambda e: masked.masked_mean(jnp.square(e), mask))(td_error))
-  return loss, {
-      'td_loss': loss,
-      'q/mean': masked.masked_mean(jnp.mean(q_taken, axis=0), mask),
-      'q/target_mean': masked.masked_mean(targets, mask),
-      'td_error/abs_mean': masked.masked_mean(
-          jnp.mean(jnp.abs(td_error), axis=0), mask)}
-
-
 def cql_loss(q_values: jax.Array, actions: jax.Array,
              mask: jax.Array) -> jax.Array:
   """sum_i token mean of logsumexp_a Q_i(s_t, a) - Q_i(s_t, a_t) (ILQL eq. 4).
@@ -112,8 +91,8 @@ def cql_loss(q_values: jax.Array, actions: jax.Array,
   chex.assert_equal_shape_prefix([q_values[0], actions, mask], 2)
 
   def one(q):
-    taken = qlearning.action_values(q, actions)
-    return masked.masked_mean(jax.nn.logsumexp(q, axis=-1) - taken, mask)
+    return masked.masked_mean(
+        optax.softmax_cross_entropy_with_integer_labels(q, actions), mask)
 
   return jnp.sum(jax.vmap(one)(q_values))
 
@@ -136,9 +115,8 @@ def advantage_weighted_logits(logp: jax.Array, q: jax.Array, v: jax.Array, *,
 
 
 def _dense(key, fan_in: int, fan_out: int, dtype):
-  # LeCun normal, as the transformer's layers.
-  return (jax.random.truncated_normal(key, -2.0, 2.0, (fan_in, fan_out))
-          / jnp.sqrt(fan_in)).astype(dtype)
+  # LeCun (truncated) normal, as the transformer's layers.
+  return nn.initializers.lecun_normal()(key, (fan_in, fan_out), dtype)
 
 
 def init_heads(policy_params, key: jax.Array, hidden_mult: int = 2):
@@ -271,9 +249,9 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
   def prepare(env, reward_fn, state, rollout, rewards, batch, key):
     del reward_fn, batch, key
     # Targets track the online heads as they were after the last update.
-    target = qlearning.polyak(
-        state.algo_state['target_params'],
-        {n: state.params['heads'][n] for n in Q_HEADS}, cfg.tau)
+    target = optax.incremental_update(
+        {n: state.params['heads'][n] for n in Q_HEADS},
+        state.algo_state['target_params'], cfg.tau)
     hidden = env.hidden_states(state.params['policy'], rollout)
     target_q = jnp.minimum(*[
         qlearning.action_values(q_head(target[n], hidden), rollout.actions)
@@ -282,8 +260,7 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
                   'rewards': rewards.astype(jnp.float32),
                   'target_q': jax.lax.stop_gradient(target_q)}
     if cfg.uses_reference:
-      experience['ref_logp'] = jax.lax.stop_gradient(
-          env.evaluate(state.ref_params, rollout).logp)
+      experience['ref_logp'] = base.reference_logp(env, state, rollout)
     return experience, {'target_params': target}, {
         'q/target_taken_mean': masked.masked_mean(target_q, rollout.mask)}
 
@@ -298,7 +275,7 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
     targets = returns.n_step_returns(
         returns.terminal_rewards(exp['rewards'], mask),
         jax.lax.stop_gradient(v), mask, n=1, gamma=cfg.gamma)
-    td, metrics = q_loss(
+    td, metrics = qlearning.twin_td_loss(
         jax.vmap(qlearning.action_values, (0, None))(q_all, actions),
         targets, mask)
     v_loss = expectile_loss(exp['target_q'] - v, mask,
@@ -332,4 +309,5 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
       init_params=init_params, policy_params=policy_params,
       uses_reference=cfg.uses_reference, num_epochs=cfg.num_epochs,
       num_minibatches=cfg.num_minibatches,
-      decoding_env=functools.partial(decoding_env, beta=cfg.beta))
+      decoding_env=functools.partial(decoding_env, beta=cfg.beta),
+      env_requires=('hidden_states', 'logits_fn'))

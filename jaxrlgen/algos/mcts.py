@@ -27,6 +27,7 @@ from typing import ClassVar
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.core import logprob
@@ -96,10 +97,9 @@ def expert_iteration_loss(logits: jax.Array, targets: jax.Array,
   chex.assert_equal_shape([logits, targets])
   chex.assert_equal_shape([values, returns, mask])
   chex.assert_equal_shape_prefix([logits, mask], 2)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   # 0 * log 0 is 0: the search gives no weight to tokens the policy rules out.
-  cross_entropy = -jnp.sum(jnp.where(targets > 0, targets * log_probs, 0.0),
-                           axis=-1)
+  cross_entropy = optax.safe_softmax_cross_entropy(
+      logits.astype(jnp.float32), targets)
   policy_loss = masked.masked_mean(cross_entropy, mask)
   value_loss = masked.masked_mean(jnp.square(values - returns), mask)
   loss = policy_coef * policy_loss + value_coef * value_loss
@@ -154,9 +154,7 @@ def make(cfg: ExpertIterationConfig) -> base.Algorithm:
     if cfg.kl_coef:
       experience['ref_logp'] = base.reference_logp(env, state, rollout)
     weights = rollout.context['search_policy']
-    search_entropy = -jnp.sum(
-        jnp.where(weights > 0, weights * jnp.log(jnp.where(
-            weights > 0, weights, 1.0)), 0.0), axis=-1)
+    search_entropy = jnp.sum(jax.scipy.special.entr(weights), axis=-1)
     metrics = {
         'search/value': masked.masked_mean(rollout.context['search_value'],
                                            mask),
@@ -189,6 +187,7 @@ def make(cfg: ExpertIterationConfig) -> base.Algorithm:
     return value + reg, {**metrics, **reg_metrics}
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
+                        env_requires=('hidden_states',),
                         uses_reference=cfg.kl_coef > 0,
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

@@ -319,6 +319,7 @@ def make(cfg: PPOConfig) -> base.Algorithm:
     return total, {**metrics, **value_metrics, **reg_metrics}
 
   return base.Algorithm(name='ppo', prepare=prepare, loss=loss,
+                        env_requires=('hidden_states',),
                         init_state=init_state, **params_fns,
                         uses_reference=cfg.uses_reference,
                         num_epochs=cfg.num_epochs,

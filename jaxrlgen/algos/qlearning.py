@@ -9,20 +9,19 @@ it, so its value is 0 and no bootstrap crosses it. A sequence-level reward
 (exact match, a reward model) arrives at the last valid step
 (`core.returns.terminal_rewards`); TD targets are
 `core.returns.n_step_returns` (no bootstrap past the last valid step) and
-Monte-Carlo returns `core.returns.discounted_returns`.
+Monte-Carlo returns `core.returns.discounted_returns`; target networks follow
+the online ones by `optax.incremental_update` (Polyak averaging).
 
   hard value:  V(s) = max_a Q(s, a)                      (Q-learning, DQN)
   soft value:  V(s) = tau * logsumexp_a Q(s, a) / tau    (soft Q-learning,
                Haarnoja et al. 2017, eq. 4; Guo et al. 2021, eq. 5)
 """
 
-from typing import Any
-
 import chex
 import jax
 import jax.numpy as jnp
 
-PyTree = Any
+from jaxrlgen.core import masked
 
 
 def action_values(q: jax.Array, actions: jax.Array) -> jax.Array:
@@ -48,14 +47,25 @@ def soft_value(q: jax.Array, tau: float = 1.0) -> jax.Array:
   return tau * jax.nn.logsumexp(q.astype(jnp.float32) / tau, axis=-1)
 
 
-def polyak(target: PyTree, online: PyTree, tau: float) -> PyTree:
-  """target <- (1 - tau) * target + tau * online, leaf by leaf.
+def twin_td_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
+  """sum_i token mean of (Q_i(s_t, a_t) - y_t)^2: twin Q heads regressed to
+  one target (ILQL eq. 2; SAC halves it, Christodoulou 2019 eq. 2).
 
-  tau = 1 copies the online network (a hard update); tau = 0 freezes the
-  target. Leaves keep the target's dtype.
+  Args:
+    q_taken: f32[K, B, T] each head's Q of the taken actions.
+    targets: f32[B, T] y_t = r_t + gamma V(s_{t+1}) (no gradient flows in).
+    mask: bool[B, T] valid steps.
+  Returns:
+    (loss, metrics `td_loss`, `q/mean`, `q/target_mean`, `td_error/abs_mean`).
   """
-  if not 0 <= tau <= 1:
-    raise ValueError(f'polyak: tau={tau} must be in [0, 1].')
-  return jax.tree.map(
-      lambda t, o: ((1.0 - tau) * t + tau * o.astype(t.dtype)).astype(t.dtype),
-      target, online)
+  chex.assert_rank([q_taken, targets, mask], [3, 2, 2])
+  chex.assert_equal_shape([q_taken[0], targets, mask])
+  td_error = q_taken - jax.lax.stop_gradient(targets)[None]
+  loss = jnp.sum(jax.vmap(
+      lambda e: masked.masked_mean(jnp.square(e), mask))(td_error))
+  return loss, {
+      'td_loss': loss,
+      'q/mean': masked.masked_mean(jnp.mean(q_taken, axis=0), mask),
+      'q/target_mean': masked.masked_mean(targets, mask),
+      'td_error/abs_mean': masked.masked_mean(
+          jnp.mean(jnp.abs(td_error), axis=0), mask)}

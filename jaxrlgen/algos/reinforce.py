@@ -323,7 +323,8 @@ def make_greedy_baseline(name: str, *, aggregation: str, entropy_coef: float,
   return base.Algorithm(
       name=name, prepare=prepare,
       loss=pg_loss_fn(aggregation, entropy_coef, kl_coef),
-      uses_reference=kl_coef > 0 or kl_reward_coef > 0)
+      uses_reference=kl_coef > 0 or kl_reward_coef > 0,
+      env_requires=('greedy',))
 
 
 def make_scst(cfg: SCSTConfig) -> base.Algorithm:

@@ -43,6 +43,7 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
@@ -126,19 +127,9 @@ def critic_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
     (loss, metrics `td_loss`, `value_loss` (its alias), `q/mean`,
     `q/target_mean`, `td_error/abs_mean`).
   """
-  chex.assert_rank([q_taken, targets, mask], [3, 2, 2])
-  chex.assert_equal_shape([q_taken[0], targets, mask])
-  td_error = q_taken - jax.lax.stop_gradient(targets)[None]
-  per_critic = jax.vmap(lambda e: masked.masked_mean(jnp.square(e), mask))(
-      td_error)
-  loss = 0.5 * jnp.sum(per_critic)
-  metrics = {
-      'td_loss': loss, 'value_loss': loss,
-      'q/mean': masked.masked_mean(jnp.mean(q_taken, axis=0), mask),
-      'q/target_mean': masked.masked_mean(targets, mask),
-      'td_error/abs_mean': masked.masked_mean(
-          jnp.mean(jnp.abs(td_error), axis=0), mask)}
-  return loss, metrics
+  loss, metrics = qlearning.twin_td_loss(q_taken, targets, mask)
+  loss = 0.5 * loss
+  return loss, {**metrics, 'td_loss': loss, 'value_loss': loss}
 
 
 def actor_loss(logp: jax.Array, q_values: jax.Array, mask: jax.Array, *,
@@ -257,8 +248,7 @@ class SACConfig:
     return self.kl_coef > 0 or self.prior == 'reference'
 
 
-def init_critic_params(policy_params, key: jax.Array, *,
-                       logit_scale: float = 0.0):
+def init_critic_params(policy_params, *, logit_scale: float = 0.0):
   """A critic: the policy's trunk (copied) and an [E, V] Q head.
 
   The head starts at `logit_scale` times the LM's output layer, i.e.
@@ -270,7 +260,6 @@ def init_critic_params(policy_params, key: jax.Array, *,
   head is named `unembed` so that sharding by path suffix splits it like the
   LM's output layer.
   """
-  del key  # The head is deterministic.
   vocab, width = policy_params['embed']['embedding'].shape
   dtype = policy_params['final_norm']['scale'].dtype
   # The LM's output layers are not the critic's: it has its own head.
@@ -309,11 +298,11 @@ def make(cfg: SACConfig) -> base.Algorithm:
   logit_scale = cfg.init_alpha if cfg.critic_init == 'policy' else 0.0
 
   def init_params(policy_params, key):
-    keys = jax.random.split(key, len(CRITICS))
+    del key  # The critics are deterministic: copies of the trunk.
     params = {'policy': policy_params,
-              **{name: init_critic_params(policy_params, k,
+              **{name: init_critic_params(policy_params,
                                           logit_scale=logit_scale)
-                 for name, k in zip(CRITICS, keys)}}
+                 for name in CRITICS}}
     params['log_alpha'] = jnp.asarray(
         math.log(cfg.init_alpha) / cfg.alpha_lr_scale, jnp.float32)
     return params
@@ -346,21 +335,19 @@ def make(cfg: SACConfig) -> base.Algorithm:
                          'rewards': rewards.astype(jnp.float32)})
     sample = replay.sample(buffer, key, cfg.replay_batch_size)
     # Targets track the critics as they were after the last update.
-    targets_params = qlearning.polyak(
-        algo_state['target_params'],
-        {name: state.params[name] for name in CRITICS}, cfg.tau)
+    targets_params = optax.incremental_update(
+        {name: state.params[name] for name in CRITICS},
+        algo_state['target_params'], cfg.tau)
     sampled = sample['rollout']
     q_target = jnp.minimum(*[critic_q_values(env, targets_params[n], sampled)
                              for n in CRITICS])
     logp = policy_logprobs(env, state.params['policy'], sampled)
-    log_prior = 0.0
     experience = {'rollout': sampled}
     if cfg.uses_reference:
-      log_prior = jax.lax.stop_gradient(
+      experience['log_prior'] = jax.lax.stop_gradient(
           policy_logprobs(env, state.ref_params, sampled))
-      experience['log_prior'] = log_prior
-    if cfg.prior == 'uniform':
-      log_prior = 0.0  # The reference is there for kl_coef only.
+    # With a uniform prior the reference is there for kl_coef only.
+    log_prior = experience['log_prior'] if cfg.prior == 'reference' else 0.0
     targets = critic_targets(q_target, logp, sample['rewards'], sampled.mask,
                              alpha=temperature(state.params), gamma=cfg.gamma,
                              log_prior=log_prior, n_step=cfg.n_step)
@@ -394,13 +381,14 @@ def make(cfg: SACConfig) -> base.Algorithm:
     actor_on = exp['actor_on'][0]
     total = cfg.critic_coef * td + actor_on * cfg.actor_coef * pi_loss
     probs = jnp.exp(logp)
+    neg_entropy = jnp.sum(probs * logp, axis=-1)
     if cfg.uses_reference:
       kl = jnp.sum(probs * (logp - exp['log_prior']), axis=-1)
       metrics['kl'] = jax.lax.stop_gradient(masked.masked_mean(kl, mask))
     if cfg.prior == 'reference':
       divergence, target = kl, cfg.target_kl
     else:
-      divergence = jnp.sum(probs * logp, axis=-1)  # -H.
+      divergence = neg_entropy
       target = -cfg.target_entropy_ratio * math.log(logp.shape[-1])
     if cfg.learn_alpha:
       a_loss, a_metrics = temperature_loss(log_alpha(params), divergence,
@@ -413,7 +401,7 @@ def make(cfg: SACConfig) -> base.Algorithm:
       # The k3 estimate at the replayed actions (samples of older policies:
       # an approximation of KL(pi || pi_ref) there).
       out = PolicyOutputs(logp=qlearning.action_values(logp, rollout.actions),
-                          entropy=-jnp.sum(probs * logp, axis=-1))
+                          entropy=-neg_entropy)
       reg, _ = base.regularizers(
           out, rollout,
           qlearning.action_values(exp['log_prior'], rollout.actions),
@@ -425,4 +413,5 @@ def make(cfg: SACConfig) -> base.Algorithm:
       name='sac', prepare=prepare, loss=loss, init_state=init_state,
       init_params=init_params, policy_params=lambda params: params['policy'],
       uses_reference=cfg.uses_reference, num_epochs=cfg.num_epochs,
-      num_minibatches=cfg.num_minibatches)
+      num_minibatches=cfg.num_minibatches,
+      env_requires=('action_logits', 'hidden_states'))

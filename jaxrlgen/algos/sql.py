@@ -44,6 +44,7 @@ from typing import ClassVar
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
@@ -204,8 +205,8 @@ def make(cfg: SQLConfig) -> base.Algorithm:
                   'v_ref': v_ref, 'target_adv': target_adv,
                   'rewards_t': returns.terminal_rewards(shaped,
                                                          rollout.mask)}
-    algo_state = {'target_params': qlearning.polyak(target, state.params,
-                                                    cfg.target_update)}
+    algo_state = {'target_params': optax.incremental_update(
+        state.params, target, cfg.target_update)}
     return experience, algo_state, {
         'v/target_mean': masked.masked_mean(target_v - v_ref, rollout.mask)}
 
@@ -220,6 +221,7 @@ def make(cfg: SQLConfig) -> base.Algorithm:
                     reverse_weight=cfg.reverse_weight)
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
+                        env_requires=('action_logits',),
                         init_state=init_state, uses_reference=cfg.normalize_q,
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

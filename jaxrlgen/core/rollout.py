@@ -9,6 +9,12 @@ import jax.numpy as jnp
 StepFn = Callable[[Any, jax.Array], tuple[Any, Any]]
 
 
+def repeat_batch(batch, group_size: int):
+  """Repeats every per-prompt field G times, [N, ...] -> [N*G, ...]: the
+  per-sequence data of a rollout with G consecutive samples per prompt."""
+  return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), batch)
+
+
 def _scan(step: StepFn, state, keys: jax.Array):
   """`step` once per key in a `lax.scan`; transitions [B, len(keys), ...]."""
   state, transitions = jax.lax.scan(step, state, keys)

@@ -23,13 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 
 SCORED_FIELDS = ('completion', 'completion_mask', 'logp', 'reward')
-
-
-def _repeat(batch, group_size: int):
-  return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), batch)
 
 
 def sample_and_score(params, batch, key: jax.Array, *, env, reward_fn):
@@ -46,7 +43,7 @@ def sample_and_score(params, batch, key: jax.Array, *, env, reward_fn):
     dict of the SCORED_FIELDS with leading axes [N, G].
   """
   rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'], key)
-  rewards = reward_fn(rollout, _repeat(batch, env.num_samples))
+  rewards = reward_fn(rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   n, g = batch['prompt'].shape[0], env.num_samples
   group = lambda x: x.reshape(n, g, *x.shape[1:])
   return {'completion': group(rollout.actions),

@@ -356,16 +356,10 @@ class DiffusionEnv:
     """Log-probs f32[B, T] and entropies of the stored steps under `params`."""
     if with_values:
       raise ValueError('The diffusion environment has no value function; '
-                       'use an algorithm without a critic (ddpo_sf, ddpo_is, '
-                       'dpok, reinforce, grpo).')
+                       'use an algorithm without a critic.')
     dist = self.transitions(params, rollout)
     return PolicyOutputs(logp=dist.log_prob(rollout.actions.x_tm1),
                          entropy=dist.entropy())
-
-  def log_prob(self, params: Params, rollout: Rollout) -> jax.Array:
-    """f32[B, T] log-probs of the stored steps under `params` (the PPO ratio's
-    numerator): `evaluate(params, rollout).logp`."""
-    return self.evaluate(params, rollout).logp
 
   def denoising_loss(self, params: Params, images: jax.Array,
                      labels: jax.Array, key: jax.Array, *,

@@ -82,10 +82,3 @@ def cross_entropy_loss(logits: jax.Array, labels: jax.Array):
       logits, labels))
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   return loss, {'loss': loss, 'accuracy': accuracy}
-
-
-def log_prob_of(logits: jax.Array, labels: jax.Array) -> jax.Array:
-  """f32[B] log p(label | image) from logits f32[B, K] and labels i32[B]."""
-  chex.assert_rank([logits, labels], [2, 1])
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  return jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]

@@ -25,7 +25,8 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
+
+from jaxrlgen.models import classifier
 
 # The paper's filter bank (released code: dis_filter_sizes, dis_num_filters).
 PAPER_WIDTHS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20)
@@ -152,16 +153,14 @@ def classifier_loss(model: Discriminator, params, tokens: jax.Array,
   chex.assert_rank([tokens, labels], [2, 1])
   logits = model.apply({'params': params}, tokens, deterministic=False,
                        rngs={'dropout': key})
-  cross_entropy = jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  cross_entropy, metrics = classifier.cross_entropy_loss(logits, labels)
   out = params['output']
   l2 = 0.5 * (jnp.sum(jnp.square(out['kernel']))
               + jnp.sum(jnp.square(out['bias'])))
   loss = cross_entropy + l2_reg * l2
-  accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
   return loss, {'discriminator/loss': loss,
                 'discriminator/cross_entropy': cross_entropy,
-                'discriminator/accuracy': accuracy}
+                'discriminator/accuracy': metrics['accuracy']}
 
 
 def probability_real(model: Discriminator, params, tokens: jax.Array, *,

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from jaxrlgen.core import logprob
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
@@ -43,13 +44,17 @@ from jaxrlgen.rewards import host
 FORMATS = ('png', 'jpeg')
 
 
+def _unit(images: jax.Array) -> jax.Array:
+  """Images in [-1, 1] as f32 intensities in [0, 1], clipped."""
+  return jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
+
+
 def to_pixels(images: jax.Array, levels: int = 256) -> jax.Array:
   """u8[...] intensities 0..255 of images in [-1, 1], clipped and quantised to
   `levels` evenly spaced grey levels (256: plain 8-bit rounding)."""
   if not 2 <= levels <= 256:
     raise ValueError(f'config.reward.levels={levels} must be in [2, 256].')
-  unit = jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
-  level = jnp.round(unit * (levels - 1))
+  level = jnp.round(_unit(images) * (levels - 1))
   return jnp.round(level * (255.0 / (levels - 1))).astype(jnp.uint8)
 
 
@@ -57,8 +62,7 @@ def _intensities(rollout: Rollout) -> jax.Array:
   """f32[B, H*W*C] pixel intensities of the final images, in [0, 1]."""
   images = diffusion.final_images(rollout)
   chex.assert_rank(images, 4)
-  x = jnp.clip((images.astype(jnp.float32) + 1.0) / 2.0, 0.0, 1.0)
-  return x.reshape(x.shape[0], -1)
+  return _unit(images).reshape(images.shape[0], -1)
 
 
 def brightness(rollout: Rollout, batch) -> jax.Array:
@@ -89,7 +93,7 @@ def classifier_log_prob(rollout: Rollout, batch, *,
   num_classes = logits.shape[-1]
   conditioned = label < num_classes
   wanted = jnp.where(conditioned, label, jnp.argmax(logits, axis=-1))
-  return classifier_lib.log_prob_of(logits, wanted.astype(jnp.int32))
+  return logprob.token_logprobs(logits, wanted.astype(jnp.int32))[0]
 
 
 def encoded_size(pixels: np.ndarray, fmt: str, quality: int = 95) -> int:

@@ -26,12 +26,12 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import optax
 
 from jaxrlgen import algos
+from jaxrlgen.algos import base
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import digits
 from jaxrlgen.data import pipeline
@@ -48,16 +48,8 @@ from jaxrlgen.train import text_rl
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 
-matplotlib.use('Agg')
-# pylint: disable-next=g-import-not-at-top,wrong-import-position
-import matplotlib.pyplot as plt
-
 PLOT_KEYS = ('reward/mean', 'eval/reward', 'eval/class_accuracy', 'kl',
              'approx_kl', 'clip_ratio', 'grad_norm')
-# Algorithms whose loss needs a value function, which a denoiser lacks.
-_NEEDS_CRITIC = ('ppo', 'a2c', 'impala')
-# Algorithms that score a greedy decode, which a diffusion sampler lacks.
-_NEEDS_GREEDY = ('scst', 'remax')
 
 
 def model_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
@@ -124,12 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         'unconditional model: set config.pretrain.label_dropout > 0 '
         '(e.g. 0.1) so that the denoiser also learns eps(x_t, t, no class).')
   name = config.algo.name
-  if name in _NEEDS_CRITIC + _NEEDS_GREEDY:
-    raise ValueError(
-        f'config.algo.name={name!r} needs a '
-        f'{"value function" if name in _NEEDS_CRITIC else "greedy decode"}, '
-        'which the diffusion environment does not have; use ddpo_sf, '
-        'ddpo_is, dpok, reinforce or grpo.')
+  base.check_env(algos.make(config.algo), diffusion.DiffusionEnv)
   if name in ('ddpo_sf', 'ddpo_is', 'dpok') and (
       config.algo.num_conditions <= digits.NUM_CLASSES):
     raise ValueError(
@@ -372,8 +359,8 @@ def save_grid(images: np.ndarray, path, *, columns: int, title: str) -> None:
     for j in range(columns):
       grid[c * (h + 1):c * (h + 1) + h, j * (w + 1):j * (w + 1) + w] = (
           images[c * n + j, ..., 0])
-  fig, ax = plt.subplots(figsize=(0.5 * columns + 1, 0.5 * digits.NUM_CLASSES
-                                  + 0.8))
+  fig, ax = plots.plt.subplots(
+      figsize=(0.5 * columns + 1, 0.5 * digits.NUM_CLASSES + 0.8))
   try:
     ax.imshow(np.clip((grid + 1) / 2, 0, 1), cmap='gray_r', vmin=0, vmax=1,
               interpolation='nearest')
@@ -386,7 +373,7 @@ def save_grid(images: np.ndarray, path, *, columns: int, title: str) -> None:
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
   finally:
-    plt.close(fig)
+    plots.plt.close(fig)
 
 
 def make_batch_fn(config):

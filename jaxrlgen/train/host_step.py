@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from jaxrlgen.algos import base as algo_base
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.rewards.host import TextReward
 from jaxrlgen.train import step as step_lib
@@ -46,7 +47,7 @@ def host_rl_step(state: TrainState, batch, key: jax.Array, *, env,
   """
   rollout = _rollout_half(algo.policy_params(state.params), batch, key, env=env)
   rewards, failed = reward.with_failures(
-      rollout, step_lib.repeat_batch(batch, env.num_samples))
+      rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   state, metrics = step_lib.learner_step(state, rollout, rewards, batch, key,
                                          env=env, reward_fn=reward, algo=algo,
                                          tx=tx)

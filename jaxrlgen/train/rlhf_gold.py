@@ -45,6 +45,7 @@ import numpy as np
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen.algos import preference
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import pipeline
@@ -243,7 +244,7 @@ def make_pairs(config, workdir: epath.Path, task: text_rl.Task, env: TextEnv,
   def sample(params, batch, key):
     rollout = pair_env.rollout(params, batch['prompt'], batch['prompt_mask'],
                                key)
-    gold = gold_fn(rollout, step_lib.repeat_batch(batch, 2))
+    gold = gold_fn(rollout, rollout_lib.repeat_batch(batch, 2))
     return rollout.actions, rollout.mask, gold
 
   rng = np.random.default_rng([config.seed, 3])
@@ -435,7 +436,7 @@ def make_evaluator(config, task, env: TextEnv, ref_params, gold_fn, proxy_fn,
   def measure(params, ref_params, batch, key):
     rollout = eval_env.rollout(params, batch['prompt'], batch['prompt_mask'],
                                key)
-    per_seq = step_lib.repeat_batch(batch, eval_env.num_samples)
+    per_seq = rollout_lib.repeat_batch(batch, eval_env.num_samples)
     ref_logp = eval_env.evaluate(ref_params, rollout).logp
     # Samples at temperature 1 carry pi's own log-probs: sum_t log pi -
     # log pi_sft is an unbiased estimate of the sequence-level KL.

@@ -552,6 +552,20 @@ def _curve(records, offset: int = 0):
   return [(r['step'] + offset, r[NLL_KEY]) for r in records if NLL_KEY in r]
 
 
+def training_seconds(records: list[dict]) -> float:
+  """Seconds of training that a phase's logged records cover.
+
+  `loop.fit` logs `step_time` as the mean over the steps since the previous
+  logged record, so each counts that many steps.
+  """
+  total, previous = 0.0, 0
+  for record in records:
+    if 'step_time' in record:
+      total += record['step_time'] * max(record['step'] - previous, 0)
+      previous = record['step']
+  return total
+
+
 def summarize(records: dict[str, list[dict]], reference: dict,
               wall_time: float) -> dict:
   """NLL-oracle of every method, the reference points, and final metrics.
@@ -562,9 +576,8 @@ def summarize(records: dict[str, list[dict]], reference: dict,
   """
   summary = {'wall_time_s': wall_time, **reference}
   for phase, phase_records in records.items():
-    times = [r['step_time'] for r in phase_records if 'step_time' in r]
-    if times:
-      summary[f'step_time_s/{phase}'] = sum(times)
+    if any('step_time' in r for r in phase_records):
+      summary[f'step_time_s/{phase}'] = training_seconds(phase_records)
   pretrain = _curve(records['pretrain'])
   if pretrain:
     if pretrain[0][0] == 0:

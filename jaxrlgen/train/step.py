@@ -15,16 +15,12 @@ import optax
 
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen.algos import sft
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import scored
 
 RewardFn = Callable[[Rollout, Any], jax.Array]
-
-
-def repeat_batch(batch, group_size: int):
-  """Repeats every per-prompt field G times: [N, ...] -> [N*G, ...]."""
-  return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), batch)
 
 
 def check_reward(reward_fn: RewardFn, rollout: Rollout, batch) -> None:
@@ -67,7 +63,7 @@ def actor_step(params, batch, key: jax.Array, *, env,
   rollout_key, _, _ = jax.random.split(key, 3)
   rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
                         rollout_key)
-  rewards = reward_fn(rollout, repeat_batch(batch, env.num_samples))
+  rewards = reward_fn(rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   return rollout, rewards
 
 
@@ -84,7 +80,7 @@ def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
     (new_state, metrics) with `rl_step`'s metrics.
   """
   _, prepare_key, update_key = jax.random.split(key, 3)
-  per_sequence = repeat_batch(batch, env.num_samples)
+  per_sequence = rollout_lib.repeat_batch(batch, env.num_samples)
   experience, algo_state, prep_metrics = algo.prepare(
       env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
   params, opt_state, loss_metrics = algo_base.minibatch_update(

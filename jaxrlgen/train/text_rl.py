@@ -97,6 +97,7 @@ def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
     raise ValueError(
         f'config.rl.batch_size={rl.batch_size} (sequences per step) must be '
         f'divisible by config.rl.group_size={rl.group_size}.')
+  algo_base.check_env(algos.make(config.algo), TextEnv)
   # Every batch is split over data x fsdp, and read in equal shares by the
   # processes.
   shards = max(parallel.batch_size_divisor(mesh), jax.process_count())

@@ -64,7 +64,8 @@ class ILQLReferenceTest(parameterized.TestCase):
 
   def test_q_loss_and_gradient(self):
     q_taken = np.take_along_axis(Q_ALL, ACTIONS[None, ..., None], -1)[..., 0]
-    f = lambda q: ilql.q_loss(q, jnp.asarray(TARGETS), jnp.asarray(MASK))[0]
+    f = lambda q: qlearning.twin_td_loss(q, jnp.asarray(TARGETS),
+                                         jnp.asarray(MASK))[0]
     loss, grad = jax.value_and_grad(f)(jnp.asarray(q_taken))
     ref = lambda q: np_q_loss(q, TARGETS, MASK)
     np.testing.assert_allclose(loss, ref(q_taken), rtol=1e-5)

@@ -93,17 +93,6 @@ class QLearningTest(parameterized.TestCase):
     want = np_n_step(REWARDS_T, np.zeros_like(VALUES_T), MASK, gamma, 4)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
-  def test_polyak(self):
-    target = {'w': jnp.array([1.0, 2.0]), 'b': jnp.array(0.0, jnp.bfloat16)}
-    online = {'w': jnp.array([3.0, -2.0]), 'b': jnp.array(1.0)}
-    got = qlearning.polyak(target, online, 0.25)
-    np.testing.assert_allclose(got['w'], [1.5, 1.0])
-    self.assertEqual(got['b'].dtype, jnp.bfloat16)
-    np.testing.assert_allclose(qlearning.polyak(target, online, 1.0)['w'],
-                               online['w'])
-    with self.assertRaisesRegex(ValueError, 'tau'):
-      qlearning.polyak(target, online, 1.5)
-
   def test_init_algo_state_passes_what_is_asked(self):
     params = {'w': jnp.ones(2)}
     plain = base.Algorithm(name='x', prepare=None, loss=None)

@@ -13,6 +13,7 @@ import pytest
 
 from jaxrlgen import algos
 from jaxrlgen.algos import reinforce
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
@@ -197,7 +198,7 @@ def test_greedy_baseline_is_each_prompts_own_greedy_reward(name):
              'prompt_mask': jnp.ones((2, 2), bool)}
   # The echoed prompt's token sum: 3 for prompt 0, 7 for prompt 1.
   reward_fn = lambda rollout, batch: jnp.sum(rollout.actions, axis=1) / 10.0
-  batch = step_lib.repeat_batch(prompts, 3)
+  batch = rollout_lib.repeat_batch(prompts, 3)
   rewards = jnp.array([0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
   state = TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={})
   exp, _, metrics = jax.jit(functools.partial(algo.prepare, env, reward_fn))(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import ddpo_digits
+from jaxrlgen import algos
 from jaxrlgen import train
 from jaxrlgen.train import ddpo
 from jaxrlgen.train import writers
@@ -95,7 +96,6 @@ def test_variant_parsing():
     ({'env.guidance_scale': 2.0, 'pretrain.label_dropout': 0.0},
      r'config\.pretrain\.label_dropout'),
     ({'model.features': (8, 10)}, r'model\.num_groups'),
-    ({'algo.name': 'ppo'}, r'value function'),
     ({'algo.timestep_fraction': 0.0}, r'config\.algo\.timestep_fraction'),
     ({'reward.terms': {'sharpness': 1.0}}, r'config\.reward\.terms'),
     ({'eval.batch_size': 3}, r'config\.eval\.batch_size'),
@@ -110,4 +110,18 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
   config = tiny_config(tmp_path / 'data')
   config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
+    train.run(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('name, missing', [
+    ('ppo', 'hidden_states'), ('scst', 'greedy'), ('sql', 'action_logits'),
+    ('ilql', 'hidden_states'), ('mcts_expert_iteration', 'hidden_states')])
+def test_algorithms_needing_a_text_env_fail_before_compute(
+    tmp_path, monkeypatch, name, missing):
+  monkeypatch.setattr(ddpo.digits, 'load_digits', lambda *a, **k: pytest.fail(
+      'data was loaded before the config was checked'))
+  config = tiny_config(tmp_path / 'data')
+  config.algo = algos.default_config(name)
+  with pytest.raises(ValueError,
+                     match=f"config.algo.name='{name}' uses env.{missing}"):
     train.run(config, str(tmp_path / 'run'))

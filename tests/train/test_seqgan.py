@@ -116,3 +116,13 @@ def test_discriminator_filters_must_fit(tmp_path):
   config.discriminator.filter_widths = (1, 3, 20)
   with pytest.raises(ValueError, match='filter_widths'):
     train.run(config, str(tmp_path / 'run'))
+
+
+def test_training_seconds_counts_every_step_of_a_log_interval():
+  # Logged every 5 steps (mean step time of the interval), an evaluation
+  # record in between, and a last, shorter interval of 2 steps.
+  records = [{'step': 0, 'nll': 9.0}, {'step': 5, 'step_time': 0.1},
+             {'step': 5, 'nll': 8.0}, {'step': 10, 'step_time': 0.2},
+             {'step': 12, 'step_time': 0.5}]
+  assert seqgan.training_seconds(records) == pytest.approx(
+      5 * 0.1 + 5 * 0.2 + 2 * 0.5)

@@ -8,6 +8,7 @@ import pytest
 
 from experiments.configs import arithmetic_grpo
 from jaxrlgen import parallel
+from jaxrlgen import algos
 from jaxrlgen import train
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.models import transformer as tfm
@@ -201,3 +202,13 @@ def test_offline_run_reads_its_stored_dataset(tmp_path):
   assert [r['step'] for r in records] == [1, 2]
   # Offline batches are the dataset's: their rewards are stored ones.
   assert all(0.0 <= r['reward/mean'] <= 1.0 for r in records)
+
+
+def test_diffusion_algorithm_fails_before_compute(tmp_path, monkeypatch):
+  monkeypatch.setattr(text_rl, 'load_task', lambda *a, **k: pytest.fail(
+      'data was loaded before the config was checked'))
+  config = tiny_config(tmp_path / 'data')
+  config.algo = algos.default_config('dpok')
+  with pytest.raises(ValueError,
+                     match="config.algo.name='dpok' uses env.transitions"):
+    train.run(config, str(tmp_path / 'run'))
