@@ -13,6 +13,7 @@ and the primary process writes the metadata and finalises the step directory.
 import os
 from typing import Any
 
+from absl import logging
 from etils import epath
 import orbax.checkpoint as ocp
 
@@ -124,6 +125,16 @@ class Checkpointer:
         raise FileNotFoundError(f'No checkpoint in {self.directory}.')
     return self._manager.restore(
         int(step), args=ocp.args.StandardRestore(abstract_state))
+
+  def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
+    """The newest checkpoint restored into `state`'s structure, or `state`
+    itself when there is none; and the step to resume metrics from (-1 for
+    a fresh run, so that stale lines of a crashed one are dropped)."""
+    step = self.latest_step()
+    if step is None:
+      return state, -1
+    logging.warning('Resuming from %s, step %d.', self.directory, step)
+    return self.restore(step, state), step
 
   def wait_until_finished(self) -> None:
     """Blocks until an asynchronous save (if any) is on disk."""

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import time
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -39,7 +38,6 @@ from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
 from jaxrlgen.models import unet as unet_lib
 from jaxrlgen.rewards import image as image_rewards
-from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import host_step
 from jaxrlgen.train import loop
 from jaxrlgen.train import plots
@@ -135,16 +133,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   make_env(config)
 
 
-def _restore(checkpointer: checkpoint_lib.Checkpointer, state):
-  """The newest checkpointed state (or `state`) and the step metrics resume
-  from (-1 for a fresh run, which drops stale lines of a crashed one)."""
-  step = checkpointer.latest_step()
-  if step is None:
-    return state, -1
-  logging.warning('Resuming from %s, step %d.', checkpointer.directory, step)
-  return checkpointer.restore(step, state), step
-
-
 def _fresh_state(params, tx, algo_state=None) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=tx.init(params),
@@ -154,22 +142,12 @@ def _fresh_state(params, tx, algo_state=None) -> TrainState:
 def _stage(workdir, name: str, state, step_fn, batch_fn, key, *, steps: int,
            log_every: int, show: str, plot_keys, title: str):
   """A supervised stage as its own run under `workdir/name`; its last state."""
-  stage_dir = workdir_lib.prepare_workdir(str(workdir / name))
-  checkpointer = checkpoint_lib.Checkpointer(str(stage_dir / 'checkpoints'),
-                                             max_to_keep=1)
-  state, resume_step = _restore(checkpointer, state)
-  if int(state.step) < steps:
-    with writers.MetricWriter(str(stage_dir),
-                              resume_step=resume_step) as writer:
-      state = loop.fit(
-          state, step_fn=step_fn, batch_fn=batch_fn, key=key,
-          config=loop.LoopConfig(total_steps=steps, log_every=log_every,
-                                 checkpoint_every=steps, progress_desc=name,
-                                 progress_show=(show,)),
-          checkpointer=checkpointer, writer=writer)
-    plots.plot_metrics(writers.read_metrics(str(stage_dir)), plot_keys,
-                       str(stage_dir / f'{name}.png'), title=title)
-  checkpointer.close()
+  state, _ = loop.run_stage(
+      workdir / name, state, step_fn=step_fn, batch_fn=batch_fn, key=key,
+      config=loop.LoopConfig(total_steps=steps, log_every=log_every,
+                             checkpoint_every=steps, progress_desc=name,
+                             progress_show=(show,)),
+      max_checkpoints=1, plot=(plot_keys, f'{name}.png', title))
   return state
 
 
@@ -425,9 +403,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
                   if algo.uses_reference else None),
       algo_state=algos.init_algo_state(algo, params))
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
-                                             max_to_keep=config.max_checkpoints)
-  state, resume_step = _restore(checkpointer, state)
   if reward_fn.uses_host:  # Also counts failed encodings.
     step = functools.partial(host_step.host_rl_step, reward=reward_fn)
   else:
@@ -436,18 +411,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     donate_argnums=0)
   sample = make_sampler(env, reward_fn, classifier_model, classifier_params)
   evaluate = make_evaluator(sample, config, algo.policy_params, workdir)
-  with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
-    state = loop.fit(
-        state, step_fn=step_fn, batch_fn=make_batch_fn(config),
-        key=jax.random.key(config.seed + 60),
-        config=loop.LoopConfig(total_steps=config.total_steps,
-                               log_every=config.log_every,
-                               eval_every=config.eval.every,
-                               checkpoint_every=config.checkpoint_every,
-                               progress_desc=config.algo.name,
-                               progress_show=('reward/mean',)),
-        checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
-  checkpointer.close()
+  state, _ = loop.run_stage(
+      workdir, state, step_fn=step_fn, batch_fn=make_batch_fn(config),
+      key=jax.random.key(config.seed + 60),
+      config=loop.LoopConfig(total_steps=config.total_steps,
+                             log_every=config.log_every,
+                             eval_every=config.eval.every,
+                             checkpoint_every=config.checkpoint_every,
+                             progress_desc=config.algo.name,
+                             progress_show=('reward/mean',)),
+      eval_fn=evaluate, max_checkpoints=config.max_checkpoints)
   after = workdir / 'samples_after.png'
   if evaluate.images is None and not after.exists():
     evaluate(state)  # Resumed with nothing left to run, and no grid yet.

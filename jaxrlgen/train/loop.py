@@ -17,8 +17,11 @@ from absl import logging
 import jax
 import numpy as np
 
+from jaxrlgen import parallel
 from jaxrlgen.train import checkpoint as checkpoint_lib
+from jaxrlgen.train import plots
 from jaxrlgen.train import progress as progress_lib
+from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
@@ -106,6 +109,43 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
     writer.flush()
     progress.close()
   return state
+
+
+def run_stage(run_dir, state, *, step_fn: StepFn, batch_fn, key: jax.Array,
+              config: LoopConfig, eval_fn: EvalFn | None = None,
+              max_checkpoints: int | None = 3,
+              plot: tuple[tuple[str, ...], str, str] | None = None):
+  """One resumable sub-run of an experiment under `run_dir` (a warm start,
+  a pretraining phase, one branch of a study) with `fit`.
+
+  Restores the run's newest checkpoint; a run whose `config.total_steps` are
+  done is returned as it is. Otherwise it trains, writing checkpoints,
+  metrics.jsonl and TensorBoard events under `run_dir`, and, given
+  `plot=(metric keys, file name, title)`, a PNG of the metrics (on the
+  primary process).
+
+  Returns:
+    (final state, whether any step ran now).
+  """
+  run_dir = workdir_lib.prepare_workdir(str(run_dir))
+  checkpointer = checkpoint_lib.Checkpointer(
+      str(run_dir / checkpoint_lib.CHECKPOINT_DIR),
+      max_to_keep=max_checkpoints)
+  try:
+    state, resume_step = checkpointer.restore_or(state)
+    if int(state.step) >= config.total_steps:
+      return state, False
+    with writers.MetricWriter(str(run_dir), resume_step=resume_step) as writer:
+      state = fit(state, step_fn=step_fn, batch_fn=batch_fn, key=key,
+                  config=config, checkpointer=checkpointer, writer=writer,
+                  eval_fn=eval_fn)
+  finally:
+    checkpointer.close()
+  if plot is not None and parallel.is_primary():
+    keys, name, title = plot
+    plots.plot_metrics(writers.read_metrics(str(run_dir)), keys,
+                       str(run_dir / name), title=title)
+  return state, True
 
 
 def fuse_steps(step_fn: StepFn, num_steps: int):

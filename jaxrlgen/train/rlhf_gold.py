@@ -57,7 +57,6 @@ from jaxrlgen.models import reward_model as rm
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.rewards import learned
 from jaxrlgen.rewards import text as text_rewards
-from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
@@ -297,27 +296,16 @@ def _fit(name: str, workdir: epath.Path, state, *, step_fn, batch_fn, key,
   Returns:
     (final state, run directory, whether any step ran now).
   """
-  run_dir = workdir_lib.prepare_workdir(str(workdir / name))
-  checkpointer = checkpoint_lib.Checkpointer(str(run_dir / 'checkpoints'),
-                                             max_to_keep=max_checkpoints)
-  # pylint: disable-next=protected-access
-  state, resume_step = text_rl._restore_or(checkpointer, state)
-  if resume_step >= total_steps:
-    checkpointer.close()
-    return state, run_dir, False
-  with writers.MetricWriter(str(run_dir), resume_step=resume_step) as writer:
-    state = loop.fit(
-        state, step_fn=step_fn, batch_fn=batch_fn, key=key,
-        config=loop.LoopConfig(total_steps=total_steps, log_every=log_every,
-                               eval_every=eval_every,
-                               checkpoint_every=checkpoint_every,
-                               progress_desc=name, progress_show=show),
-        checkpointer=checkpointer, writer=writer, eval_fn=eval_fn)
-  checkpointer.close()
-  if parallel.is_primary():
-    plots.plot_metrics(writers.read_metrics(str(run_dir)), plot_keys,
-                       str(run_dir / 'training.png'), title=name)
-  return state, run_dir, True
+  run_dir = workdir / name
+  state, trained = loop.run_stage(
+      run_dir, state, step_fn=step_fn, batch_fn=batch_fn, key=key,
+      config=loop.LoopConfig(total_steps=total_steps, log_every=log_every,
+                             eval_every=eval_every,
+                             checkpoint_every=checkpoint_every,
+                             progress_desc=name, progress_show=show),
+      eval_fn=eval_fn, max_checkpoints=max_checkpoints,
+      plot=(plot_keys, 'training.png', name))
+  return state, run_dir, trained
 
 
 # --- Stage 3: the proxy reward model -----------------------------------------

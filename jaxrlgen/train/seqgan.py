@@ -64,7 +64,6 @@ from jaxrlgen.models import discriminator as disc_lib
 from jaxrlgen.models import lstm
 from jaxrlgen.rewards import bleu as bleu_lib
 from jaxrlgen.rewards import montecarlo
-from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
 from jaxrlgen.train import plots
 from jaxrlgen.train import workdir as workdir_lib
@@ -369,36 +368,19 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def _restore_or(checkpointer, state):
-  step = checkpointer.latest_step()
-  if step is None:
-    return state, -1
-  return checkpointer.restore(step, state), step
-
-
 def _run_phase(name: str, workdir: epath.Path, state: TrainState, *, step_fn,
                batch, total_steps: int, key: jax.Array, config, eval_fn=None,
                show=()) -> TrainState:
-  """Runs (or resumes, or skips when finished) one phase as a `loop.fit`."""
-  phase_dir = workdir_lib.prepare_workdir(str(workdir / name))
-  checkpointer = checkpoint_lib.Checkpointer(
-      str(phase_dir / checkpoint_lib.CHECKPOINT_DIR),
-      max_to_keep=config.max_checkpoints)
-  state, resume_step = _restore_or(checkpointer, state)
-  if resume_step >= 0 and int(state.step) >= total_steps:
-    checkpointer.close()
-    return state
-  step_fn = jax.jit(step_fn, donate_argnums=0)
-  with writers.MetricWriter(str(phase_dir), resume_step=resume_step) as writer:
-    state = loop.fit(
-        state, step_fn=step_fn, batch_fn=lambda step: batch, key=key,
-        config=loop.LoopConfig(total_steps=total_steps,
-                               log_every=config.log_every,
-                               eval_every=config.eval.every,
-                               checkpoint_every=config.checkpoint_every,
-                               progress_desc=name, progress_show=show),
-        checkpointer=checkpointer, writer=writer, eval_fn=eval_fn)
-  checkpointer.close()
+  """Runs (or resumes, or skips when finished) one phase as a sub-run."""
+  state, _ = loop.run_stage(
+      workdir / name, state, step_fn=jax.jit(step_fn, donate_argnums=0),
+      batch_fn=lambda step: batch, key=key,
+      config=loop.LoopConfig(total_steps=total_steps,
+                             log_every=config.log_every,
+                             eval_every=config.eval.every,
+                             checkpoint_every=config.checkpoint_every,
+                             progress_desc=name, progress_show=show),
+      eval_fn=eval_fn, max_checkpoints=config.max_checkpoints)
   return state
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import time
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -342,17 +341,6 @@ def with_mcts_eval(evaluate, sampler: search.MCTSSampler, env: TextEnv,
   return lambda state: {**evaluate(state), **mcts(state)}
 
 
-def _restore_or(checkpointer: checkpoint_lib.Checkpointer, state):
-  """The newest checkpointed state, or `state`; and the step to resume
-  metrics from (-1 for a fresh run, so stale lines of a crashed one go)."""
-  step = checkpointer.latest_step()
-  if step is None:
-    return state, -1
-  logging.warning('Resuming from %s, step %d.', checkpointer.directory,
-                  step)
-  return checkpointer.restore(step, state), step
-
-
 def _hf_overrides(model: ml_collections.ConfigDict) -> dict:
   # The fields of an HF config's `model` section beside `path`.
   return {k: v for k, v in model.items() if k != 'path'}
@@ -388,32 +376,21 @@ def warm_start(config, workdir, task: Task, env: TextEnv, params,
   """Supervised warm start as its own run under `workdir/sft`; its params."""
   layout = layout or default_layout(env.model.config)
   sft = config.sft
-  sft_dir = workdir_lib.prepare_workdir(str(workdir / 'sft'))
   tx = make_optimizer(sft.optimizer, sft.steps)
   state = layout.init(
       lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                            opt_state=tx.init(p)), params)
-  checkpointer = checkpoint_lib.Checkpointer(str(sft_dir / 'checkpoints'))
-  state, resume_step = _restore_or(checkpointer, state)
-  if int(state.step) >= sft.steps:
-    checkpointer.close()
-    return state.params
   step_fn = layout.jit_step(
       functools.partial(step_lib.sft_step, env=env, tx=tx), state)
-  with writers.MetricWriter(str(sft_dir), resume_step=resume_step) as writer:
-    state = loop.fit(
-        state, step_fn=step_fn,
-        batch_fn=lambda s: layout.batch(task.batch(s, sft.batch_size,
-                                                   stream=1)),
-        key=jax.random.key(config.seed + 1),
-        config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
-                               checkpoint_every=sft.steps,
-                               progress_desc='sft', progress_show=('nll',)),
-        checkpointer=checkpointer, writer=writer)
-  checkpointer.close()
-  if parallel.is_primary():
-    plots.plot_metrics(writers.read_metrics(str(sft_dir)), ('nll', 'entropy'),
-                       str(sft_dir / 'sft.png'), title='Supervised warm start')
+  state, _ = loop.run_stage(
+      workdir / 'sft', state, step_fn=step_fn,
+      batch_fn=lambda s: layout.batch(task.batch(s, sft.batch_size,
+                                                 stream=1)),
+      key=jax.random.key(config.seed + 1),
+      config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
+                             checkpoint_every=sft.steps,
+                             progress_desc='sft', progress_show=('nll',)),
+      plot=(('nll', 'entropy'), 'sft.png', 'Supervised warm start'))
   return state.params
 
 
@@ -488,7 +465,7 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
                                              max_to_keep=config.max_checkpoints)
   # Restored arrays take the shardings of `state`'s: a checkpoint written on
   # one mesh restores onto another.
-  state, resume_step = _restore_or(checkpointer, state)
+  state, resume_step = checkpointer.restore_or(state)
   step_kwargs = dict(env=env, reward_fn=reward_fn, algo=algo, tx=tx)
   batch_fn = lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts)))
   if offline is not None:  # The learner step alone, on the stored samples.
