@@ -13,19 +13,7 @@ import ml_collections
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen.models.transformer import TransformerConfig
-
-
-def optimizer(learning_rate: float, schedule: str = 'constant',
-              warmup_steps: int = 0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      learning_rate=learning_rate,  # Peak learning rate.
-      schedule=schedule,  # constant | cosine (after linear warmup).
-      warmup_steps=warmup_steps,  # Linear warmup from 0.
-      max_grad_norm=1.0,  # Global-norm gradient clipping; 0: off.
-      weight_decay=0.0,  # AdamW decoupled weight decay.
-      b1=0.9,  # Adam beta1.
-      b2=0.99,  # Adam beta2.
-  ))
+from jaxrlgen.train import optim
 
 
 def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
@@ -58,7 +46,7 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       steps=600,  # Warm-start steps (about 15% held-out accuracy); 0: none.
       batch_size=64,  # Examples per warm-start step.
       log_every=50,  # Steps between warm-start log lines.
-      optimizer=optimizer(3e-3, 'cosine', warmup_steps=10),
+      optimizer=optim.config(3e-3, 'cosine', warmup_steps=10),
   ))
 
   config.rl = ml_collections.ConfigDict(dict(
@@ -77,7 +65,7 @@ def get_config(algo: str = 'grpo') -> ml_collections.ConfigDict:
       logprob_chunk=128,  # Time steps per log-prob chunk.
       # Reference model copy: float32, or bfloat16 to halve its memory.
       reference_dtype='float32',
-      optimizer=optimizer(5e-4),
+      optimizer=optim.config(5e-4),
       # online: sample each step's batch; offline: read config.offline's
       # dataset of scored sequences instead (the learner step only).
       source='online',

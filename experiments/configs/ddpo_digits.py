@@ -22,22 +22,9 @@ import ml_collections
 
 from jaxrlgen import algos
 from jaxrlgen.rewards import image as image_rewards
+from jaxrlgen.train import optim
 
 ALGORITHMS = ('ddpo_sf', 'ddpo_is', 'dpok')
-
-
-def optimizer(learning_rate: float, schedule: str = 'constant',
-              warmup_steps: int = 0,
-              max_grad_norm: float = 1.0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      learning_rate=learning_rate,  # Peak learning rate.
-      schedule=schedule,  # constant | cosine (after linear warmup).
-      warmup_steps=warmup_steps,  # Linear warmup from 0.
-      max_grad_norm=max_grad_norm,  # Global-norm gradient clipping; 0: off.
-      weight_decay=0.0,  # AdamW decoupled weight decay.
-      b1=0.9,  # Adam beta1.
-      b2=0.99,  # Adam beta2.
-  ))
 
 
 def parse_variant(variant: str) -> tuple[str, str]:
@@ -80,7 +67,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       steps=1200,  # Training steps on the held-out digits.
       batch_size=64,  # Images per step.
       log_every=100,  # Steps between log lines.
-      optimizer=optimizer(2e-3, 'cosine', warmup_steps=50),
+      optimizer=optim.config(2e-3, 'cosine', warmup_steps=50),
   ))
 
   # The denoiser (jaxrlgen.models.unet.UNetConfig; size and classes come
@@ -100,7 +87,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
       label_dropout=0.1,  # Labels replaced by "no class" (for guidance).
       ema_decay=0.995,  # Moving average of the weights: the pretrained model.
       log_every=200,  # Steps between log lines.
-      optimizer=optimizer(2e-3, 'cosine', warmup_steps=100),
+      optimizer=optim.config(2e-3, 'cosine', warmup_steps=100),
   ))
 
   config.env = ml_collections.ConfigDict(dict(
@@ -118,7 +105,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   config.rl = ml_collections.ConfigDict(dict(
       batch_size=64,  # Samples per RL step (conditions x group_size).
       group_size=4,  # Samples per condition (class) in a step.
-      optimizer=optimizer(1e-4),
+      optimizer=optim.config(1e-4),
   ))
 
   config.algo = algos.default_config(algo)  # Hyperparameters of the algorithm.

@@ -15,6 +15,7 @@ trained policy is written back as a Hugging Face checkpoint under
 import ml_collections
 
 from experiments.configs import arithmetic_base
+from jaxrlgen.train import optim
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.update(max_prompt_len=16, max_target_len=8)
   config.sft.steps = 0  # A released model needs no warm start.
   config.rl.update(batch_size=64, group_size=8, max_new_tokens=8,
-                   optimizer=arithmetic_base.optimizer(1e-6))
+                   optimizer=optim.config(1e-6))
   config.algo.beta = 0.04  # KL to the released model.
   config.total_steps = 200
   config.eval.update(every=50, num_examples=256, batch_size=64)

@@ -18,6 +18,7 @@ from experiments.configs import arithmetic_base
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen.models.transformer import TransformerConfig
+from jaxrlgen.train import optim
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -44,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
       steps=150,
       batch_size=64,  # Examples per warm-start step.
       log_every=50,  # Steps between warm-start log lines.
-      optimizer=arithmetic_base.optimizer(3e-3, 'cosine', warmup_steps=10),
+      optimizer=optim.config(3e-3, 'cosine', warmup_steps=10),
   ))
 
   config.gold = ml_collections.ConfigDict(dict(
@@ -68,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
       eval_every=200,  # Steps between held-out accuracy evaluations.
       # At 1e-3 (batch 64) the held-out accuracy swung between 0.62 and 0.72
       # for warm starts 1e-6 apart; batch 128 at 5e-4 gave 0.72 / 0.73.
-      optimizer=arithmetic_base.optimizer(5e-4, 'cosine', warmup_steps=10),
+      optimizer=optim.config(5e-4, 'cosine', warmup_steps=10),
   ))
 
   config.rl = ml_collections.ConfigDict(dict(
@@ -85,7 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
       # attention reads for long completions, one compiled loop each).
       cache_segments=1,
       logprob_chunk=128,  # Time steps per log-prob chunk.
-      optimizer=arithmetic_base.optimizer(1e-3),
+      optimizer=optim.config(1e-3),
   ))
 
   config.ppo = ml_collections.ConfigDict(dict(
@@ -110,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,  # > 0: conservative DPO.
       steps=400,  # Optimizer steps over the training pairs (1.6 epochs).
       batch_size=64,  # Pairs per step.
-      optimizer=arithmetic_base.optimizer(1e-4),
+      optimizer=optim.config(1e-4),
   ))
 
   config.eval = ml_collections.ConfigDict(dict(

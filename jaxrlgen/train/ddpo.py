@@ -40,9 +40,9 @@ from jaxrlgen.models import unet as unet_lib
 from jaxrlgen.rewards import image as image_rewards
 from jaxrlgen.train import host_step
 from jaxrlgen.train import loop
+from jaxrlgen.train import optim
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import text_rl
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 
@@ -221,7 +221,7 @@ def train_classifier(config, workdir, heldout, test):
   cfg = config.classifier
   model = classifier_lib.Classifier(classifier_config(config))
   key = jax.random.key(config.seed + 10)
-  tx = text_rl.make_optimizer(cfg.optimizer, cfg.steps)
+  tx = optim.make(cfg.optimizer, cfg.steps)
   state = _fresh_state(classifier_lib.init_params(model.config, key), tx)
   step_fn = jax.jit(functools.partial(classifier_step, model=model, tx=tx,
                                       max_shift=cfg.max_shift),
@@ -248,7 +248,7 @@ def pretrain_denoiser(config, workdir, env, train):
       env.model.config, im2col=False)))
   key = jax.random.key(config.seed + 20)
   params = unet_lib.init_params(env.model.config, key)
-  tx = text_rl.make_optimizer(cfg.optimizer, cfg.steps)
+  tx = optim.make(cfg.optimizer, cfg.steps)
   state = _fresh_state(params, tx, {'ema': jax.tree.map(jnp.copy, params)})
   step_fn = jax.jit(functools.partial(pretrain_step, env=env, tx=tx,
                                       label_dropout=cfg.label_dropout,
@@ -396,7 +396,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       jpeg_quality=config.reward.jpeg_quality, levels=config.reward.levels,
       host_penalty=config.reward.host_penalty,
       host_workers=config.reward.host_workers or None)
-  tx = text_rl.make_optimizer(config.rl.optimizer, config.total_steps)
+  tx = optim.make(config.rl.optimizer, config.total_steps)
   params = algo.init_params(pretrained, jax.random.key(config.seed + 50))
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),

@@ -58,6 +58,7 @@ from jaxrlgen.models import transformer as tfm
 from jaxrlgen.rewards import learned
 from jaxrlgen.rewards import text as text_rewards
 from jaxrlgen.train import loop
+from jaxrlgen.train import optim
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
 from jaxrlgen.train import text_rl
@@ -317,7 +318,7 @@ def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
   model = tfm.Transformer(rm_cfg)
   k = config.rm.ensemble_size
   init_key = jax.random.fold_in(jax.random.key(config.seed), 4)
-  tx = text_rl.make_optimizer(config.rm.optimizer, config.rm.steps)
+  tx = optim.make(config.rm.optimizer, config.rm.steps)
 
   def build_state(lm_params):
     members = [rm.init_from_lm(lm_params, rm_cfg,
@@ -455,7 +456,7 @@ def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
   algo_cfg = ml_collections.ConfigDict(config[method].algo.to_dict())
   algo_cfg[COEF_FIELDS[method][1]] = coef
   algo = algos.make(algo_cfg)
-  tx = text_rl.make_optimizer(config.rl.optimizer, config.total_steps)
+  tx = optim.make(config.rl.optimizer, config.total_steps)
   init_key = jax.random.fold_in(jax.random.key(config.seed), 7)
 
   def build_state(sft_params):
@@ -491,7 +492,7 @@ def dpo_run(config, workdir, beta: float, env, sft_params, train_pairs,
   """
   cfg = preference.PreferenceConfig(loss=config.dpo.loss, beta=beta,
                                     label_smoothing=config.dpo.label_smoothing)
-  tx = text_rl.make_optimizer(config.dpo.optimizer, config.dpo.steps)
+  tx = optim.make(config.dpo.optimizer, config.dpo.steps)
 
   def build_state(sft_params):
     params = _copy(sft_params)

@@ -22,7 +22,6 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxrlgen import algos
 from jaxrlgen.algos import base as algo_base
@@ -43,6 +42,7 @@ from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
+from jaxrlgen.train import optim
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
 from jaxrlgen.train import workdir as workdir_lib
@@ -51,27 +51,6 @@ from jaxrlgen.train import writers
 PLOT_KEYS = ('reward/mean', 'eval/accuracy', 'kl', 'entropy',
              'completions/mean_length', 'grad_norm')
 REFERENCE_DTYPES = ('float32', 'bfloat16')
-
-
-def make_optimizer(cfg: ml_collections.ConfigDict,
-                   total_steps: int) -> optax.GradientTransformation:
-  """Adam(W) with optional warmup + cosine decay and global-norm clipping."""
-  warmup = max(cfg.warmup_steps, 1)
-  if cfg.schedule == 'constant':
-    lr = optax.linear_schedule(0.0, cfg.learning_rate, warmup)
-  elif cfg.schedule == 'cosine':
-    # A run shorter than its warmup (a shortened test run) still decays.
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, warmup, max(total_steps, warmup + 1))
-  else:
-    raise ValueError(f'Unknown schedule {cfg.schedule!r}: use constant or '
-                     'cosine.')
-  parts = []
-  if cfg.max_grad_norm:
-    parts.append(optax.clip_by_global_norm(cfg.max_grad_norm))
-  parts.append(optax.adamw(lr, b1=cfg.b1, b2=cfg.b2,
-                           weight_decay=cfg.weight_decay))
-  return optax.chain(*parts)
 
 
 def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
@@ -376,7 +355,7 @@ def warm_start(config, workdir, task: Task, env: TextEnv, params,
   """Supervised warm start as its own run under `workdir/sft`; its params."""
   layout = layout or default_layout(env.model.config)
   sft = config.sft
-  tx = make_optimizer(sft.optimizer, sft.steps)
+  tx = optim.make(sft.optimizer, sft.steps)
   state = layout.init(
       lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
                            opt_state=tx.init(p)), params)
@@ -440,7 +419,7 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
     params = warm_start(config, workdir, task, sft_env, params, layout)
 
-  tx = make_optimizer(config.rl.optimizer, config.total_steps)
+  tx = optim.make(config.rl.optimizer, config.total_steps)
   ref_dtype = jnp.dtype(config.rl.reference_dtype)
 
   def build_state(params):
