@@ -53,10 +53,9 @@ def setup(w: common.Workload, algo_name: str, **env_overrides):
   params = tfm.init_params(env.model.config, jax.random.key(0))
   if w.dtype != 'float32':
     params = jax.tree.map(lambda x: x.astype(w.dtype), params)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=tx.init(params),
-                     ref_params=params if algo.uses_reference else None,
-                     algo_state=algos.init_algo_state(algo, params))
+  state = TrainState.create(
+      params, tx, ref_params=params if algo.uses_reference else None,
+      algo_state=algos.init_algo_state(algo, params))
   step = functools.partial(step_lib.rl_step, env=env, reward_fn=even_fraction,
                            algo=algo, tx=tx)
   prompt, mask = w.prompts()

@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 PyTree = Any
 
@@ -76,3 +77,11 @@ class TrainState:
   opt_state: PyTree
   ref_params: PyTree | None = None
   algo_state: PyTree = flax.struct.field(default_factory=dict)
+
+  @classmethod
+  def create(cls, params: PyTree, tx, *, ref_params: PyTree | None = None,
+             algo_state: PyTree | None = None) -> 'TrainState':
+    """Step 0 of training `params` with the optax transformation `tx`."""
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               opt_state=tx.init(params), ref_params=ref_params,
+               algo_state={} if algo_state is None else algo_state)

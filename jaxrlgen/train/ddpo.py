@@ -134,9 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _fresh_state(params, tx, algo_state=None) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=tx.init(params),
-                    algo_state={} if algo_state is None else algo_state)
+  return TrainState.create(params, tx, algo_state=algo_state)
 
 
 def _stage(workdir, name: str, state, step_fn, batch_fn, key, *, steps: int,
@@ -398,8 +396,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       host_workers=config.reward.host_workers or None)
   tx = optim.make(config.rl.optimizer, config.total_steps)
   params = algo.init_params(pretrained, jax.random.key(config.seed + 50))
-  state = TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  state = TrainState.create(
+      params, tx,
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
                   if algo.uses_reference else None),
       algo_state=algos.init_algo_state(algo, params))
@@ -433,28 +431,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   plots.plot_metrics(records, PLOT_KEYS, str(workdir / 'training.png'),
                      title=f'{config.algo.name} on digits, reward '
                      f'{reward_fn.__name__}')
-  summary = summarize(records, time.time() - start_time)
+  summary = writers.summarize(records, time.time() - start_time,
+                              ('reward', 'class_accuracy'))
   summary.update(timings)
   summary['classifier/accuracy'] = classifier_accuracy
   if jax.process_index() == 0:
     writers.write_summary(str(workdir), summary)
   return summary
-
-
-def summarize(records: list[dict], wall_time: float) -> dict:
-  """Reward and class accuracy before / after RL, and the last train metrics."""
-  evals = [r for r in records if 'eval/reward' in r]
-  train = [r for r in records if 'reward/mean' in r]
-  summary = {'wall_time_s': wall_time}
-  if evals:
-    for key in ('reward', 'class_accuracy'):
-      before, after = evals[0][f'eval/{key}'], evals[-1][f'eval/{key}']
-      summary[f'eval/{key}_before'] = before
-      summary[f'eval/{key}_after'] = after
-      summary[f'eval/{key}_gain'] = after - before
-  if train:
-    summary['final_step'] = train[-1]['step']
-    summary.update({f'final/{k}': v for k, v in train[-1].items()
-                    if k != 'step'})
-  return summary
-

@@ -461,11 +461,10 @@ def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
 
   def build_state(sft_params):
     params = algo.init_params(_copy(sft_params), init_key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params),
-                      ref_params=(_copy(sft_params) if algo.uses_reference
-                                  else None),
-                      algo_state=algos.init_algo_state(algo, params))
+    return TrainState.create(
+        params, tx,
+        ref_params=_copy(sft_params) if algo.uses_reference else None,
+        algo_state=algos.init_algo_state(algo, params))
 
   state = layout.init(build_state, sft_params)
   step_fn = layout.jit_step(functools.partial(
@@ -496,10 +495,9 @@ def dpo_run(config, workdir, beta: float, env, sft_params, train_pairs,
 
   def build_state(sft_params):
     params = _copy(sft_params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params),
-                      ref_params=(_copy(sft_params) if cfg.uses_reference
-                                  else None))
+    return TrainState.create(
+        params, tx,
+        ref_params=_copy(sft_params) if cfg.uses_reference else None)
 
   state = layout.init(build_state, sft_params)
   dpo_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)

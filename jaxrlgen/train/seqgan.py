@@ -444,9 +444,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mle_step = functools.partial(mle_epoch, env=env, tx=pre_tx,
                                batch_size=pre.batch_size)
   pretrained = run_phase(
-      'pretrain', state=TrainState(step=jnp.zeros((), jnp.int32),
-                                   params=gen_params,
-                                   opt_state=pre_tx.init(gen_params)),
+      'pretrain', state=TrainState.create(gen_params, pre_tx),
       step_fn=mle_step, batch={'data': data}, total_steps=pre.epochs,
       key=phase_key('pretrain'), eval_fn=evaluate, show=('nll',))
 
@@ -458,9 +456,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   d_params = disc_lib.init_params(disc_cfg, keys['discriminator'])
   dp = config.discriminator_pretrain
   d_pretrained = run_phase(
-      'discriminator', state=TrainState(step=jnp.zeros((), jnp.int32),
-                                        params=d_params,
-                                        opt_state=d_tx.init(d_params)),
+      'discriminator', state=TrainState.create(d_params, d_tx),
       step_fn=functools.partial(discriminator_pretrain_step, model=disc_model,
                                 num_negatives=dp.num_negatives,
                                 epochs=dp.epochs, **round_kwargs),

@@ -357,8 +357,7 @@ def warm_start(config, workdir, task: Task, env: TextEnv, params,
   sft = config.sft
   tx = optim.make(sft.optimizer, sft.steps)
   state = layout.init(
-      lambda p: TrainState(step=jnp.zeros((), jnp.int32), params=p,
-                           opt_state=tx.init(p)), params)
+      lambda p: TrainState.create(p, tx), params)
   step_fn = layout.jit_step(
       functools.partial(step_lib.sft_step, env=env, tx=tx), state)
   state, _ = loop.run_stage(
@@ -426,12 +425,12 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
     ref_params = (jax.tree.map(lambda x: x.astype(ref_dtype), params)
                   if algo.uses_reference else None)
     params = algo.init_params(params, jax.random.fold_in(init_key, 1))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), ref_params=ref_params,
-                      algo_state=algo_base.init_algo_state(
-                          algo, params, rollout=_rollout_spec(
-                              config.rl.batch_size, config.data.max_prompt_len,
-                              env.max_new_tokens)))
+    return TrainState.create(
+        params, tx, ref_params=ref_params,
+        algo_state=algo_base.init_algo_state(
+            algo, params, rollout=_rollout_spec(
+                config.rl.batch_size, config.data.max_prompt_len,
+                env.max_new_tokens)))
 
   offline = None  # config.rl.source='offline': the dataset, sampled once.
   if config.rl.get('source', 'online') == 'offline':
@@ -490,8 +489,8 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
             hf_config=hf.read_config(config.model.path))
     if parallel.is_primary():
       hf.copy_tokenizer(config.model.path, export)
-  summary = summarize(writers.read_metrics(str(workdir)),
-                      time.time() - start_time)
+  summary = writers.summarize(writers.read_metrics(str(workdir)),
+                              time.time() - start_time, ('accuracy',))
   summary['mesh'] = dict(layout.mesh.shape)
   summary['num_processes'] = jax.process_count()
   if offline is not None:
@@ -551,20 +550,3 @@ def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int, config):
                         {'prompt': spec((b, p), jnp.int32),
                          'prompt_mask': spec((b, p), jnp.bool_),
                          'answer': spec((b,), jnp.int32)})
-
-
-def summarize(records: list[dict], wall_time: float) -> dict:
-  """Before/after accuracy and the last logged training metrics."""
-  evals = [r for r in records if 'eval/accuracy' in r]
-  train = [r for r in records if 'reward/mean' in r]
-  summary = {'wall_time_s': wall_time}
-  if evals:
-    summary['eval/accuracy_before'] = evals[0]['eval/accuracy']
-    summary['eval/accuracy_after'] = evals[-1]['eval/accuracy']
-    summary['eval/accuracy_gain'] = (summary['eval/accuracy_after']
-                                     - summary['eval/accuracy_before'])
-  if train:
-    summary['final_step'] = train[-1]['step']
-    summary.update({f'final/{k}': v for k, v in train[-1].items()
-                    if k != 'step'})
-  return summary

@@ -249,3 +249,24 @@ def write_summary(workdir: str | os.PathLike[str],
 def read_summary(workdir: str | os.PathLike[str]) -> dict[str, Any]:
   """Reads `summary.json` back (non-finite values come back as None)."""
   return json.loads((epath.Path(workdir) / SUMMARY_FILE).read_text())
+
+
+def summarize(records: list[dict[str, Any]], wall_time: float,
+              eval_keys: tuple[str, ...]) -> dict[str, Any]:
+  """An RL run's summary: `eval/KEY_before`, `_after` and `_gain` for each
+  key of `eval_keys` (the first and last records holding `eval/KEY`), the
+  last logged training metrics as `final/...` (records with `reward/mean`)
+  and `final_step`, and `wall_time_s`."""
+  summary = {'wall_time_s': wall_time}
+  for key in eval_keys:
+    evals = [r[f'eval/{key}'] for r in records if f'eval/{key}' in r]
+    if evals:
+      summary[f'eval/{key}_before'] = evals[0]
+      summary[f'eval/{key}_after'] = evals[-1]
+      summary[f'eval/{key}_gain'] = evals[-1] - evals[0]
+  train = [r for r in records if 'reward/mean' in r]
+  if train:
+    summary['final_step'] = train[-1]['step']
+    summary.update({f'final/{k}': v for k, v in train[-1].items()
+                    if k != 'step'})
+  return summary

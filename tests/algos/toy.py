@@ -50,9 +50,8 @@ def train_state(algo, env, params, batch, tx) -> TrainState:
                                jax.random.key(1))
   example = jax.eval_shape(env.rollout, params, batch['prompt'],
                            batch['prompt_mask'], jax.random.key(0))
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=trainable,
-      opt_state=tx.init(trainable),
+  return TrainState.create(
+      trainable, tx,
       ref_params=(jax.tree.map(jnp.copy, params) if algo.uses_reference
                   else None),
       algo_state=base.init_algo_state(algo, trainable, rollout=example))

@@ -119,3 +119,15 @@ def test_summary_roundtrip(tmp_path):
   writers.write_summary(tmp_path, {'a': 1})
   assert writers.read_summary(tmp_path) == {'a': 1}
   assert [p.name for p in tmp_path.iterdir()] == [writers.SUMMARY_FILE]
+
+
+def test_summarize_before_after_and_final_metrics():
+  records = [{'step': 0, 'eval/accuracy': 0.2},
+             {'step': 5, 'reward/mean': 0.1, 'loss': 2.0},
+             {'step': 10, 'reward/mean': 0.4, 'loss': 1.0},
+             {'step': 10, 'eval/accuracy': 0.5}]
+  summary = writers.summarize(records, 12.5, ('accuracy', 'missing'))
+  assert summary == {
+      'wall_time_s': 12.5, 'eval/accuracy_before': 0.2,
+      'eval/accuracy_after': 0.5, 'eval/accuracy_gain': pytest.approx(0.3),
+      'final_step': 10, 'final/reward/mean': 0.4, 'final/loss': 1.0}
