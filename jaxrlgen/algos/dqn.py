@@ -156,10 +156,8 @@ def make(cfg: DQNConfig) -> base.Algorithm:
     sampled = replay.sample(buffer, key, cfg.replay_batch_size)
     seqs = sampled['rollout']
     sg = jax.lax.stop_gradient
-    v_ref = jnp.zeros(seqs.mask.shape, jnp.float32)
-    if cfg.normalize_q:
-      v_ref = sg(qlearning.soft_value(env.action_logits(state.ref_params,
-                                                        seqs)))
+    v_ref = qlearning.reference_values(env, state, seqs,
+                                       enabled=cfg.normalize_q)
     target_q = sg(env.action_logits(target, seqs)) - v_ref[..., None]
     online_q = (sg(env.action_logits(state.params, seqs)) if cfg.double
                 else None)  # Its argmax only: no shift needed.

@@ -24,6 +24,17 @@ import jax.numpy as jnp
 from jaxrlgen.core import masked
 
 
+def reference_values(env, state, rollout, *, enabled: bool,
+                     tau: float = 1.0) -> jax.Array:
+  """f32[B, T] soft values of the frozen reference's logits read as Q
+  (zeros when not `enabled`): subtracted from Q, they measure Q from the
+  warm start's log-partition (`normalize_q`) without changing the policy."""
+  if not enabled:
+    return jnp.zeros(rollout.mask.shape, jnp.float32)
+  return jax.lax.stop_gradient(
+      soft_value(env.action_logits(state.ref_params, rollout), tau))
+
+
 def action_values(q: jax.Array, actions: jax.Array) -> jax.Array:
   """f32[B, T]: Q(s_t, a_t) of the taken actions, from q f32[B, T, V]."""
   chex.assert_rank([q, actions], [3, 2])

@@ -196,10 +196,8 @@ def make(cfg: SQLConfig) -> base.Algorithm:
     target_q = sg(env.action_logits(target, rollout))
     target_v = qlearning.soft_value(target_q, cfg.tau)
     target_adv = qlearning.action_values(target_q, rollout.actions) - target_v
-    v_ref = jnp.zeros_like(target_v)
-    if cfg.normalize_q:
-      v_ref = sg(qlearning.soft_value(
-          env.action_logits(state.ref_params, rollout), cfg.tau))
+    v_ref = qlearning.reference_values(env, state, rollout,
+                                       enabled=cfg.normalize_q, tau=cfg.tau)
     shaped = cfg.reward_scale * rewards + cfg.reward_shift
     experience = {'rollout': rollout, 'target_v': target_v - v_ref,
                   'v_ref': v_ref, 'target_adv': target_adv,
