@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from jaxrlgen import train
+from jaxrlgen import recipes
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
@@ -27,7 +27,7 @@ def main(argv):
     # Library INFO logs (orbax's, mostly) drown the progress bar;
     # --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
-  train.run(_CONFIG.value, _WORKDIR.value)
+  recipes.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':

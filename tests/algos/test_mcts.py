@@ -15,7 +15,7 @@ from jaxrlgen.envs import search
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import text_rl
+from jaxrlgen.recipes import text_rl
 from tests.algos import toy
 
 _RNG = np.random.default_rng(0)

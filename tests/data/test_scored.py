@@ -10,7 +10,7 @@ from jaxrlgen.data import scored
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
-from jaxrlgen.train import text_rl
+from jaxrlgen.recipes import text_rl
 from tests.algos import toy
 
 

@@ -13,7 +13,7 @@ transformers = pytest.importorskip('transformers')
 tokenizers = pytest.importorskip('tokenizers')
 
 from experiments.configs import hf_grpo  # pylint: disable=g-import-not-at-top
-from jaxrlgen import train
+from jaxrlgen import recipes
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
 from jaxrlgen.train import writers
 
@@ -50,7 +50,7 @@ def test_hf_grpo_runs_and_exports(checkpoint, tmp_path):
   config.rl.update(batch_size=16, group_size=4)
   config.eval.update(every=2, num_examples=16, batch_size=16)
   config.update(total_steps=2, log_every=1, checkpoint_every=0)
-  summary = train.run(config, str(tmp_path / 'run'))
+  summary = recipes.run(config, str(tmp_path / 'run'))
   assert 0.0 <= summary['eval/accuracy_after'] <= 1.0
   records = [r for r in writers.read_metrics(str(tmp_path / 'run'))
              if 'reward/mean' in r]

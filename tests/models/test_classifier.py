@@ -12,7 +12,7 @@ from sklearn import datasets
 
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.models import classifier
-from jaxrlgen.train import ddpo
+from experiments.ddpo_digits import recipe as ddpo
 
 CFG = classifier.ClassifierConfig(features=(8, 16), dropout=0.0)
 

@@ -18,7 +18,7 @@ import pytest
 
 from experiments.configs import arithmetic_impala
 from jaxrlgen import algos
-from jaxrlgen import train
+from jaxrlgen import recipes
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
@@ -27,7 +27,7 @@ from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import text_rl
+from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -165,7 +165,7 @@ def test_text_rl_switches_to_the_async_loop(tmp_path, monkeypatch):
   monkeypatch.setattr(async_loop, 'fit', fake_fit)
   monkeypatch.setattr(loop, 'fit', lambda *a, **k: pytest.fail('sync loop'))
   with pytest.raises(_Reached):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
   assert seen['max_staleness'] == 2
   assert isinstance(seen['steps'], async_loop.ActorLearner)
   assert seen['config'].total_steps == 2 and seen['eval_fn'] is not None
@@ -173,7 +173,7 @@ def test_text_rl_switches_to_the_async_loop(tmp_path, monkeypatch):
   config.loop = 'asynchronous'
   monkeypatch.setattr(text_rl, 'load_task', lambda *a: pytest.fail('loaded'))
   with pytest.raises(ValueError, match='config.loop'):
-    train.run(config, str(tmp_path / 'bad'))
+    recipes.run(config, str(tmp_path / 'bad'))
 
 
 def tiny_task(num_prompts=N):

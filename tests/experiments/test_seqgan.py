@@ -6,10 +6,10 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments.configs import seqgan_oracle
-from jaxrlgen import train
+from experiments.seqgan import config as seqgan_oracle
+from jaxrlgen import recipes
 from jaxrlgen.models import lstm
-from jaxrlgen.train import seqgan
+from experiments.seqgan import recipe as seqgan
 from jaxrlgen.train import writers
 
 TIMING_KEYS = ('step_time', 'steps_per_second')
@@ -36,7 +36,7 @@ def tiny_config():
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('seqgan') / 'run'
-  return workdir, train.run(tiny_config(), str(workdir))
+  return workdir, recipes.run(tiny_config(), str(workdir))
 
 
 def strip_timing(records):
@@ -84,7 +84,7 @@ def test_resumed_run_equals_uninterrupted(finished, tmp_path):
   # As if the run had died after SeqGAN's epoch 2: its last checkpoint is 2.
   shutil.rmtree(cut / 'seqgan' / 'checkpoints' / '4')
   (cut / 'summary.json').unlink()
-  resumed = train.run(tiny_config(), str(cut))
+  resumed = recipes.run(tiny_config(), str(cut))
   for phase in seqgan.PHASES:
     assert strip_timing(writers.read_metrics(str(cut / phase))) == \
         strip_timing(writers.read_metrics(str(workdir / phase))), phase
@@ -108,14 +108,14 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, field, value,
   config.adversarial.rollouts_per_scan = 2
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
 
 
 def test_discriminator_filters_must_fit(tmp_path):
   config = tiny_config()
   config.discriminator.filter_widths = (1, 3, 20)
   with pytest.raises(ValueError, match='filter_widths'):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
 
 
 def test_training_seconds_counts_every_step_of_a_log_interval():

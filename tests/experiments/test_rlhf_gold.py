@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.configs import rlhf_gold as rlhf_gold_config
-from jaxrlgen import train
+from experiments.rlhf_gold import config as rlhf_gold_config
+from jaxrlgen import recipes
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
-from jaxrlgen.train import rlhf_gold
+from experiments.rlhf_gold import recipe as rlhf_gold
 from jaxrlgen.train import writers
 
 TOK = ByteTokenizer()
@@ -68,7 +68,7 @@ def test_bad_config_fails_before_compute(tmp_path, updates, message):
   config = tiny_config(tmp_path / 'data')
   config.update_from_flattened_dict(updates)
   with pytest.raises(ValueError, match=message):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'data').exists()  # Failed before loading any data.
 
 
@@ -76,7 +76,7 @@ def test_bad_config_fails_before_compute(tmp_path, updates, message):
 def test_run_writes_outputs_and_restart_redoes_nothing(tmp_path):
   config = tiny_config(tmp_path / 'data')
   workdir = tmp_path / 'run'
-  summary = train.run(config, str(workdir))
+  summary = recipes.run(config, str(workdir))
   for method in ('ppo', 'dpo'):
     for key in ('gold_reward', 'proxy_reward', 'kl'):
       assert np.isfinite(summary[f'{key}/{method}']), (key, method)
@@ -100,7 +100,7 @@ def test_run_writes_outputs_and_restart_redoes_nothing(tmp_path):
   assert any('rm/heldout_accuracy' in r for r in rm_records)
 
   # A restart finds every stage finished: same figures, no new lines.
-  again = train.run(config, str(workdir))
+  again = recipes.run(config, str(workdir))
   for key, value in summary.items():
     if key != 'wall_time_s':
       assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-6,

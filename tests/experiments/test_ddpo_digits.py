@@ -6,10 +6,10 @@ before any compute."""
 import numpy as np
 import pytest
 
-from experiments.configs import ddpo_digits
+from experiments.ddpo_digits import config as ddpo_digits
 from jaxrlgen import algos
-from jaxrlgen import train
-from jaxrlgen.train import ddpo
+from jaxrlgen import recipes
+from experiments.ddpo_digits import recipe as ddpo
 from jaxrlgen.train import writers
 
 
@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory):
 
 def test_run_writes_outputs_and_resumes(tmp_path, data_dir):
   workdir = tmp_path / 'run'
-  summary = train.run(tiny_config(data_dir), str(workdir))
+  summary = recipes.run(tiny_config(data_dir), str(workdir))
 
   for name in ('metrics.jsonl', 'summary.json', 'training.png',
                'samples_before.png', 'samples_after.png',
@@ -65,7 +65,7 @@ def test_run_writes_outputs_and_resumes(tmp_path, data_dir):
 
   # A second run finds every stage done and changes nothing.
   pretrain_lines = (workdir / 'pretrain' / 'metrics.jsonl').read_text()
-  again = train.run(tiny_config(data_dir), str(workdir))
+  again = recipes.run(tiny_config(data_dir), str(workdir))
   assert (workdir / 'pretrain' / 'metrics.jsonl').read_text() == \
       pretrain_lines
   for key in ('eval/reward_after', 'eval/class_accuracy_after',
@@ -110,7 +110,7 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
   config = tiny_config(tmp_path / 'data')
   config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
 
 
 @pytest.mark.parametrize('name, missing', [
@@ -124,4 +124,4 @@ def test_algorithms_needing_a_text_env_fail_before_compute(
   config.algo = algos.default_config(name)
   with pytest.raises(ValueError,
                      match=f"config.algo.name='{name}' uses env.{missing}"):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))

@@ -61,7 +61,7 @@ from jaxrlgen.train import loop
 from jaxrlgen.train import optim
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import text_rl
+from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 

@@ -9,11 +9,11 @@ import pytest
 from experiments.configs import arithmetic_grpo
 from jaxrlgen import parallel
 from jaxrlgen import algos
-from jaxrlgen import train
+from jaxrlgen import recipes
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import text_rl
+from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import writers
 
 TIMING_KEYS = ('step_time', 'steps_per_second')
@@ -40,7 +40,7 @@ def strip_timing(records):
 def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch):
   data_dir = tmp_path / 'data'
   full_dir, cut_dir = tmp_path / 'full', tmp_path / 'cut'
-  summary = train.run(tiny_config(data_dir), str(full_dir))
+  summary = recipes.run(tiny_config(data_dir), str(full_dir))
 
   for name in ('metrics.jsonl', 'summary.json', 'training.png',
                'sft/metrics.jsonl', 'sft/sft.png'):
@@ -69,14 +69,14 @@ def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch
 
   monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
   with pytest.raises(KeyboardInterrupt):
-    train.run(tiny_config(data_dir), str(cut_dir))
+    recipes.run(tiny_config(data_dir), str(cut_dir))
   # Nothing completed was lost: the interrupted step-3 state was saved.
   assert (cut_dir / 'checkpoints' / '3').exists()
   assert [r['step'] for r in writers.read_metrics(str(cut_dir))
           if 'reward/mean' in r] == [1, 2, 3]
 
   monkeypatch.setattr(text_rl.Task, 'batch', real_batch)
-  resumed = train.run(tiny_config(data_dir), str(cut_dir))
+  resumed = recipes.run(tiny_config(data_dir), str(cut_dir))
   assert strip_timing(writers.read_metrics(str(cut_dir))) == \
       strip_timing(records)
   for key in ('eval/accuracy_before', 'eval/accuracy_after'):
@@ -103,7 +103,7 @@ def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
   config = tiny_config(tmp_path / 'data')
   config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
 
 
 def test_batch_not_divisible_by_batch_shards(tmp_path):
@@ -118,7 +118,7 @@ def test_unwritable_workdir(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('not a directory')
   with pytest.raises(ValueError, match='--workdir'):
-    train.run(tiny_config(tmp_path / 'data'), str(blocker / 'run'))
+    recipes.run(tiny_config(tmp_path / 'data'), str(blocker / 'run'))
 
 
 def test_reward_of_wrong_shape_fails_before_compute(tmp_path, monkeypatch):
@@ -130,14 +130,14 @@ def test_reward_of_wrong_shape_fails_before_compute(tmp_path, monkeypatch):
                       lambda *args, **kwargs: per_token_reward)
   monkeypatch.setattr(text_rl, 'load_task', lambda *a: pytest.fail('loaded'))
   with pytest.raises(ValueError, match='per_token_reward.*f32\\[16\\]'):
-    train.run(tiny_config(tmp_path / 'data'), str(tmp_path / 'run'))
+    recipes.run(tiny_config(tmp_path / 'data'), str(tmp_path / 'run'))
 
 
 def test_unknown_recipe(tmp_path):
   config = tiny_config(tmp_path / 'data')
   config.recipe = 'nope'
   with pytest.raises(ValueError, match='text_rl'):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))
 
 
 def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
@@ -146,7 +146,7 @@ def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
   config.rl.reference_dtype = 'bfloat16'
   config.sft.steps = 0
   config.update(total_steps=2, checkpoint_every=0)
-  summary = train.run(config, str(tmp_path / 'run'))
+  summary = recipes.run(config, str(tmp_path / 'run'))
   assert summary['final/kl'] >= 0.0
   report = capsys.readouterr().out
   for part in ('parameters', 'optimizer state', 'reference model',
@@ -177,7 +177,7 @@ def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
   config = shrink(arithmetic_mcts.get_config(), tmp_path / 'data')
   config.rl.batch_size = 8
   config.mcts.num_simulations = 4
-  summary = train.run(config, str(tmp_path / 'run'))
+  summary = recipes.run(config, str(tmp_path / 'run'))
   evals = [r for r in writers.read_metrics(str(tmp_path / 'run'))
            if 'eval/mcts_accuracy' in r]
   assert [r['step'] for r in evals] == [0, 2]
@@ -193,7 +193,7 @@ def test_offline_run_reads_its_stored_dataset(tmp_path):
   config = shrink(arithmetic_sql_offline.get_config(), tmp_path / 'data')
   config.rl.update(batch_size=16)
   config.offline.update(num_prompts=32, samples_per_prompt=4, chunk_prompts=16)
-  summary = train.run(config, str(tmp_path / 'run'))
+  summary = recipes.run(config, str(tmp_path / 'run'))
   assert (tmp_path / 'run' / 'offline_dataset.npz').exists()
   assert summary['offline/num_sequences'] == 32 * 4
   assert 0.0 <= summary['offline/positive_ratio'] <= 1.0
@@ -211,4 +211,4 @@ def test_diffusion_algorithm_fails_before_compute(tmp_path, monkeypatch):
   config.algo = algos.default_config('dpok')
   with pytest.raises(ValueError,
                      match="config.algo.name='dpok' uses env.transitions"):
-    train.run(config, str(tmp_path / 'run'))
+    recipes.run(config, str(tmp_path / 'run'))

@@ -23,7 +23,7 @@ from jaxrlgen.train import optim
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.recipe = 'rlhf_gold'  # Which jaxrlgen.train recipe runs the config.
+  config.recipe = 'experiments.rlhf_gold.recipe:run'  # The recipe that runs it.
   config.seed = 0  # Seeds init, data order, pair labels and sampling.
   config.total_steps = 500  # RL steps of each PPO / GRPO run.
   config.log_every = 10  # Steps between metric fetches and log lines.

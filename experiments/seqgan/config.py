@@ -31,7 +31,7 @@ from jaxrlgen.models import discriminator
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.recipe = 'seqgan'  # Which jaxrlgen.train recipe runs the config.
+  config.recipe = 'experiments.seqgan.recipe:run'  # The recipe that runs it.
   config.seed = 88  # Seeds the oracle, its data, inits and sampling (paper: 88).
   config.vocab_size = 5000  # Words, shared by oracle, generator, discriminator.
   config.length = 20  # Tokens per sequence (no end token).

@@ -46,7 +46,7 @@ def parse_variant(variant: str) -> tuple[str, str]:
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
   reward, algo = parse_variant(variant)
   config = ml_collections.ConfigDict()
-  config.recipe = 'ddpo'  # Which jaxrlgen.train recipe runs the config.
+  config.recipe = 'experiments.ddpo_digits.recipe:run'  # The recipe that runs it.
   config.seed = 0  # Seeds inits, data order, noise and conditions.
   config.total_steps = 100  # RL steps.
   config.log_every = 1  # RL steps between metric fetches and log lines.
