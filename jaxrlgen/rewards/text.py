@@ -65,6 +65,18 @@ def exact_match(rollout: Rollout, batch, *, eos_id: int) -> jax.Array:
   return (ok & (value == batch['answer'])).astype(jnp.float32)
 
 
+def target_match(rollout: Rollout, batch) -> jax.Array:
+  """1.0 where the completion is token for token the task's reference
+  completion `batch['target']` (masked by `batch['target_mask']`), EOS
+  included: exact match for any task whose records carry a 'completion'."""
+  actions = jnp.where(rollout.mask, rollout.actions, -1)
+  target = jnp.where(batch['target_mask'], batch['target'], -1)
+  width = max(actions.shape[1], target.shape[1])
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1])),
+                          constant_values=-1)
+  return jnp.all(pad(actions) == pad(target), axis=1).astype(jnp.float32)
+
+
 def integer_format(rollout: Rollout, batch, *, eos_id: int) -> jax.Array:
   """1.0 where the completion is an integer followed by EOS."""
   del batch
