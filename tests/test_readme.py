@@ -65,7 +65,8 @@ def test_python_blocks_compile(path):
 def _anchors(path: str) -> set[str]:
   """GitHub's anchors of a Markdown file's headings."""
   anchors = set()
-  for title in re.findall(r'^#+ (.*)$', read(path), re.M):
+  text = re.sub(r'```.*?```', '', read(path), flags=re.S)
+  for title in re.findall(r'^#+ (.*)$', text, re.M):
     slug = re.sub(r'[^\w\- ]', '', title.strip().lower()).replace(' ', '-')
     anchors.add(slug)
   return anchors
