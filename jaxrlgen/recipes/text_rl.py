@@ -543,7 +543,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
          layout: parallel.Layout, start_time: float) -> dict:
   run_cfg, rl = settings.run, settings.rl
-  reward_fn = rewards.make(reward_terms(settings), tokenizer,
+  reward_fn = rewards.make(reward_terms(settings), tokenizer=tokenizer,
                            target_length=settings.reward.target_length)
   model = tfm.Transformer(model_cfg)
   env = make_env(rl, model, tokenizer)

@@ -1,69 +1,53 @@
-"""Rewards: pure functions `(rollout, batch) -> f32[B]`, and their registry.
+"""Rewards: functions `(rollout, batch) -> f32[B]` for text and images, and
+their one registry (`jaxrlgen.rewards.base`).
 
-`REWARDS` maps a reward name to a factory `(tokenizer, **options) -> fn`;
-`make(terms, tokenizer, options)` builds the weighted sum that
-`config.reward.terms` (name -> weight) describes. A name may also be an
-import path ('my_package.rewards:make_score' or 'file.py:make_score') of such
-a factory. With the byte tokenizer the rewards run inside jit; with a
-released model's tokenizer (`byte_level` False), `exact_match` and `format`
-parse the decoded text on the host.
+Text rewards (`text`) run inside jit with the byte tokenizer; with a released
+model's tokenizer (`byte_level` False), `exact_match` and `format` parse the
+decoded text on the host (`host`). Image rewards (`image`) read the final
+image of a denoising rollout. `make(terms, **context)` builds the weighted
+sum that `config.reward.terms` (name -> weight) describes.
 """
 
 import functools
-from typing import Callable, Mapping
 
 import jax.numpy as jnp
 
-from jaxrlgen.registry import Registry
 from jaxrlgen.rewards import host
+from jaxrlgen.rewards import image
 from jaxrlgen.rewards import text
-from jaxrlgen.rewards.text import exact_match
-from jaxrlgen.rewards.text import integer_format
-from jaxrlgen.rewards.text import length_penalty
-from jaxrlgen.rewards.text import parse_integer
-from jaxrlgen.rewards.text import target_match
-from jaxrlgen.rewards.text import weighted
+from jaxrlgen.rewards.base import check_terms
+from jaxrlgen.rewards.base import make
+from jaxrlgen.rewards.base import REWARDS
+from jaxrlgen.rewards.base import Weighted
 
 
-def _exact_match(tok, **_):
-  if getattr(tok, 'byte_level', False):
-    return functools.partial(text.exact_match, eos_id=tok.eos_id)
-  return host.text_reward(text.exact_match_text, tok, fields=('answer',))
+def _exact_match(*, tokenizer, **unused):
+  if getattr(tokenizer, 'byte_level', False):
+    return functools.partial(text.exact_match, eos_id=tokenizer.eos_id)
+  return host.text_reward(text.exact_match_text, tokenizer, fields=('answer',))
 
 
-def _format(tok, **_):
-  if getattr(tok, 'byte_level', False):
-    return functools.partial(text.integer_format, eos_id=tok.eos_id)
-  is_integer = host.text_reward(text.is_integer_text, tok)
+def _format(*, tokenizer, **unused):
+  if getattr(tokenizer, 'byte_level', False):
+    return functools.partial(text.integer_format, eos_id=tokenizer.eos_id)
+  is_integer = host.text_reward(text.is_integer_text, tokenizer)
 
   def decoded_integer_format(rollout, batch):
-    ended = text.ended_with_eos(rollout, tok.eos_id)
+    ended = text.ended_with_eos(rollout, tokenizer.eos_id)
     return ended.astype(jnp.float32) * is_integer(rollout, batch)
 
   return decoded_integer_format
 
 
-RewardFactory = Callable[..., Callable]
-REWARDS: Registry[RewardFactory] = Registry('reward', 'config.reward.terms')
+def _length_penalty(*, target_length: int = 0, **unused):
+  return functools.partial(text.length_penalty, target_length=target_length)
+
+
 REWARDS.register('exact_match', _exact_match)
-REWARDS.register('target_match', lambda tok, **_: text.target_match)
+REWARDS.register('target_match', lambda **unused: text.target_match)
 REWARDS.register('format', _format)
-REWARDS.register('length_penalty', lambda tok, target_length=0, **_: (
-    functools.partial(text.length_penalty, target_length=target_length)))
+REWARDS.register('length_penalty', _length_penalty)
+TEXT_REWARDS = ('exact_match', 'target_match', 'format', 'length_penalty')
 
-
-def make(terms: Mapping[str, float], tokenizer, **options) -> Callable:
-  """The weighted sum of the named rewards.
-
-  Args:
-    terms: reward name (or factory import path) -> weight
-      (`config.reward.terms`).
-    tokenizer: gives the special tokens rewards need.
-    **options: keyword options some rewards read (e.g. target_length).
-  """
-  if not terms:
-    raise ValueError('config.reward.terms is empty; name at least one reward '
-                     f'from {REWARDS.names()}.')
-  factories = [(weight, REWARDS.get(name)) for name, weight in terms.items()]
-  return weighted((weight, factory(tokenizer, **options))
-                  for weight, factory in factories)
+__all__ = ['REWARDS', 'TEXT_REWARDS', 'Weighted', 'check_terms', 'host',
+           'image', 'make', 'text']

@@ -92,19 +92,6 @@ def length_penalty(rollout: Rollout, batch, *, target_length: int = 0
   return -excess.astype(jnp.float32) / rollout.num_steps
 
 
-def weighted(terms):
-  """Sum of rewards: `terms` is a sequence of (weight, reward_fn) pairs."""
-  terms = tuple(terms)
-
-  def reward_fn(rollout: Rollout, batch) -> jax.Array:
-    total = jnp.zeros((rollout.batch_size,), jnp.float32)
-    for weight, fn in terms:
-      total = total + weight * fn(rollout, batch)
-    return total
-
-  return reward_fn
-
-
 _INTEGER = re.compile(r'-?[0-9]{1,%d}' % MAX_DIGITS)
 
 
