@@ -45,7 +45,7 @@ def base(algo: str) -> ml_collections.ConfigDict:
   config.offline = schema.to_config(text_rl.OfflineConfig())
   config.algo = algos.default_config(algo)  # Hyperparameters of the algorithm.
   config.reward = ml_collections.ConfigDict(dict(
-      terms={'exact_match': 1.0},  # Reward name -> weight.
+      terms=(('exact_match', 1.0),),  # (Reward name, weight) pairs.
       target_length=0,  # Used by the length_penalty reward.
   ))
   config.eval = schema.to_config(text_rl.EvalConfig())

@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 
 from jaxrlgen import algos
+from jaxrlgen import rewards
 from jaxrlgen import schema
 from jaxrlgen.data import digits
 from jaxrlgen.envs import diffusion
@@ -175,9 +176,8 @@ class RLConfig:
 class RewardConfig:
   """`config.reward`: the weighted image rewards."""
 
-  # Image reward name -> weight.
-  terms: dict[str, float] = dataclasses.field(
-      default_factory=lambda: {'classifier': 1.0})
+  # (Image reward name, weight) pairs.
+  terms: rewards.Terms = (('classifier', 1.0),)
   jpeg_quality: int = 95  # JPEG quality of the jpeg_* rewards.
   levels: int = 17  # Grey levels images are encoded at (the digits have 17).
   host_penalty: float = 0.0  # Reward of an image whose encoding failed.
@@ -275,7 +275,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
           f'rewards {sorted(image_rewards.NAMES)}, algorithms '
           f'{list(ALGORITHMS)}, sizes {list(SIZES)}.')
   config = schema.to_config(Config(
-      algo=algo_config(algo), reward=RewardConfig(terms={reward: 1.0})))
+      algo=algo_config(algo), reward=RewardConfig(terms=((reward, 1.0),))))
   if sizes == 'smoke':
     _smoke(config)
   return config

@@ -274,10 +274,7 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """Every section of the study's config, parsed and checked.
-
-  `run`, `task_name`, `task` and `data` are what `text_rl.load_task` reads.
-  """
+  """Every section of the study's config, parsed and checked."""
 
   run: RunConfig
   model: tfm.TransformerConfig
@@ -315,11 +312,7 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
          if k not in _SECTIONS and k not in _OTHER_SECTIONS}
   sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
               for name, cls in _SECTIONS.items()}
-  task_section = dict(config.get('task') or {})
-  task_name = task_section.pop('name', '')
-  if not task_name:
-    raise ValueError('config.task.name is missing; known tasks: '
-                     f'{tasks.TASKS.names()}, or an import path.')
+  task_name, task = tasks.parse(config.get('task'))
   spec = tasks.get(task_name)
   if ANSWER_FIELD not in spec.fields:
     raise ValueError(
@@ -331,7 +324,7 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
       model=schema.parse(tfm.TransformerConfig, config.get('model'),
                          'config.model'),
       task_name=task_name,
-      task=schema.parse(spec.config_cls, task_section, 'config.task'),
+      task=task,
       **sections)
 
 
@@ -801,7 +794,8 @@ def _run(settings: Settings, workdir: epath.Path, tokenizer,
   env = text_rl.make_env(settings.rl, model, tokenizer)
   gold_fn = functools.partial(gold_reward, eos_id=tokenizer.eos_id,
                               scale=settings.gold.scale)
-  task = text_rl.load_task(settings, workdir, tokenizer)
+  task = text_rl.load_task(settings.task_name, settings.task, settings.data,
+                           seed, workdir, tokenizer)
 
   params = layout.init(functools.partial(tfm.init_params, settings.model),
                        jax.random.key(seed))

@@ -171,8 +171,9 @@ class OfflineConfig:
 class RewardConfig:
   """`config.reward`: a weighted sum of rewards."""
 
-  # Reward name (or factory import path) -> weight; empty: the task's default.
-  terms: dict[str, float] = dataclasses.field(default_factory=dict)
+  # (reward name or factory import path, weight) pairs; (): the task's
+  # default reward.
+  terms: rewards.Terms = ()
   target_length: int = 0  # Used by the length_penalty reward.
 
   def __post_init__(self):
@@ -221,22 +222,14 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
          if k not in _SECTIONS and k not in _OTHER_SECTIONS}
   sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
               for name, cls in _SECTIONS.items()}
-  task_section = dict(config.get('task') or {})
-  task_name = task_section.pop('name', '')
-  if not task_name:
-    raise ValueError('config.task.name is missing; known tasks: '
-                     f'{tasks.TASKS.names()}, or an import path.')
-  spec = tasks.get(task_name)
+  task_name, task = tasks.parse(config.get('task'))
   rl = sections['rl']
   offline = (schema.parse(OfflineConfig, config.get('offline'),
                           'config.offline') if rl.source == 'offline' else None)
   mcts = (schema.parse(search.MCTSConfig, config.get('mcts'), 'config.mcts')
           if rl.sampler == 'mcts' else None)
   return Settings(run=schema.parse(RunConfig, top, 'config'),
-                  task_name=task_name,
-                  task=schema.parse(spec.config_cls, task_section,
-                                    'config.task'),
-                  offline=offline, mcts=mcts, **sections)
+                  task_name=task_name, task=task, offline=offline, mcts=mcts, **sections)
 
 
 def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
@@ -395,20 +388,30 @@ class Task:
             for i in range(0, num_examples, batch_size)]
 
 
-def load_task(settings: Settings, workdir, tokenizer) -> Task:
+def load_task(task_name: str, task_cfg, data: DataConfig, seed: int, workdir,
+              tokenizer) -> Task:
   """Opens the task's splits, building them under the data dir first if
-  needed (process 0 builds; the others wait and read)."""
-  spec = tasks.get(settings.task_name)
-  data_dir = settings.data.data_dir or str(workdir / 'data')
-  load = functools.partial(spec.load, settings.task, data_dir)
+  needed (process 0 builds; the others wait and read).
+
+  Args:
+    task_name: `config.task.name`.
+    task_cfg: the task's config dataclass (`tasks.parse`).
+    data: `config.data`.
+    seed: the run's seed (data order).
+    workdir: the run's directory (data goes to WORKDIR/data by default).
+    tokenizer: encodes the records.
+  """
+  spec = tasks.get(task_name)
+  data_dir = data.data_dir or str(workdir / 'data')
+  load = functools.partial(spec.load, task_cfg, data_dir)
   if parallel.is_primary():
     splits = load()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('jaxrlgen: dataset prepared')
   if not parallel.is_primary():
     splits = load()
-  return Task(splits.train, splits.test, tokenizer, settings.data,
-              tuple(spec.fields), seed=settings.run.seed)
+  return Task(splits.train, splits.test, tokenizer, data, tuple(spec.fields),
+              seed=seed)
 
 
 def reward_terms(settings: Settings) -> dict[str, float]:
@@ -553,7 +556,8 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   sampler = (search.MCTSSampler(env, settings.mcts)
              if settings.mcts is not None else None)
 
-  task = load_task(settings, workdir, tokenizer)
+  task = load_task(settings.task_name, settings.task, settings.data,
+                   run_cfg.seed, workdir, tokenizer)
   init_key = jax.random.key(run_cfg.seed)
   if config.model.get('path'):  # A released model, placed in its shards.
     _, params = hf.load(config.model.path, shardings=layout.shardings,

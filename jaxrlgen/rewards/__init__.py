@@ -5,7 +5,7 @@ Text rewards (`text`) run inside jit with the byte tokenizer; with a released
 model's tokenizer (`byte_level` False), `exact_match` and `format` parse the
 decoded text on the host (`host`). Image rewards (`image`) read the final
 image of a denoising rollout. `make(terms, **context)` builds the weighted
-sum that `config.reward.terms` (name -> weight) describes.
+sum that `config.reward.terms` ((name, weight) pairs) describes.
 """
 
 import functools
@@ -18,6 +18,7 @@ from jaxrlgen.rewards import text
 from jaxrlgen.rewards.base import check_terms
 from jaxrlgen.rewards.base import make
 from jaxrlgen.rewards.base import REWARDS
+from jaxrlgen.rewards.base import Terms
 from jaxrlgen.rewards.base import Weighted
 
 
@@ -49,5 +50,5 @@ REWARDS.register('format', _format)
 REWARDS.register('length_penalty', _length_penalty)
 TEXT_REWARDS = ('exact_match', 'target_match', 'format', 'length_penalty')
 
-__all__ = ['REWARDS', 'TEXT_REWARDS', 'Weighted', 'check_terms', 'host',
+__all__ = ['REWARDS', 'TEXT_REWARDS', 'Terms', 'Weighted', 'check_terms', 'host',
            'image', 'make', 'text']

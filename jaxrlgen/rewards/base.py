@@ -24,6 +24,9 @@ from jaxrlgen.registry import Registry
 
 RewardFn = Callable[[Rollout, Any], jax.Array]
 RewardFactory = Callable[..., RewardFn]
+# `config.reward.terms`: (name or factory import path, weight) pairs. Pairs,
+# not a mapping: an import path has dots, which a ConfigDict key may not.
+Terms = tuple[tuple[str, float], ...]
 
 REWARDS: Registry[RewardFactory] = Registry('reward', 'config.reward.terms')
 
@@ -64,12 +67,12 @@ class Weighted:
     return self.with_failures(rollout, batch)[0]
 
 
-def check_terms(terms: Mapping[str, float],
+def check_terms(terms: Terms | Mapping[str, float],
                 names: Sequence[str] | None = None) -> None:
   """Fails, naming config.reward.terms, on no terms or an unknown name.
 
   Args:
-    terms: reward name (or factory import path) -> weight.
+    terms: (reward name or factory import path, weight) pairs, or a mapping.
     names: the registered names allowed here (e.g. the image rewards for a
       denoising environment); None: every registered name.
   """
@@ -77,22 +80,22 @@ def check_terms(terms: Mapping[str, float],
   if not terms:
     raise ValueError('config.reward.terms is empty; name at least one reward '
                      f'from {allowed}.')
-  for name in terms:
+  for name in dict(terms):
     if name in REWARDS and name not in allowed:
       raise ValueError(f'config.reward.terms names {name!r}, which does not '
                        f'apply here; known: {allowed}.')
     REWARDS.get(name)  # An unknown name or a bad import path fails here.
 
 
-def make(terms: Mapping[str, float], names: Sequence[str] | None = None,
-         **context: Any) -> Weighted:
-  """The weighted sum `config.reward.terms` (name -> weight) describes.
+def make(terms: Terms | Mapping[str, float],
+         names: Sequence[str] | None = None, **context: Any) -> Weighted:
+  """The weighted sum `config.reward.terms` describes.
 
   Args:
-    terms: reward name (or factory import path) -> weight.
+    terms: (reward name or factory import path, weight) pairs, or a mapping.
     names: the registered names allowed here (None: all).
     **context: what factories read (tokenizer, classifier, options).
   """
   check_terms(terms, names)
   return Weighted([(float(weight), name, REWARDS.get(name)(**context))
-                   for name, weight in terms.items()])
+                   for name, weight in dict(terms).items()])

@@ -6,6 +6,9 @@ A task of your own is one file: a config dataclass, a `load` function and a
 (`config.task.name='my_tasks.reverse:SPEC'`); see docs/extending.md.
 """
 
+from typing import Any
+
+from jaxrlgen import schema
 from jaxrlgen.registry import Registry
 from jaxrlgen.tasks import arithmetic
 from jaxrlgen.tasks.base import collate
@@ -25,4 +28,15 @@ def get(name: str) -> TaskSpec:
   return spec
 
 
-__all__ = ['TASKS', 'Splits', 'TaskSpec', 'collate', 'get']
+def parse(section, path: str = 'config.task') -> tuple[str, Any]:
+  """(name, the task's config dataclass) of a `config.task` section: its
+  `name` picks the task, its other fields go to the task's schema."""
+  fields = dict(section or {})
+  name = fields.pop('name', '')
+  if not name:
+    raise ValueError(f'{path}.name is missing; known tasks: {TASKS.names()}, '
+                     'or an import path.')
+  return name, schema.parse(get(name).config_cls, fields, path)
+
+
+__all__ = ['TASKS', 'Splits', 'TaskSpec', 'collate', 'get', 'parse']

@@ -87,7 +87,7 @@ def collate(records: Sequence[Record], tokenizer, max_prompt_len: int,
   prompts, targets = [], []
   for i, record in enumerate(records):
     for key in ('prompt', 'completion', *fields):
-      if key not in record:
+      if key not in record and key not in TARGET_KEYS:
         raise ValueError(f'Record {i} has no field {key!r}; it has '
                          f'{sorted(record)}.')
     prompt, completion = _text(record['prompt']), _text(record['completion'])

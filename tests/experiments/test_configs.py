@@ -4,6 +4,8 @@ fails at launch) and a variant it does not know."""
 
 import glob
 import os
+import sys
+from unittest import mock
 
 from absl import flags
 import ml_collections
@@ -21,8 +23,11 @@ def _load(name, variant='', *overrides):
   config_flags.DEFINE_config_file('config', None, 'config',
                                   flag_values=flag_values, lock_config=True)
   path = os.path.join(REPO, 'experiments', name, 'config.py')
-  flag_values(['main', f'--config={path}' + (f':{variant}' if variant else ''),
-               *overrides])
+  argv = ['main', f'--config={path}' + (f':{variant}' if variant else ''),
+          *overrides]
+  # The config flag reads its overrides from sys.argv, as under app.run.
+  with mock.patch.object(sys, 'argv', argv):
+    flag_values(argv)
   return flag_values.config
 
 
@@ -43,6 +48,9 @@ def test_unknown_config_field_is_rejected(name):
   sections = [k for k, v in config.items()
               if isinstance(v, ml_collections.ConfigDict)]
   assert sections, f'{name} has no sections'
+  # Overrides reach the config (so the failure below is the field's)...
+  assert _load(name, '', '--config.seed=7').seed == 7
+  # ... and a field the config does not have fails at launch.
   with pytest.raises(Exception, match='no_such_field'):
     _load(name, '', f'--config.{sections[0]}.no_such_field=3')
 

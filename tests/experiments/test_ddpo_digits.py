@@ -151,7 +151,7 @@ def test_default_config_parses():
      r'config\.pretrain\.label_dropout'),
     ({'model.features': (8, 10)}, r'model\.num_groups'),
     ({'algo.timestep_fraction': 0.0}, r'config\.algo\.timestep_fraction'),
-    ({'reward.terms': {'sharpness': 1.0}}, r'config\.reward\.terms'),
+    ({'reward.terms': (('sharpness', 1.0),)}, r'config\.reward\.terms'),
     ({'eval.batch_size': 3}, r'config\.eval\.batch_size'),
     ({'reward.levels': 1}, r'config\.reward\.levels'),
 ])
