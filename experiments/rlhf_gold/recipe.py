@@ -330,9 +330,10 @@ def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
                       opt_state=opt_state)
 
   state = layout.init(build_state, sft_params)
+  score_fn = functools.partial(rm.score_completions, model)
   step_fn = layout.jit_step(functools.partial(
-      preference.reward_model_step, model=model, tx=tx, ensemble_size=k),
-                            state)
+      preference.reward_model_step, score_fn=score_fn, tx=tx,
+      ensemble_size=k), state)
   heldout = layout.batch(_pair_fields(heldout_pairs.arrays))
   gold_chosen = heldout_pairs.arrays['gold_chosen']
   gold_rejected = heldout_pairs.arrays['gold_rejected']
@@ -341,7 +342,7 @@ def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
   def scores(params, batch):
-    fn = functools.partial(preference.pair_scores, model)
+    fn = functools.partial(preference.pair_scores, score_fn)
     if k == 1:
       return fn(params, batch)
     chosen, rejected = jax.vmap(fn, in_axes=(0, None))(params, batch)
