@@ -395,7 +395,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       host_penalty=config.reward.host_penalty,
       host_workers=config.reward.host_workers or None)
   tx = optim.make(config.rl.optimizer, config.total_steps)
-  params = algo.init_params(pretrained, jax.random.key(config.seed + 50))
+  params = algo.init_params(env, pretrained, jax.random.key(config.seed + 50))
   state = TrainState.create(
       params, tx,
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.

@@ -461,7 +461,7 @@ def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
   init_key = jax.random.fold_in(jax.random.key(config.seed), 7)
 
   def build_state(sft_params):
-    params = algo.init_params(_copy(sft_params), init_key)
+    params = algo.init_params(env, _copy(sft_params), init_key)
     return TrainState.create(
         params, tx,
         ref_params=_copy(sft_params) if algo.uses_reference else None,
