@@ -187,7 +187,7 @@ class TextEnv:
 
     The head's shape and initialiser are the Transformer's own, taken from a
     head-only model of the policy's width (width and dtype read off the
-    parameters' final norm, which may differ from the config's dtype).
+    parameters' final norm, so loaded parameters of another dtype match).
     """
     scale = params['final_norm']['scale']
     head_only = tfm.TransformerConfig(
