@@ -34,7 +34,9 @@ class FieldError(ValueError):
   """A bad value of one field; `parse` prefixes the section's path."""
 
   def __init__(self, field: str, message: str):
-    super().__init__(f'{field} {message}')
+    # '=0 must be positive.' follows the name directly; words after a space.
+    sep = '' if message.startswith('=') else ' '
+    super().__init__(f'{field}{sep}{message}')
     self.field = field
     self.message = message
 
@@ -63,7 +65,7 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
     if isinstance(value, hint):
       return value
     if isinstance(value, (dict, ml_collections.ConfigDict)):
-      return parse(hint, value, field)
+      return parse(hint, value, field)  # `field` is the full path here.
     raise FieldError(field, f'={value!r} must be a section of {hint.__name__}'
                      ' fields.')
   if origin is tuple:
@@ -132,9 +134,12 @@ def parse(cls, section, path: str):
     raise ValueError(f'Unknown field(s) {", ".join(f"{path}.{k}" for k in unknown)}'
                      f'; known fields of {path}: {sorted(known)}.')
   try:
-    values = {k: _coerce(v, hints[k], k) for k, v in given.items()}
+    values = {k: _coerce(v, hints[k], f'{path}.{k}') for k, v in given.items()}
+  except FieldError as e:  # Already named by its full path.
+    raise ValueError(str(e)) from None
+  try:
     return cls(**values)
-  except FieldError as e:
+  except FieldError as e:  # From __post_init__: relative to this section.
     raise ValueError(f'{path}.{e}') from None
 
 

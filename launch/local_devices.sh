@@ -5,7 +5,7 @@
 # the data).
 #
 #   launch/local_devices.sh --devices=8 \
-#       --config=experiments/configs/arithmetic_grpo.py --workdir=/tmp/run \
+#       --config=experiments/arithmetic/config.py:grpo --workdir=/tmp/run \
 #       [--processes=2] [--port=12355] [--dry-run] [-- --config.mesh.fsdp=2 ...]
 #
 # Everything after `--` is passed to experiments.main.

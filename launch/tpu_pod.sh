@@ -5,7 +5,7 @@
 # and deletes the slice (also when the run fails; --keep to keep it).
 #
 #   launch/tpu_pod.sh --name=my-pod --zone=us-central2-b \
-#       --accelerator-type=v4-32 --config=experiments/configs/arithmetic_grpo.py \
+#       --accelerator-type=v4-32 --config=experiments/arithmetic/config.py:grpo \
 #       --workdir=gs://my-bucket/runs/grpo [--project=my-project] \
 #       [--version=tpu-ubuntu2204-base] [--logs=logs] [--keep] [--dry-run] \
 #       [-- --config.mesh.fsdp=-1 ...]

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from experiments.ddpo_digits import config as config_lib
 from jaxrlgen import algos
 from jaxrlgen.algos import base
 from jaxrlgen.core.types import TrainState
@@ -50,91 +51,11 @@ PLOT_KEYS = ('reward/mean', 'eval/reward', 'eval/class_accuracy', 'kl',
              'approx_kl', 'clip_ratio', 'grad_norm')
 
 
-def model_config(config: ml_collections.ConfigDict) -> unet_lib.UNetConfig:
-  """The denoiser's config: `config.model` at the data's size and classes."""
-  return unet_lib.UNetConfig(image_size=config.data.image_size, channels=1,
-                             num_classes=digits.NUM_CLASSES, **config.model)
-
-
-def classifier_config(config) -> classifier_lib.ClassifierConfig:
-  cfg = config.classifier
-  return classifier_lib.ClassifierConfig(
-      image_size=config.data.image_size, channels=1,
-      features=tuple(cfg.features), num_classes=digits.NUM_CLASSES,
-      dropout=cfg.dropout)
-
-
-def make_env(config: ml_collections.ConfigDict) -> diffusion.DiffusionEnv:
-  env = config.env
-  schedule = diffusion.NoiseSchedule(
-      num_timesteps=env.num_timesteps, beta_schedule=env.beta_schedule,
-      beta_start=env.beta_start, beta_end=env.beta_end)
-  sampler = diffusion.Sampler(kind=env.sampler, num_steps=env.num_steps,
-                              eta=env.eta, guidance_scale=env.guidance_scale,
-                              clip_denoised=env.clip_denoised)
-  return diffusion.DiffusionEnv(unet_lib.UNet(model_config(config)),
-                                schedule=schedule, sampler=sampler,
-                                num_samples=config.rl.group_size)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the config before anything is computed; errors name the field."""
-  for name, value, least in (
-      ('total_steps', config.total_steps, 0),
-      ('classifier.steps', config.classifier.steps, 1),
-      ('classifier.batch_size', config.classifier.batch_size, 1),
-      ('pretrain.steps', config.pretrain.steps, 1),
-      ('pretrain.batch_size', config.pretrain.batch_size, 1),
-      ('rl.batch_size', config.rl.batch_size, 1),
-      ('rl.group_size', config.rl.group_size, 1),
-      ('eval.samples_per_class', config.eval.samples_per_class, 1),
-      ('eval.batch_size', config.eval.batch_size, 1)):
-    if value < least:
-      raise ValueError(f'config.{name}={value} must be >= {least}.')
-  if config.rl.batch_size % config.rl.group_size:
-    raise ValueError(
-        f'config.rl.batch_size={config.rl.batch_size} (samples per step) must '
-        f'be divisible by config.rl.group_size={config.rl.group_size}.')
-  num_eval = digits.NUM_CLASSES * config.eval.samples_per_class
-  if num_eval % config.eval.batch_size:
-    raise ValueError(
-        f'10 classes x config.eval.samples_per_class='
-        f'{config.eval.samples_per_class} = {num_eval} evaluation samples '
-        f'must be divisible by config.eval.batch_size={config.eval.batch_size}.')
-  if not 0 <= config.pretrain.label_dropout < 1:
-    raise ValueError(f'config.pretrain.label_dropout='
-                     f'{config.pretrain.label_dropout} must be in [0, 1).')
-  if not 0 <= config.pretrain.ema_decay < 1:
-    raise ValueError(f'config.pretrain.ema_decay={config.pretrain.ema_decay} '
-                     'must be in [0, 1).')
-  if (config.env.guidance_scale != 1.0
-      and config.pretrain.label_dropout == 0.0):
-    raise ValueError(
-        f'config.env.guidance_scale={config.env.guidance_scale} needs an '
-        'unconditional model: set config.pretrain.label_dropout > 0 '
-        '(e.g. 0.1) so that the denoiser also learns eps(x_t, t, no class).')
-  name = config.algo.name
-  base.check_env(algos.make(config.algo), diffusion.DiffusionEnv)
-  if name in ('ddpo_sf', 'ddpo_is', 'dpok') and (
-      config.algo.num_conditions <= digits.NUM_CLASSES):
-    raise ValueError(
-        f'config.algo.num_conditions={config.algo.num_conditions} must exceed '
-        f'the {digits.NUM_CLASSES} classes (ids 0..9, and 10 for no class).')
-  image_rewards.check_terms(config.reward.terms)
-  if not 2 <= config.reward.levels <= 256:
-    raise ValueError(f'config.reward.levels={config.reward.levels} must be '
-                     'in [2, 256].')
-  if config.data.image_size < digits.IMAGE_SIZE:
-    raise ValueError(f'config.data.image_size={config.data.image_size} must '
-                     f'be >= {digits.IMAGE_SIZE}.')
-  # The frozen configs check their own fields (and name them).
-  model_config(config)
-  classifier_config(config)
-  make_env(config)
-
-
-def _fresh_state(params, tx, algo_state=None) -> TrainState:
-  return TrainState.create(params, tx, algo_state=algo_state)
+def make_env(env: config_lib.EnvConfig, model: unet_lib.UNetConfig,
+             group_size: int) -> diffusion.DiffusionEnv:
+  """The denoising MDP of `model`, `group_size` samples per condition."""
+  return diffusion.DiffusionEnv(unet_lib.UNet(model), schedule=env.schedule(),
+                                sampler=env.strategy(), num_samples=group_size)
 
 
 def _stage(workdir, name: str, state, step_fn, batch_fn, key, *, steps: int,
@@ -211,21 +132,22 @@ def _array_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
   return batch_fn
 
 
-def train_classifier(config, workdir, heldout, test):
+def train_classifier(cfg: config_lib.ClassifierConfig, image_size: int,
+                     seed: int, workdir, heldout, test):
   """Trains (or restores) the reward classifier; (model, params, accuracy).
 
-  `accuracy` is measured on `test` (the denoiser's digits, unseen here).
+  `heldout` and `test` are (images, labels) arrays; `accuracy` is measured on
+  `test` (the denoiser's digits, unseen here).
   """
-  cfg = config.classifier
-  model = classifier_lib.Classifier(classifier_config(config))
-  key = jax.random.key(config.seed + 10)
+  model = classifier_lib.Classifier(cfg.model(image_size))
+  key = jax.random.key(seed + 10)
   tx = optim.make(cfg.optimizer, cfg.steps)
-  state = _fresh_state(classifier_lib.init_params(model.config, key), tx)
+  state = TrainState.create(classifier_lib.init_params(model.config, key), tx)
   step_fn = jax.jit(functools.partial(classifier_step, model=model, tx=tx,
                                       max_shift=cfg.max_shift),
                     donate_argnums=0)
   state = _stage(workdir, 'classifier', state, step_fn,
-                 _array_batches(*heldout, cfg.batch_size, config.seed + 11),
+                 _array_batches(*heldout, cfg.batch_size, seed + 11),
                  jax.random.fold_in(key, 1), steps=cfg.steps,
                  log_every=cfg.log_every, show='accuracy',
                  plot_keys=('loss', 'accuracy'), title='Reward classifier')
@@ -235,25 +157,27 @@ def train_classifier(config, workdir, heldout, test):
   return model, state.params, accuracy
 
 
-def pretrain_denoiser(config, workdir, env, train):
-  """DDPM pretraining (or its restored result); the EMA parameters.
+def pretrain_denoiser(cfg: config_lib.PretrainConfig, seed: int, workdir,
+                      env: diffusion.DiffusionEnv, train):
+  """DDPM pretraining (or its restored result) on `train` (images, labels);
+  the EMA parameters.
 
   Outside a scan XLA's native convolution is the fast one, so pretraining
   runs the denoiser with `im2col=False` (the parameters are the same).
   """
-  cfg = config.pretrain
   env = dataclasses.replace(env, model=unet_lib.UNet(dataclasses.replace(
       env.model.config, im2col=False)))
-  key = jax.random.key(config.seed + 20)
+  key = jax.random.key(seed + 20)
   params = unet_lib.init_params(env.model.config, key)
   tx = optim.make(cfg.optimizer, cfg.steps)
-  state = _fresh_state(params, tx, {'ema': jax.tree.map(jnp.copy, params)})
+  state = TrainState.create(params, tx,
+                            algo_state={'ema': jax.tree.map(jnp.copy, params)})
   step_fn = jax.jit(functools.partial(pretrain_step, env=env, tx=tx,
                                       label_dropout=cfg.label_dropout,
                                       ema_decay=cfg.ema_decay),
                     donate_argnums=0)
   state = _stage(workdir, 'pretrain', state, step_fn,
-                 _array_batches(*train, cfg.batch_size, config.seed + 21),
+                 _array_batches(*train, cfg.batch_size, seed + 21),
                  jax.random.fold_in(key, 1), steps=cfg.steps,
                  log_every=cfg.log_every, show='loss',
                  plot_keys=('loss', 'grad_norm'),
@@ -284,15 +208,16 @@ def make_sampler(env: diffusion.DiffusionEnv, reward_fn, classifier_model,
   return jax.jit(sample)
 
 
-def make_evaluator(sample, config, policy_params, workdir):
+def make_evaluator(sample, cfg: config_lib.EvalConfig, seed: int,
+                   policy_params, workdir):
   """state -> eval metrics on fixed labels and fixed noise.
 
   The evaluation before RL also draws `samples_before.png`; the last
   evaluation's images stay in `evaluate.images` for `samples_after.png`.
   """
-  labels = eval_labels(config.eval.samples_per_class)
-  size = config.eval.batch_size
-  key = jax.random.key(config.seed + 30)
+  labels = eval_labels(cfg.samples_per_class)
+  size = cfg.batch_size
+  key = jax.random.key(seed + 30)
 
   def evaluate_params(params):
     images, rewards, predicted = [], [], []
@@ -311,7 +236,7 @@ def make_evaluator(sample, config, policy_params, workdir):
     metrics, evaluate.images = evaluate_params(policy_params(state.params))
     before = workdir / 'samples_before.png'
     if int(state.step) == 0 and not before.exists():
-      save_grid(evaluate.images, before, columns=config.eval.grid_columns,
+      save_grid(evaluate.images, before, columns=cfg.grid_columns,
                 title='Pretrained denoiser')
     return metrics
 
@@ -352,50 +277,57 @@ def save_grid(images: np.ndarray, path, *, columns: int, title: str) -> None:
     plots.plt.close(fig)
 
 
-def make_batch_fn(config):
+def make_batch_fn(rl: config_lib.RLConfig, seed: int):
   """step -> the step's conditions: `prompt` i32[N] classes (each class once
   per epoch of the 10, shuffled), `prompt_mask` all true."""
-  n = config.rl.batch_size // config.rl.group_size
+  n = rl.batch_size // rl.group_size
 
   def batch_fn(step: int):
     labels = pipeline.batch_indices(digits.NUM_CLASSES, n, step,
-                                    config.seed + 40).astype(np.int32)
+                                    seed + 40).astype(np.int32)
     return {'prompt': labels, 'prompt_mask': np.ones((n,), bool)}
 
   return batch_fn
 
 
+def make_reward(cfg: config_lib.RewardConfig, classifier_model,
+                classifier_params):
+  """The weighted image rewards of `config.reward`: (rollout, batch) ->
+  f32[B], with `uses_host` and `with_failures`."""
+  return image_rewards.make(
+      cfg.terms, classifier_model=classifier_model,
+      classifier_params=classifier_params, jpeg_quality=cfg.jpeg_quality,
+      levels=cfg.levels, host_penalty=cfg.host_penalty,
+      host_workers=cfg.host_workers or None)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the summary."""
   start_time = time.time()
+  cfg = config_lib.parse(config)  # Every check, before anything is computed.
+  algo = algos.make(cfg.algo)
+  base.check_env(algo, diffusion.DiffusionEnv)
   workdir = workdir_lib.prepare_workdir(workdir)
-  validate(config)
-  algo = algos.make(config.algo)
-  env = make_env(config)
+  env = make_env(cfg.env, cfg.model.unet(cfg.data.image_size),
+                 cfg.rl.group_size)
 
   timings = {}
   tick = time.time()
-  data_dir = config.data.data_dir or str(workdir / 'data')
-  splits = digits.load_digits(data_dir, config.data.heldout_per_class,
-                              config.data.seed)
-  train = digits.to_arrays(splits['train'], config.data.image_size)
-  heldout = digits.to_arrays(splits['heldout'], config.data.image_size)
+  splits = digits.load_digits(cfg.data.data_dir or str(workdir / 'data'),
+                              cfg.data.heldout_per_class, cfg.data.seed)
+  train = digits.to_arrays(splits['train'], cfg.data.image_size)
+  heldout = digits.to_arrays(splits['heldout'], cfg.data.image_size)
   classifier_model, classifier_params, classifier_accuracy = train_classifier(
-      config, workdir, heldout, train)
+      cfg.classifier, cfg.data.image_size, cfg.seed, workdir, heldout, train)
   timings['time/classifier_s'] = time.time() - tick
   tick = time.time()
-  pretrained = pretrain_denoiser(config, workdir, env, train)
+  pretrained = pretrain_denoiser(cfg.pretrain, cfg.seed, workdir, env, train)
   timings['time/pretrain_s'] = time.time() - tick
   tick = time.time()
 
-  reward_fn = image_rewards.make(
-      config.reward.terms, classifier_model=classifier_model,
-      classifier_params=classifier_params,
-      jpeg_quality=config.reward.jpeg_quality, levels=config.reward.levels,
-      host_penalty=config.reward.host_penalty,
-      host_workers=config.reward.host_workers or None)
-  tx = optim.make(config.rl.optimizer, config.total_steps)
-  params = algo.init_params(env, pretrained, jax.random.key(config.seed + 50))
+  reward_fn = make_reward(cfg.reward, classifier_model, classifier_params)
+  tx = optim.make(cfg.rl.optimizer, cfg.total_steps)
+  params = algo.init_params(env, pretrained, jax.random.key(cfg.seed + 50))
   state = TrainState.create(
       params, tx,
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
@@ -408,29 +340,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = jax.jit(functools.partial(step, env=env, algo=algo, tx=tx),
                     donate_argnums=0)
   sample = make_sampler(env, reward_fn, classifier_model, classifier_params)
-  evaluate = make_evaluator(sample, config, algo.policy_params, workdir)
+  evaluate = make_evaluator(sample, cfg.eval, cfg.seed, algo.policy_params,
+                            workdir)
+  name = cfg.algo.name
   state, _ = loop.run_stage(
-      workdir, state, step_fn=step_fn, batch_fn=make_batch_fn(config),
-      key=jax.random.key(config.seed + 60),
-      config=loop.LoopConfig(total_steps=config.total_steps,
-                             log_every=config.log_every,
-                             eval_every=config.eval.every,
-                             checkpoint_every=config.checkpoint_every,
-                             progress_desc=config.algo.name,
+      workdir, state, step_fn=step_fn, batch_fn=make_batch_fn(cfg.rl, cfg.seed),
+      key=jax.random.key(cfg.seed + 60),
+      config=loop.LoopConfig(total_steps=cfg.total_steps,
+                             log_every=cfg.log_every,
+                             eval_every=cfg.eval.every,
+                             checkpoint_every=cfg.checkpoint_every,
+                             progress_desc=name,
                              progress_show=('reward/mean',)),
-      eval_fn=evaluate, max_checkpoints=config.max_checkpoints)
+      eval_fn=evaluate, max_checkpoints=cfg.max_checkpoints)
   after = workdir / 'samples_after.png'
   if evaluate.images is None and not after.exists():
     evaluate(state)  # Resumed with nothing left to run, and no grid yet.
   if evaluate.images is not None:
-    save_grid(evaluate.images, after, columns=config.eval.grid_columns,
-              title=f'After {config.total_steps} steps of {config.algo.name}')
+    save_grid(evaluate.images, after, columns=cfg.eval.grid_columns,
+              title=f'After {cfg.total_steps} steps of {name}')
   timings['time/rl_s'] = time.time() - tick
 
   records = writers.read_metrics(str(workdir))
   plots.plot_metrics(records, PLOT_KEYS, str(workdir / 'training.png'),
-                     title=f'{config.algo.name} on digits, reward '
-                     f'{reward_fn.__name__}')
+                     title=f'{name} on digits, reward {reward_fn.__name__}')
   summary = writers.summarize(records, time.time() - start_time,
                               ('reward', 'class_accuracy'))
   summary.update(timings)

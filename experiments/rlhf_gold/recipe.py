@@ -5,7 +5,7 @@ A fixed, hidden "gold" reward plays the human; a proxy reward model learns it
 from preference labels, and policies optimised against the proxy are scored
 by the gold reward as they move away from the supervised policy:
 
-  1. Supervised warm start on "a+b=" (`text_rl.warm_start`, under `sft/`).
+  1. Supervised warm start on the task (`text_rl.warm_start`, under `sft/`).
   2. Pairs (`pairs/pairs.npz`): two samples of the warm-started policy per
      prompt, labelled by a Bradley-Terry draw on their gold rewards; training
      pairs from training prompts, held-out pairs from held-out prompts.
@@ -26,6 +26,11 @@ orbax checkpoints (a restarted run skips or resumes each stage),
 `gold_reward/M`, `proxy_reward/M`, `kl/M` at the end of M's first-listed
 coefficient, plus every run's end and peak figures under `run/<name>/...`).
 A method whose coefficient list is empty is left out.
+
+Every section of the config is read through its schema (`Settings`, from
+`parse`) before anything is computed: the generic recipe's `data`, `sft` and
+`rl` sections (`jaxrlgen.recipes.text_rl`), the task's own (`config.task`),
+and the study's sections below, whose defaults are the study's values.
 """
 
 import dataclasses
@@ -33,6 +38,7 @@ import functools
 import json
 import math
 import time
+from typing import Any, ClassVar
 
 from absl import logging
 from etils import epath
@@ -44,6 +50,8 @@ import numpy as np
 
 from jaxrlgen import algos
 from jaxrlgen import parallel
+from jaxrlgen import schema
+from jaxrlgen import tasks
 from jaxrlgen.algos import preference
 from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
@@ -55,13 +63,12 @@ from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import reward_model as rm
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.recipes import text_rl
 from jaxrlgen.rewards import learned
 from jaxrlgen.rewards import text as text_rewards
 from jaxrlgen.train import loop
 from jaxrlgen.train import optim
-from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 
@@ -75,6 +82,304 @@ METHODS = ('ppo', 'grpo', 'dpo')
 COEF_FIELDS = {'ppo': ('kl_coefs', 'kl_coef'), 'grpo': ('betas', 'beta'),
                'dpo': ('betas', 'beta')}
 EVAL_KEYS = ('eval/gold_reward', 'eval/proxy_reward', 'eval/kl')
+# The task field the gold reward compares the completion with.
+ANSWER_FIELD = 'answer'
+# Fields of the generic recipe's `config.rl` that the study does not read
+# (its reference model is the float32 warm start; it samples online with the
+# policy): they must keep their defaults.
+UNUSED_RL_FIELDS = ('reference_dtype', 'source', 'sampler')
+
+
+# --- Config schemas ----------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The top-level fields of the config."""
+
+  recipe: str = 'experiments.rlhf_gold.recipe:run'  # The recipe that runs it.
+  seed: int = 0  # Seeds init, data order, pair labels and sampling.
+  total_steps: int = 500  # RL steps of each PPO / GRPO run.
+  log_every: int = 10  # Steps between metric fetches and log lines.
+  checkpoint_every: int = 100  # Steps between checkpoints of each run.
+  max_checkpoints: int = 1  # Checkpoints kept per run.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'seed')
+    schema.positive(self, 'total_steps', 'log_every', 'checkpoint_every',
+                    'max_checkpoints')
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldConfig:
+  """`config.gold`: the hidden reward that plays the human."""
+
+  # Gold reward exp(-|answer error| / scale); 0 if malformed.
+  scale: float = 10.0
+
+  def __post_init__(self):
+    schema.positive(self, 'scale')
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsConfig:
+  """`config.pairs`: the gold-labelled preference pairs."""
+
+  num_train: int = 16384  # Labelled pairs from training prompts.
+  num_heldout: int = 512  # Labelled pairs from held-out prompts (RM accuracy).
+  batch_size: int = 256  # Prompts sampled at once.
+  label: str = 'bradley_terry'  # bradley_terry (noisy draw) | max (gold order).
+  temperature: float = 0.1  # Bradley-Terry noise on gold differences.
+
+  def __post_init__(self):
+    schema.positive(self, 'num_train', 'num_heldout', 'batch_size',
+                    'temperature')
+    schema.one_of(self, 'label', pref_data.LABELS)
+    schema.divisible(self, 'num_train', 'batch_size')
+    schema.divisible(self, 'num_heldout', 'batch_size')
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardModelConfig:
+  """`config.rm`: the proxy reward model."""
+
+  steps: int = 600  # Bradley-Terry steps of the proxy reward model.
+  batch_size: int = 128  # Pairs per step.
+  ensemble_size: int = 1  # Members (bootstrapped); > 1 enables std_coef.
+  # Conservative reward mean - std_coef * std (ensembles).
+  std_coef: float = 0.0
+  log_every: int = 50  # Steps between log lines.
+  eval_every: int = 200  # Steps between held-out accuracy evaluations.
+  # At 1e-3 (batch 64) the held-out accuracy swung between 0.62 and 0.72
+  # for warm starts 1e-6 apart; batch 128 at 5e-4 gave 0.72 / 0.73.
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
+      5e-4, 'cosine', warmup_steps=10)
+
+  def __post_init__(self):
+    schema.positive(self, 'steps', 'batch_size', 'ensemble_size', 'log_every',
+                    'eval_every')
+    if self.std_coef and self.ensemble_size < 2:
+      raise schema.FieldError(
+          'std_coef', f'={self.std_coef} needs an ensemble: set '
+          f'ensemble_size >= 2 (it is {self.ensemble_size}).')
+
+
+def _check_coefs(section, field: str, strict: bool) -> None:
+  """KL coefficients: >= 0 (> 0 when `strict`), each once."""
+  coefs = list(getattr(section, field))
+  if any(c < 0 or (strict and c == 0) for c in coefs):
+    raise schema.FieldError(
+        field, f'={coefs} must be {"> 0" if strict else ">= 0"}.')
+  if len(set(coefs)) != len(coefs):
+    raise schema.FieldError(field, f'={coefs} repeats a value.')
+
+
+def _algo_config(name: str, **changes) -> ml_collections.ConfigDict:
+  config = algos.default_config(name)
+  config.update(changes)
+  return config
+
+
+class _PolicySweep:
+  """PPO or GRPO against the proxy: one run per KL coefficient.
+
+  A subclass names its method and has the fields `algo` (the algorithm's
+  hyperparameters, `config.algo`-like) and its coefficients' field.
+  """
+
+  METHOD: ClassVar[str]
+
+  def __post_init__(self):
+    coefs_field, _ = COEF_FIELDS[self.METHOD]
+    _check_coefs(self, coefs_field, strict=False)
+    name = self.algo.get('name')
+    if name != self.METHOD:
+      raise schema.FieldError('algo.name',
+                              f'={name!r} must be {self.METHOD!r}.')
+    try:  # Unknown or bad fields fail here.
+      algos.make(ml_collections.ConfigDict(self.algo))
+    except ValueError as e:
+      raise ValueError(str(e).replace(
+          'config.algo.', f'config.{self.METHOD}.algo.')) from None
+
+  def algorithm(self, coef: float) -> algos.Algorithm:
+    """The algorithm of the run at KL coefficient `coef`."""
+    config = ml_collections.ConfigDict(self.algo)
+    config[COEF_FIELDS[self.METHOD][1]] = coef
+    return algos.make(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSweepConfig(_PolicySweep):
+  """`config.ppo`: one PPO run against the proxy per KL coefficient."""
+
+  METHOD: ClassVar[str] = 'ppo'
+  # KL-in-reward coefficients, one run each; the first is the run that
+  # summary.json reports as gold_reward/ppo etc. (0: unregularised, the most
+  # optimisation pressure on the proxy); empty: no PPO runs.
+  kl_coefs: tuple[float, ...] = (0.0, 0.02, 0.05)
+  # The rest of PPO's hyperparameters (kl_coef is set per run).
+  algo: ml_collections.ConfigDict = dataclasses.field(
+      default_factory=lambda: _algo_config('ppo', num_epochs=2,
+                                           num_minibatches=2))
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSweepConfig(_PolicySweep):
+  """`config.grpo`: one GRPO run against the proxy per KL coefficient."""
+
+  METHOD: ClassVar[str] = 'grpo'
+  # k3 KL-loss coefficients, one run each; the first is summary.json's.
+  betas: tuple[float, ...] = (0.0, 0.05, 0.2)
+  # The rest of GRPO's hyperparameters (beta is set per run).
+  algo: ml_collections.ConfigDict = dataclasses.field(
+      default_factory=lambda: _algo_config('grpo'))
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSweepConfig:
+  """`config.dpo`: one offline DPO run on the training pairs per beta."""
+
+  # DPO betas, one run each; the first is summary.json's.
+  betas: tuple[float, ...] = (0.1, 0.03)
+  loss: str = 'dpo'  # dpo | ipo | simpo.
+  label_smoothing: float = 0.0  # > 0: conservative DPO.
+  steps: int = 400  # Optimizer steps over the training pairs (1.6 epochs).
+  batch_size: int = 64  # Pairs per step.
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(1e-4)
+
+  def __post_init__(self):
+    _check_coefs(self, 'betas', strict=True)
+    schema.positive(self, 'steps', 'batch_size')
+    try:  # The loss's own checks (loss, label_smoothing).
+      self.preference_config(min(self.betas, default=1.0))
+    except ValueError as e:
+      raise ValueError(str(e).replace('config.algo.', 'config.dpo.')) from None
+
+  def preference_config(self, beta: float) -> preference.PreferenceConfig:
+    return preference.PreferenceConfig(
+        loss=self.loss, beta=beta, label_smoothing=self.label_smoothing)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """`config.eval`: gold, proxy and KL of the policies' held-out samples."""
+
+  every: int = 25  # Steps between gold / proxy / KL measurements.
+  batch_size: int = 256  # Held-out prompts per measurement.
+  samples: int = 2  # Samples per prompt (temperature 1).
+
+  def __post_init__(self):
+    schema.positive(self, 'every', 'batch_size', 'samples')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Every section of the study's config, parsed and checked."""
+
+  run: RunConfig
+  model: tfm.TransformerConfig
+  task_name: str
+  task: Any  # The task's own config dataclass.
+  data: text_rl.DataConfig
+  sft: text_rl.SFTConfig
+  gold: GoldConfig
+  pairs: PairsConfig
+  rm: RewardModelConfig
+  rl: text_rl.RLConfig
+  ppo: PPOSweepConfig
+  grpo: GRPOSweepConfig
+  dpo: DPOSweepConfig
+  eval: EvalConfig
+
+  def coefs(self, method: str) -> tuple[float, ...]:
+    """The KL coefficients of `method`'s runs."""
+    return getattr(getattr(self, method), COEF_FIELDS[method][0])
+
+
+_SECTIONS = {'data': text_rl.DataConfig, 'sft': text_rl.SFTConfig,
+             'gold': GoldConfig, 'pairs': PairsConfig, 'rm': RewardModelConfig,
+             'rl': text_rl.RLConfig, 'ppo': PPOSweepConfig,
+             'grpo': GRPOSweepConfig, 'dpo': DPOSweepConfig,
+             'eval': EvalConfig}
+# Sections read elsewhere: model and task (below), mesh (parallel.make_mesh)
+# and distributed (experiments/main.py).
+_OTHER_SECTIONS = ('model', 'task', 'mesh', 'distributed')
+
+
+def parse(config: ml_collections.ConfigDict) -> Settings:
+  """Reads every section through its schema; errors name the field."""
+  top = {k: v for k, v in config.items()
+         if k not in _SECTIONS and k not in _OTHER_SECTIONS}
+  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
+              for name, cls in _SECTIONS.items()}
+  task_name, task = tasks.parse(config.get('task'))
+  spec = tasks.get(task_name)
+  if ANSWER_FIELD not in spec.fields:
+    raise ValueError(
+        f'config.task.name={task_name!r} has no {ANSWER_FIELD!r} field '
+        f'(its fields: {list(spec.fields)}); the gold reward compares the '
+        'completion with an integer answer.')
+  return Settings(
+      run=schema.parse(RunConfig, top, 'config'),
+      model=schema.parse(tfm.TransformerConfig, config.get('model'),
+                         'config.model'),
+      task_name=task_name,
+      task=task,
+      **sections)
+
+
+def validate(settings: Settings, tokenizer: ByteTokenizer,
+             mesh: jax.sharding.Mesh) -> None:
+  """The checks that span sections; each error names the fields."""
+  if jax.process_count() > 1:
+    raise ValueError('The rlhf_gold study runs on one host (its pair-labelling '
+                     'stage gathers samples there); use one process, with any '
+                     'config.mesh over its devices.')
+  model_cfg, data, rl = settings.model, settings.data, settings.rl
+  if tokenizer.vocab_size > model_cfg.vocab_size:
+    raise ValueError(f'The tokenizer has {tokenizer.vocab_size} tokens but '
+                     f'config.model.vocab_size={model_cfg.vocab_size}; raise '
+                     'config.model.vocab_size.')
+  if not model_cfg.value_head:
+    raise ValueError("config.model.value_head must be True: PPO's critic and "
+                     'the reward model are scalar heads on the trunk.')
+  need = data.max_prompt_len + max(rl.max_new_tokens, data.max_target_len)
+  if need > model_cfg.max_seq_len:
+    raise ValueError(
+        f'config.data.max_prompt_len + config.rl.max_new_tokens = {need} '
+        f'tokens do not fit config.model.max_seq_len={model_cfg.max_seq_len}; '
+        'shorten them or raise config.model.max_seq_len.')
+  defaults = text_rl.RLConfig()
+  for name in UNUSED_RL_FIELDS:
+    if getattr(rl, name) != getattr(defaults, name):
+      raise ValueError(f'config.rl.{name}={getattr(rl, name)!r} is not '
+                       'supported by the rlhf_gold study; leave it at '
+                       f'{getattr(defaults, name)!r}.')
+  if rl.group_size < 2:
+    raise ValueError(f'config.rl.group_size={rl.group_size}: GRPO needs at '
+                     'least 2 samples per prompt.')
+  shards = parallel.batch_size_divisor(mesh)
+  for name, value in (('sft.batch_size', settings.sft.batch_size),
+                      ('eval.batch_size', settings.eval.batch_size),
+                      ('pairs.batch_size', settings.pairs.batch_size),
+                      ('rm.batch_size', settings.rm.batch_size),
+                      ('dpo.batch_size', settings.dpo.batch_size)):
+    if value % shards:
+      raise ValueError(f'config.{name}={value} must be divisible by the '
+                       f'{shards} batch shards (mesh data x fsdp).')
+  if rl.num_prompts % shards:
+    raise ValueError('config.rl.batch_size / config.rl.group_size prompts per '
+                     f'step must be divisible by the {shards} batch shards '
+                     '(mesh data x fsdp).')
+  num_test = getattr(settings.task, 'num_test', None)
+  for name, value in (('pairs.num_heldout', settings.pairs.num_heldout),
+                      ('eval.batch_size', settings.eval.batch_size)):
+    if num_test is not None and value > num_test:
+      raise ValueError(f'config.{name}={value} needs as many held-out '
+                       f'prompts; config.task.num_test={num_test}.')
+  if not any(settings.coefs(m) for m in METHODS):
+    raise ValueError('config.ppo.kl_coefs, config.grpo.betas and '
+                     'config.dpo.betas are all empty: give at least one run.')
 
 
 def gold_reward(rollout: Rollout, batch, *, eos_id: int,
@@ -87,7 +392,7 @@ def gold_reward(rollout: Rollout, batch, *, eos_id: int,
   """
   value, ok = text_rewards.parse_integer(rollout.actions, rollout.mask, eos_id)
   ok = ok & text_rewards.ended_with_eos(rollout, eos_id)
-  error = jnp.abs(value - batch['answer']).astype(jnp.float32)
+  error = jnp.abs(value - batch[ANSWER_FIELD]).astype(jnp.float32)
   return jnp.where(ok, jnp.exp(-error / scale), 0.0)
 
 
@@ -95,128 +400,10 @@ def run_name(method: str, coef: float) -> str:
   return f'{method}_{COEF_FIELDS[method][1]}{coef:g}'
 
 
-def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
-             model_cfg: tfm.TransformerConfig,
-             mesh: jax.sharding.Mesh) -> None:
-  """Checks the config before anything is computed; errors name the field."""
-  if jax.process_count() > 1:
-    raise ValueError('The rlhf_gold study runs on one host (its pair-labelling '
-                     'stage gathers samples there); use one process, with any '
-                     'config.mesh over its devices.')
-  shards = parallel.batch_size_divisor(mesh)
-  if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise ValueError(f'The tokenizer has {tokenizer.vocab_size} tokens but '
-                     f'config.model.vocab_size={model_cfg.vocab_size}; raise '
-                     'config.model.vocab_size.')
-  if not model_cfg.value_head:
-    raise ValueError("config.model.value_head must be True: PPO's critic and "
-                     'the reward model are scalar heads on the trunk.')
-  need = config.data.max_prompt_len + max(config.rl.max_new_tokens,
-                                          config.data.max_target_len)
-  if need > model_cfg.max_seq_len:
-    raise ValueError(
-        f'config.data.max_prompt_len + config.rl.max_new_tokens = {need} '
-        f'tokens do not fit config.model.max_seq_len={model_cfg.max_seq_len}; '
-        'shorten them or raise config.model.max_seq_len.')
-  positive = {
-      'total_steps': config.total_steps, 'log_every': config.log_every,
-      'sft.batch_size': config.sft.batch_size,
-      'rl.batch_size': config.rl.batch_size,
-      'rl.group_size': config.rl.group_size,
-      'rl.max_new_tokens': config.rl.max_new_tokens,
-      'gold.scale': config.gold.scale,
-      'pairs.num_train': config.pairs.num_train,
-      'pairs.num_heldout': config.pairs.num_heldout,
-      'pairs.batch_size': config.pairs.batch_size,
-      'pairs.temperature': config.pairs.temperature,
-      'rm.steps': config.rm.steps, 'rm.batch_size': config.rm.batch_size,
-      'rm.ensemble_size': config.rm.ensemble_size,
-      'dpo.steps': config.dpo.steps, 'dpo.batch_size': config.dpo.batch_size,
-      'eval.every': config.eval.every,
-      'eval.batch_size': config.eval.batch_size,
-      'eval.samples': config.eval.samples,
-  }
-  for name, value in positive.items():
-    if not value > 0:
-      raise ValueError(f'config.{name}={value} must be positive.')
-  if config.rl.group_size < 2:
-    raise ValueError(f'config.rl.group_size={config.rl.group_size}: GRPO needs '
-                     'at least 2 samples per prompt.')
-  if config.rl.batch_size % config.rl.group_size:
-    raise ValueError(f'config.rl.batch_size={config.rl.batch_size} must be a '
-                     'multiple of config.rl.group_size='
-                     f'{config.rl.group_size}.')
-  for name in ('sft.batch_size', 'eval.batch_size', 'pairs.batch_size',
-               'rm.batch_size', 'dpo.batch_size'):
-    section, field = name.split('.')
-    if config[section][field] % shards:
-      raise ValueError(f'config.{name}={config[section][field]} must be '
-                       f'divisible by the {shards} batch shards (mesh data x '
-                       'fsdp).')
-  if (config.rl.batch_size // config.rl.group_size) % shards:
-    raise ValueError('config.rl.batch_size / config.rl.group_size prompts per '
-                     f'step must be divisible by the {shards} batch shards '
-                     '(mesh data x fsdp).')
-  if config.pairs.label not in pref_data.LABELS:
-    raise ValueError(f'config.pairs.label={config.pairs.label!r}; known: '
-                     f'{pref_data.LABELS}.')
-  if config.rm.std_coef and config.rm.ensemble_size < 2:
-    raise ValueError(f'config.rm.std_coef={config.rm.std_coef} needs an '
-                     'ensemble: set config.rm.ensemble_size >= 2.')
-  for name in ('pairs.num_train', 'pairs.num_heldout'):
-    value = config.pairs[name.split('.')[1]]
-    if value % config.pairs.batch_size:
-      raise ValueError(f'config.{name}={value} must be a multiple of '
-                       f'config.pairs.batch_size={config.pairs.batch_size}.')
-  for name, value in (('pairs.num_heldout', config.pairs.num_heldout),
-                      ('eval.batch_size', config.eval.batch_size)):
-    if value > config.data.num_test:
-      raise ValueError(f'config.{name}={value} needs as many held-out '
-                       f'prompts; config.data.num_test={config.data.num_test}.')
-  for method in METHODS:
-    field, _ = COEF_FIELDS[method]
-    coefs = list(config[method][field])
-    if any(c < 0 or (method == 'dpo' and c == 0) for c in coefs):
-      raise ValueError(f'config.{method}.{field}={coefs} must be '
-                       f'{"> 0" if method == "dpo" else ">= 0"}.')
-    if len(set(coefs)) != len(coefs):
-      raise ValueError(f'config.{method}.{field}={coefs} repeats a value.')
-    if method != 'dpo':
-      if config[method].algo.name != method:
-        raise ValueError(f'config.{method}.algo.name='
-                         f'{config[method].algo.name!r} must be {method!r}.')
-      algos.make(config[method].algo)  # Unknown or bad fields fail here.
-  if not any(config[m][COEF_FIELDS[m][0]] for m in METHODS):
-    raise ValueError('config.ppo.kl_coefs, config.grpo.betas and '
-                     'config.dpo.betas are all empty: give at least one run.')
-  try:
-    preference.PreferenceConfig(loss=config.dpo.loss,
-                                beta=min(config.dpo.betas, default=1.0),
-                                label_smoothing=config.dpo.label_smoothing)
-  except ValueError as e:
-    raise ValueError(str(e).replace('config.algo.', 'config.dpo.')) from e
-
-
-def _policy_env(config, model, num_samples: int) -> TextEnv:
-  tok = ByteTokenizer()
-  return TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
-                 sampling=Sampling(temperature=config.rl.temperature,
-                                   top_k=config.rl.top_k,
-                                   top_p=config.rl.top_p,
-                                   method=config.rl.sampling_method),
-                 eos_id=tok.eos_id, pad_id=tok.pad_id, num_samples=num_samples,
-                 logprob_chunk=config.rl.logprob_chunk,
-                 cache_segments=config.rl.cache_segments)
-
-
-def _rl_fields(batch):
-  return {k: batch[k] for k in ('prompt', 'prompt_mask', 'answer')}
-
-
 def _prompts(task: text_rl.Task, split: str, start: int, n: int):
   records = task.train if split == 'train' else task.test
-  return _rl_fields(task.collate(pipeline.get_batch(records,
-                                                    range(start, start + n))))
+  return task.rl_fields(task.collate(pipeline.get_batch(
+      records, range(start, start + n))))
 
 
 def _copy(tree):
@@ -227,8 +414,9 @@ def _copy(tree):
 
 # --- Stage 2: preference pairs ----------------------------------------------
 
-def make_pairs(config, workdir: epath.Path, task: text_rl.Task, env: TextEnv,
-               sft_params, gold_fn, layout: parallel.Layout):
+def make_pairs(pairs: PairsConfig, seed: int, workdir: epath.Path,
+               task: text_rl.Task, env: TextEnv, sft_params, gold_fn,
+               layout: parallel.Layout):
   """Training and held-out triples labelled by the gold reward (cached)."""
   path = workdir / 'pairs' / 'pairs.npz'
   if path.exists():
@@ -247,17 +435,17 @@ def make_pairs(config, workdir: epath.Path, task: text_rl.Task, env: TextEnv,
     gold = gold_fn(rollout, rollout_lib.repeat_batch(batch, 2))
     return rollout.actions, rollout.mask, gold
 
-  rng = np.random.default_rng([config.seed, 3])
-  key = jax.random.fold_in(jax.random.key(config.seed), 3)
+  rng = np.random.default_rng([seed, 3])
+  key = jax.random.fold_in(jax.random.key(seed), 3)
   out = {}
-  n = config.pairs.batch_size
-  for split, num, records in (('train', config.pairs.num_train, task.train),
-                              ('heldout', config.pairs.num_heldout, task.test)):
+  n = pairs.batch_size
+  for split, num, records in (('train', pairs.num_train, task.train),
+                              ('heldout', pairs.num_heldout, task.test)):
     parts = []
     for start in range(0, num, n):
       # Training prompts cycle when there are more pairs than prompts, each
       # time with fresh samples.
-      batch = _rl_fields(task.collate(pipeline.get_batch(
+      batch = task.rl_fields(task.collate(pipeline.get_batch(
           records, [(start + i) % len(records) for i in range(n)])))
       key, sub = jax.random.split(key)
       actions, mask, gold = jax.device_get(
@@ -265,8 +453,8 @@ def make_pairs(config, workdir: epath.Path, task: text_rl.Task, env: TextEnv,
       t = actions.shape[1]
       gold = gold.reshape(n, 2)
       chosen, rejected = pref_data.pairs_from_samples(
-          gold, rng, strategy='random', label=config.pairs.label,
-          temperature=config.pairs.temperature)
+          gold, rng, strategy='random', label=pairs.label,
+          temperature=pairs.temperature)
       triples = pref_data.triples_from_samples(
           batch['prompt'], batch['prompt_mask'], actions.reshape(n, 2, t),
           mask.reshape(n, 2, t), chosen, rejected)
@@ -311,14 +499,16 @@ def _fit(name: str, workdir: epath.Path, state, *, step_fn, batch_fn, key,
 
 # --- Stage 3: the proxy reward model -----------------------------------------
 
-def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
-                       train_pairs, heldout_pairs, layout: parallel.Layout):
+def train_reward_model(cfg: RewardModelConfig, seed: int,
+                       workdir: epath.Path, model_cfg: tfm.TransformerConfig,
+                       sft_params, train_pairs, heldout_pairs,
+                       layout: parallel.Layout):
   """Trains the proxy (stage 3); returns its model, params, held-out metrics."""
   rm_cfg = rm.reward_model_config(model_cfg)
   model = tfm.Transformer(rm_cfg)
-  k = config.rm.ensemble_size
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 4)
-  tx = optim.make(config.rm.optimizer, config.rm.steps)
+  k = cfg.ensemble_size
+  init_key = jax.random.fold_in(jax.random.key(seed), 4)
+  tx = optim.make(cfg.optimizer, cfg.steps)
 
   def build_state(lm_params):
     members = [rm.init_from_lm(lm_params, rm_cfg,
@@ -363,11 +553,11 @@ def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
   state, run_dir, _ = _fit(
       'rm', workdir, state, step_fn=step_fn,
       batch_fn=lambda s: layout.batch(_pair_fields(train_pairs.batch(
-          s, config.rm.batch_size, seed=config.seed + 4))),
-      key=jax.random.fold_in(jax.random.key(config.seed), 5),
-      total_steps=config.rm.steps, log_every=config.rm.log_every,
-      eval_every=config.rm.eval_every, eval_fn=evaluate,
-      checkpoint_every=config.rm.steps, max_checkpoints=1,
+          s, cfg.batch_size, seed=seed + 4))),
+      key=jax.random.fold_in(jax.random.key(seed), 5),
+      total_steps=cfg.steps, log_every=cfg.log_every,
+      eval_every=cfg.eval_every, eval_fn=evaluate,
+      checkpoint_every=cfg.steps, max_checkpoints=1,
       show=('loss', 'accuracy'),
       plot_keys=('loss', 'accuracy', 'rm/heldout_accuracy',
                  'rm/heldout_gold_accuracy'))
@@ -378,14 +568,14 @@ def train_reward_model(config, workdir: epath.Path, model_cfg, sft_params,
                                if k.startswith('rm/') and v is not None}
 
 
-def proxy_reward_fn(config, workdir: epath.Path, model, params, train_pairs,
-                    layout: parallel.Layout):
+def proxy_reward_fn(cfg: RewardModelConfig, chunk: int, workdir: epath.Path,
+                    model, params, train_pairs, layout: parallel.Layout):
   """The proxy as a reward, standardised over the warm start's samples (the
   training pairs' completions); the statistics are kept in
-  `rm/proxy_stats.json`."""
-  ensemble = config.rm.ensemble_size > 1
+  `rm/proxy_stats.json`. `chunk`: pairs scored per call."""
+  ensemble = cfg.ensemble_size > 1
   raw = learned.reward_model_reward(model, params, ensemble=ensemble,
-                                    std_coef=config.rm.std_coef)
+                                    std_coef=cfg.std_coef)
   path = workdir / 'rm' / 'proxy_stats.json'
   if path.exists():
     stats = json.loads(path.read_text())
@@ -396,7 +586,7 @@ def proxy_reward_fn(config, workdir: epath.Path, model, params, train_pairs,
                     out_shardings=parallel.replicated(layout.mesh))
     arrays = train_pairs.arrays
     values = []
-    n = config.pairs.batch_size
+    n = chunk
     for name in ('chosen', 'rejected'):
       for i in range(0, len(train_pairs), n):
         batch = {'prompt': arrays['prompt'][i:i + n],
@@ -409,18 +599,19 @@ def proxy_reward_fn(config, workdir: epath.Path, model, params, train_pairs,
              'scale': float(np.std(values) + 1e-6)}
     path.write_text(json.dumps(stats))
   return learned.reward_model_reward(model, params, ensemble=ensemble,
-                                     std_coef=config.rm.std_coef, **stats)
+                                     std_coef=cfg.std_coef, **stats)
 
 
 # --- Stage 4: policies against the proxy -------------------------------------
 
-def make_evaluator(config, task, env: TextEnv, ref_params, gold_fn, proxy_fn,
+def make_evaluator(cfg: EvalConfig, seed: int, task: text_rl.Task,
+                   env: TextEnv, ref_params, gold_fn, proxy_fn,
                    layout: parallel.Layout):
   """params -> gold, proxy and KL(pi || pi_sft) of held-out samples."""
   eval_env = dataclasses.replace(env, sampling=Sampling(),
-                                 num_samples=config.eval.samples)
-  batch = layout.batch(_prompts(task, 'test', 0, config.eval.batch_size))
-  key = jax.random.fold_in(jax.random.key(config.seed), 6)
+                                 num_samples=cfg.samples)
+  batch = layout.batch(_prompts(task, 'test', 0, cfg.batch_size))
+  key = jax.random.fold_in(jax.random.key(seed), 6)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
   def measure(params, ref_params, batch, key):
@@ -447,18 +638,18 @@ def make_evaluator(config, task, env: TextEnv, ref_params, gold_fn, proxy_fn,
   return evaluate
 
 
-def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
-           proxy_fn, evaluate, layout: parallel.Layout):
+def rl_run(settings: Settings, workdir: epath.Path, method: str, coef: float,
+           task: text_rl.Task, env: TextEnv, sft_params, proxy_fn, evaluate,
+           layout: parallel.Layout):
   """PPO or GRPO against the proxy at one KL coefficient.
 
   Returns:
     (run directory, whether any step ran now).
   """
-  algo_cfg = ml_collections.ConfigDict(config[method].algo.to_dict())
-  algo_cfg[COEF_FIELDS[method][1]] = coef
-  algo = algos.make(algo_cfg)
-  tx = optim.make(config.rl.optimizer, config.total_steps)
-  init_key = jax.random.fold_in(jax.random.key(config.seed), 7)
+  run_cfg = settings.run
+  algo = getattr(settings, method).algorithm(coef)
+  tx = optim.make(settings.rl.optimizer, run_cfg.total_steps)
+  init_key = jax.random.fold_in(jax.random.key(run_cfg.seed), 7)
 
   def build_state(sft_params):
     params = algo.init_params(env, _copy(sft_params), init_key)
@@ -470,29 +661,31 @@ def rl_run(config, workdir, method: str, coef: float, task, env, sft_params,
   state = layout.init(build_state, sft_params)
   step_fn = layout.jit_step(functools.partial(
       step_lib.rl_step, env=env, reward_fn=proxy_fn, algo=algo, tx=tx), state)
-  num_prompts = config.rl.batch_size // config.rl.group_size
+  num_prompts = settings.rl.num_prompts
   _, run_dir, trained = _fit(
       run_name(method, coef), workdir, state, step_fn=step_fn,
-      batch_fn=lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts))),
-      key=jax.random.fold_in(jax.random.key(config.seed), 8),
-      total_steps=config.total_steps, log_every=config.log_every,
-      eval_every=config.eval.every,
+      batch_fn=lambda s: layout.batch(task.rl_fields(task.batch(s,
+                                                                num_prompts))),
+      key=jax.random.fold_in(jax.random.key(run_cfg.seed), 8),
+      total_steps=run_cfg.total_steps, log_every=run_cfg.log_every,
+      eval_every=settings.eval.every,
       eval_fn=lambda s: evaluate(algo.policy_params(s.params)),
-      checkpoint_every=config.checkpoint_every,
-      max_checkpoints=config.max_checkpoints)
+      checkpoint_every=run_cfg.checkpoint_every,
+      max_checkpoints=run_cfg.max_checkpoints)
   return run_dir, trained
 
 
-def dpo_run(config, workdir, beta: float, env, sft_params, train_pairs,
-            evaluate, layout: parallel.Layout):
+def dpo_run(settings: Settings, workdir: epath.Path, beta: float,
+            env: TextEnv, sft_params, train_pairs, evaluate,
+            layout: parallel.Layout):
   """Offline DPO (or `config.dpo.loss`) on the training pairs.
 
   Returns:
     (run directory, whether any step ran now).
   """
-  cfg = preference.PreferenceConfig(loss=config.dpo.loss, beta=beta,
-                                    label_smoothing=config.dpo.label_smoothing)
-  tx = optim.make(config.dpo.optimizer, config.dpo.steps)
+  run_cfg, dpo = settings.run, settings.dpo
+  cfg = dpo.preference_config(beta)
+  tx = optim.make(dpo.optimizer, dpo.steps)
 
   def build_state(sft_params):
     params = _copy(sft_params)
@@ -507,12 +700,12 @@ def dpo_run(config, workdir, beta: float, env, sft_params, train_pairs,
   _, run_dir, trained = _fit(
       run_name('dpo', beta), workdir, state, step_fn=step_fn,
       batch_fn=lambda s: layout.batch(_pair_fields(train_pairs.batch(
-          s, config.dpo.batch_size, seed=config.seed + 9))),
-      key=jax.random.fold_in(jax.random.key(config.seed), 9),
-      total_steps=config.dpo.steps, log_every=config.log_every,
-      eval_every=config.eval.every, eval_fn=lambda s: evaluate(s.params),
-      checkpoint_every=config.checkpoint_every,
-      max_checkpoints=config.max_checkpoints, show=('loss', 'accuracy'))
+          s, dpo.batch_size, seed=run_cfg.seed + 9))),
+      key=jax.random.fold_in(jax.random.key(run_cfg.seed), 9),
+      total_steps=dpo.steps, log_every=run_cfg.log_every,
+      eval_every=settings.eval.every, eval_fn=lambda s: evaluate(s.params),
+      checkpoint_every=run_cfg.checkpoint_every,
+      max_checkpoints=run_cfg.max_checkpoints, show=('loss', 'accuracy'))
   return run_dir, trained
 
 
@@ -554,7 +747,7 @@ def plot_gold_vs_kl(curves: dict, sft: dict, path) -> None:
     plt.close(fig)
 
 
-def summarize(config, rm_metrics: dict, sft: dict, curves: dict,
+def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
               wall_time: float) -> dict:
   summary = {'wall_time_s': wall_time, **rm_metrics,
              'gold_reward/sft': sft['eval/gold_reward'],
@@ -570,7 +763,7 @@ def summarize(config, rm_metrics: dict, sft: dict, curves: dict,
     summary[f'run/{name}/peak_gold_reward'] = peak['eval/gold_reward']
     summary[f'run/{name}/kl_at_peak_gold'] = peak['eval/kl']
   for method in METHODS:
-    coefs = config[method][COEF_FIELDS[method][0]]
+    coefs = settings.coefs(method)
     if not coefs:  # The method was left out.
       continue
     main = curves[run_name(method, coefs[0])][-1]
@@ -583,60 +776,65 @@ def summarize(config, rm_metrics: dict, sft: dict, curves: dict,
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole study; returns the summary."""
   start_time = time.time()
+  settings = parse(config)
   workdir = workdir_lib.prepare_workdir(workdir)
   tokenizer = ByteTokenizer()
-  model_cfg = tfm.TransformerConfig(**config.model)
   mesh = parallel.make_mesh(config.mesh)
-  validate(config, tokenizer, model_cfg, mesh)
+  validate(settings, tokenizer, mesh)
   with parallel.activate(mesh):
-    return _run(config, workdir, tokenizer, model_cfg,
-                parallel.Layout(mesh, text_rl.model_logical_axes(model_cfg)),
+    return _run(settings, workdir, tokenizer,
+                parallel.Layout(mesh,
+                                text_rl.model_logical_axes(settings.model)),
                 start_time)
 
 
-def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
-         start_time: float) -> dict:
-  model = tfm.Transformer(model_cfg)
-  env = _policy_env(config, model, config.rl.group_size)
+def _run(settings: Settings, workdir: epath.Path, tokenizer,
+         layout: parallel.Layout, start_time: float) -> dict:
+  seed = settings.run.seed
+  model = tfm.Transformer(settings.model)
+  env = text_rl.make_env(settings.rl, model, tokenizer)
   gold_fn = functools.partial(gold_reward, eos_id=tokenizer.eos_id,
-                              scale=config.gold.scale)
-  task = text_rl.load_task(config, workdir, tokenizer)
+                              scale=settings.gold.scale)
+  task = text_rl.load_task(settings.task_name, settings.task, settings.data,
+                           seed, workdir, tokenizer)
 
-  params = layout.init(functools.partial(tfm.init_params, model_cfg),
-                       jax.random.key(config.seed))
-  if config.sft.steps:
+  params = layout.init(functools.partial(tfm.init_params, settings.model),
+                       jax.random.key(seed))
+  if settings.sft.steps:
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
-    params = text_rl.warm_start(config, workdir, task, sft_env, params, layout)
+    params = text_rl.warm_start(settings.sft, seed, workdir, task, sft_env,
+                                params, layout)
   sft_params = params
 
-  train_pairs, heldout_pairs = make_pairs(config, workdir, task, env,
-                                          sft_params, gold_fn, layout)
+  train_pairs, heldout_pairs = make_pairs(settings.pairs, seed, workdir, task,
+                                          env, sft_params, gold_fn, layout)
   rm_model, rm_params, rm_metrics = train_reward_model(
-      config, workdir, model_cfg, sft_params, train_pairs, heldout_pairs,
-      layout)
+      settings.rm, seed, workdir, settings.model, sft_params, train_pairs,
+      heldout_pairs, layout)
   logging.warning('Proxy reward model: held-out accuracy %.3f (gold order '
                   '%.3f).', rm_metrics['rm/heldout_accuracy'],
                   rm_metrics.get('rm/heldout_gold_accuracy', float('nan')))
-  proxy_fn = proxy_reward_fn(config, workdir, rm_model, rm_params,
-                             train_pairs, layout)
-  evaluate = make_evaluator(config, task, env, sft_params, gold_fn, proxy_fn,
-                            layout)
+  proxy_fn = proxy_reward_fn(settings.rm, settings.pairs.batch_size, workdir,
+                             rm_model, rm_params, train_pairs, layout)
+  evaluate = make_evaluator(settings.eval, seed, task, env, sft_params,
+                            gold_fn, proxy_fn, layout)
 
   runs = {}
   for method in ('ppo', 'grpo'):
-    for coef in config[method][COEF_FIELDS[method][0]]:
+    for coef in settings.coefs(method):
       runs[run_name(method, coef)] = rl_run(
-          config, workdir, method, coef, task, env, sft_params, proxy_fn,
+          settings, workdir, method, coef, task, env, sft_params, proxy_fn,
           evaluate, layout)
-  for beta in config.dpo.betas:
+  for beta in settings.dpo.betas:
     runs[run_name('dpo', beta)] = dpo_run(
-        config, workdir, beta, env, sft_params, train_pairs, evaluate, layout)
+        settings, workdir, beta, env, sft_params, train_pairs, evaluate,
+        layout)
   run_dirs = {name: run_dir for name, (run_dir, _) in runs.items()}
   curves = {name: _eval_records(d) for name, d in run_dirs.items()}
   # Every run starts from the warm start, measured with the same samples
   # (fixed key and prompts): their step-0 point is the warm start's.
   sft = curves[next(iter(curves))][0]
-  summary = summarize(config, rm_metrics, sft, curves,
+  summary = summarize(settings, rm_metrics, sft, curves,
                       time.time() - start_time)
   plot_path = workdir / 'gold_vs_kl.png'
   if parallel.is_primary() and (

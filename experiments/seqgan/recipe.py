@@ -46,6 +46,7 @@ files would only add a host-side pipeline between two device computations.
 import dataclasses
 import functools
 import time
+import typing
 from typing import Any
 
 from etils import epath
@@ -54,6 +55,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxrlgen import parallel
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import reinforce
 from jaxrlgen.algos import sft
@@ -76,6 +79,211 @@ PHASES = ('pretrain', 'discriminator') + METHODS
 NLL_KEY = 'nll_oracle'
 _KEYS = dict(oracle=0, data=1, generator=2, discriminator=3, eval=4,
              reference=5, phase=10)
+
+
+# ----------------------------------------------------------------------------
+# The config schema: one frozen dataclass per section of the config file
+# (`experiments/seqgan/config.py` builds its defaults from these), checked by
+# `parse_config` before anything is computed.
+
+_DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+  """The oracle LSTM, whose samples are the real data."""
+
+  embed_dim: int = 32  # Oracle embedding size.
+  hidden_dim: int = 32  # Oracle LSTM size.
+  init_std: float = 1.0  # Every oracle weight ~ N(0, init_std^2).
+  num_samples: int = 10_000  # Oracle samples: the training data (real data).
+
+  def __post_init__(self):
+    schema.positive(self, 'num_samples')
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorConfig:
+  """The generator LSTM and its sampler."""
+
+  embed_dim: int = 32  # Generator embedding size.
+  hidden_dim: int = 32  # Generator LSTM size.
+  init_std: float = 0.1  # Every generator weight ~ N(0, init_std^2).
+  sample_block: int = 128  # Block size of the two-level inverse-CDF sampler.
+  logprob_chunk: int = 1  # Time steps per chunk of teacher-forced logits.
+
+  def __post_init__(self):
+    schema.positive(self, 'sample_block', 'logprob_chunk')
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """MLE pretraining of the generator (and the MLE baseline after it)."""
+
+  epochs: int = 120  # MLE epochs (passes over the 10,000 sequences).
+  batch_size: int = 64  # Sequences per MLE step.
+  learning_rate: float = 0.01  # Adam.
+  max_grad_norm: float = 5.0  # Global-norm gradient clipping; 0: off.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'epochs', 'max_grad_norm')
+    schema.positive(self, 'batch_size', 'learning_rate')
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorConfig:
+  """The CNN discriminator (Zhang & LeCun 2015 with a highway layer)."""
+
+  embed_dim: int = 64  # Discriminator embedding size.
+  filter_widths: tuple[int, ...] = disc_lib.PAPER_WIDTHS  # Window widths.
+  num_filters: tuple[int, ...] = disc_lib.PAPER_FILTERS  # Filters per width.
+  dropout_rate: float = 0.25  # Before the output layer (keep prob. 0.75).
+  l2_reg: float = 0.2  # L2 weight on the output layer.
+  learning_rate: float = 1e-4  # Adam.
+  batch_size: int = 64  # Sequences per discriminator step.
+  dtype: str = 'float32'  # Training compute dtype: float32 | bfloat16.
+  score_dtype: str = 'bfloat16'  # Compute dtype of reward scoring (forward).
+  score_chunk: int = 256  # Sequences per forward pass when scoring rewards.
+
+  def __post_init__(self):
+    schema.positive(self, 'learning_rate', 'batch_size', 'score_chunk')
+    schema.non_negative(self, 'l2_reg')
+    schema.one_of(self, 'dtype', _DTYPES)
+    schema.one_of(self, 'score_dtype', _DTYPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorPretrainConfig:
+  """Discriminator pretraining against the pretrained generator."""
+
+  rounds: int = 50  # Rounds of fresh negatives.
+  epochs: int = 3  # Passes over each round's negatives + positives.
+  num_negatives: int = 2_000  # Shrunk (paper 10,000): generated per round.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'rounds')
+    schema.positive(self, 'epochs', 'num_negatives')
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialConfig:
+  """The policy-gradient branches (PG-BLEU and SeqGAN) and their length."""
+
+  epochs: int = 50  # Shrunk (released code: 200-800): epochs of every method.
+  batch_size: int = 64  # Sequences per generator step.
+  num_rollouts: int = 16  # Monte-Carlo completions per prefix (SeqGAN).
+  rollouts_per_scan: int = 1  # Completions per prefix sampled by one scan.
+  rollout_update_rate: float = 0.8  # Delayed copy: rate * copy + (1-rate) * G.
+  learning_rate: float = 0.01  # Adam of the adversarial generator steps.
+  max_grad_norm: float = 5.0  # Global-norm gradient clipping; 0: off.
+  discriminator_rounds: int = 5  # Discriminator rounds per generator step.
+  discriminator_epochs: int = 3  # Passes over each round's data.
+  num_negatives: int = 320  # Shrunk (paper 10,000): negatives per round.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'epochs', 'max_grad_norm')
+    schema.positive(self, 'batch_size', 'num_rollouts', 'rollouts_per_scan',
+                    'learning_rate', 'discriminator_rounds',
+                    'discriminator_epochs', 'num_negatives')
+    schema.in_range(self, 'rollout_update_rate', 0.0, 1.0)
+    schema.divisible(self, 'num_rollouts', 'rollouts_per_scan')
+
+
+@dataclasses.dataclass(frozen=True)
+class PgBleuConfig:
+  """The PG-BLEU baseline (reward: BLEU against the training data)."""
+
+  max_order: int = 3  # BLEU-3, as the released PG-BLEU code (weights 1/3).
+  smooth_epsilon: float = 0.1  # Numerator for orders with no match (0: off).
+  learning_rate: float = 0.001  # Adam's default: released code ignores 0.01.
+  num_rollouts: int = 16  # Monte-Carlo completions per prefix.
+
+  def __post_init__(self):
+    schema.positive(self, 'max_order', 'learning_rate', 'num_rollouts')
+    schema.non_negative(self, 'smooth_epsilon')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """NLL-oracle evaluation."""
+
+  every: int = 5  # Epochs between NLL-oracle evaluations (paper: 5).
+  num_samples: int = 10_000  # Generator samples scored by the oracle.
+  chunk: int = 250  # Sequences per sampling / scoring chunk.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'every')
+    schema.positive(self, 'num_samples', 'chunk')
+
+
+@dataclasses.dataclass(frozen=True)
+class SeqGANConfig:
+  """The whole config: the top-level fields, the sections, and the checks
+  that involve several sections."""
+
+  recipe: str = 'experiments.seqgan.recipe:run'  # The recipe that runs it.
+  seed: int = 88  # Seeds the oracle, its data, inits, sampling (paper: 88).
+  vocab_size: int = 5000  # Words, shared by oracle, generator, discriminator.
+  length: int = 20  # Tokens per sequence (no end token).
+  start_token: int = 0  # First input of the LSTMs (an ordinary word too).
+  log_every: int = 1  # Epochs (or discriminator rounds) between log lines.
+  checkpoint_every: int = 10  # Epochs between checkpoints (and at the end).
+  max_checkpoints: int = 2  # Checkpoints kept per phase.
+  oracle: OracleConfig = OracleConfig()
+  generator: GeneratorConfig = GeneratorConfig()
+  pretrain: PretrainConfig = PretrainConfig()
+  discriminator: DiscriminatorConfig = DiscriminatorConfig()
+  discriminator_pretrain: DiscriminatorPretrainConfig = (
+      DiscriminatorPretrainConfig())
+  adversarial: AdversarialConfig = AdversarialConfig()
+  pg_bleu: PgBleuConfig = PgBleuConfig()
+  eval: EvalConfig = EvalConfig()
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'length'):
+      if getattr(self, name) < 2:
+        raise schema.FieldError(name, f'={getattr(self, name)} must be >= 2.')
+    schema.positive(self, 'log_every', 'max_checkpoints')
+    schema.non_negative(self, 'checkpoint_every')
+    n = self.oracle.num_samples
+    if self.pretrain.batch_size > n:
+      raise schema.FieldError(
+          'pretrain.batch_size', f'={self.pretrain.batch_size} exceeds the {n} '
+          'training sequences (config.oracle.num_samples).')
+    for section in ('discriminator_pretrain', 'adversarial'):
+      negatives = getattr(self, section).num_negatives
+      if negatives > n:
+        raise schema.FieldError(
+            f'{section}.num_negatives', f'={negatives} must be in [1, {n}]: '
+            'each round pairs the negatives with as many distinct real '
+            'sequences (config.oracle.num_samples).')
+      if 2 * negatives < self.discriminator.batch_size:
+        raise schema.FieldError(
+            f'{section}.num_negatives', f'={negatives} gives {2 * negatives} '
+            'sequences per round, fewer than one batch (config.discriminator.'
+            f'batch_size={self.discriminator.batch_size}).')
+    per_scan = self.adversarial.rollouts_per_scan
+    if self.pg_bleu.num_rollouts % per_scan:
+      raise schema.FieldError(
+          'pg_bleu.num_rollouts', f'={self.pg_bleu.num_rollouts} must be a '
+          f'multiple of config.adversarial.rollouts_per_scan={per_scan}.')
+    if self.pg_bleu.max_order > self.length:
+      raise schema.FieldError(
+          'pg_bleu.max_order', f'={self.pg_bleu.max_order} must be in '
+          f'[1, config.length={self.length}].')
+
+
+def parse_config(
+    config: ml_collections.ConfigDict | SeqGANConfig) -> SeqGANConfig:
+  """The config as a SeqGANConfig; errors name the field (`config.a.b`)."""
+  if isinstance(config, SeqGANConfig):
+    return config
+  # Each section is parsed under its own path, so its messages carry it.
+  hints = typing.get_type_hints(SeqGANConfig)
+  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
+              for name, cls in hints.items() if dataclasses.is_dataclass(cls)}
+  return schema.parse(SeqGANConfig, {**dict(config.items()), **sections},
+                      'config')
 
 
 # ----------------------------------------------------------------------------
@@ -270,91 +478,21 @@ def sample_nll_oracle(params, oracle_params, key: jax.Array, *,
 # The recipe.
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks the config before anything is computed; errors name the field."""
-  def positive(name, value, minimum=1):
-    if value < minimum:
-      raise ValueError(f'config.{name}={value} must be >= {minimum}.')
-
-  positive('length', config.length, 2)
-  positive('vocab_size', config.vocab_size, 2)
-  n = config.oracle.num_samples
-  positive('oracle.num_samples', n)
-  positive('pretrain.epochs', config.pretrain.epochs, 0)
-  positive('discriminator_pretrain.rounds', config.discriminator_pretrain.rounds,
-           0)
-  positive('adversarial.epochs', config.adversarial.epochs, 0)
-  for name in ('pretrain.batch_size', 'adversarial.batch_size',
-               'discriminator.batch_size', 'discriminator_pretrain.epochs',
-               'adversarial.num_rollouts', 'pg_bleu.num_rollouts',
-               'adversarial.discriminator_rounds',
-               'adversarial.discriminator_epochs', 'eval.num_samples',
-               'eval.chunk', 'discriminator.score_chunk',
-               'generator.sample_block', 'generator.logprob_chunk'):
-    group, field = name.split('.')
-    positive(name, config[group][field])
-  positive('eval.every', config.eval.every, 0)
-  if config.pretrain.batch_size > n:
-    raise ValueError(
-        f'config.pretrain.batch_size={config.pretrain.batch_size} exceeds the '
-        f'{n} training sequences (config.oracle.num_samples).')
-  for name in ('discriminator_pretrain.num_negatives',
-               'adversarial.num_negatives'):
-    group, field = name.split('.')
-    negatives = config[group][field]
-    if not 1 <= negatives <= n:
-      raise ValueError(
-          f'config.{name}={negatives} must be in [1, {n}]: each round pairs '
-          'the negatives with as many distinct real sequences '
-          '(config.oracle.num_samples).')
-    if 2 * negatives < config.discriminator.batch_size:
-      raise ValueError(
-          f'config.{name}={negatives} gives {2 * negatives} sequences per '
-          'round, fewer than one batch (config.discriminator.batch_size='
-          f'{config.discriminator.batch_size}).')
-  per_scan = config.adversarial.rollouts_per_scan
-  positive('adversarial.rollouts_per_scan', per_scan)
-  for name in ('adversarial.num_rollouts', 'pg_bleu.num_rollouts'):
-    group, field = name.split('.')
-    if config[group][field] % per_scan:
-      raise ValueError(
-          f'config.{name}={config[group][field]} must be a multiple of '
-          f'config.adversarial.rollouts_per_scan={per_scan}.')
-  for name in ('discriminator.dtype', 'discriminator.score_dtype'):
-    value = config.discriminator[name.split('.')[1]]
-    if value not in ('float32', 'bfloat16'):
-      raise ValueError(f'config.{name}={value!r}; use float32 or bfloat16.')
-  if not 0.0 <= config.adversarial.rollout_update_rate <= 1.0:
-    raise ValueError('config.adversarial.rollout_update_rate='
-                     f'{config.adversarial.rollout_update_rate} must be in '
-                     '[0, 1].')
-  if not 1 <= config.pg_bleu.max_order <= config.length:
-    raise ValueError(f'config.pg_bleu.max_order={config.pg_bleu.max_order} '
-                     f'must be in [1, config.length={config.length}].')
-  if config.pg_bleu.smooth_epsilon < 0:
-    raise ValueError('config.pg_bleu.smooth_epsilon must be >= 0.')
-  for name in ('pretrain.learning_rate', 'adversarial.learning_rate',
-               'pg_bleu.learning_rate', 'discriminator.learning_rate'):
-    group, field = name.split('.')
-    if config[group][field] <= 0:
-      raise ValueError(f'config.{name}={config[group][field]} must be > 0.')
-
-
-def _generator_config(config, group: str) -> lstm.LSTMConfig:
-  cfg = config[group]
-  return lstm.LSTMConfig(vocab_size=config.vocab_size,
-                         embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim,
-                         start_token=config.start_token,
+def lstm_config(cfg: OracleConfig | GeneratorConfig, *, vocab_size: int,
+                start_token: int) -> lstm.LSTMConfig:
+  """The model config of the oracle's or the generator's section."""
+  return lstm.LSTMConfig(vocab_size=vocab_size, embed_dim=cfg.embed_dim,
+                         hidden_dim=cfg.hidden_dim, start_token=start_token,
                          init_std=cfg.init_std)
 
 
-def _discriminator_config(config) -> disc_lib.DiscriminatorConfig:
-  cfg = config.discriminator
+def discriminator_config(cfg: DiscriminatorConfig, *, vocab_size: int,
+                         length: int) -> disc_lib.DiscriminatorConfig:
+  """The model config of the discriminator's section."""
   return disc_lib.DiscriminatorConfig(
-      vocab_size=config.vocab_size, length=config.length,
-      embed_dim=cfg.embed_dim, filter_widths=tuple(cfg.filter_widths),
-      num_filters=tuple(cfg.num_filters), dropout_rate=cfg.dropout_rate,
-      dtype=cfg.dtype)
+      vocab_size=vocab_size, length=length, embed_dim=cfg.embed_dim,
+      filter_widths=cfg.filter_widths, num_filters=cfg.num_filters,
+      dropout_rate=cfg.dropout_rate, dtype=cfg.dtype)
 
 
 def adam(learning_rate: float, max_grad_norm: float = 0.0):
@@ -369,22 +507,6 @@ def _copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def _run_phase(name: str, workdir: epath.Path, state: TrainState, *, step_fn,
-               batch, total_steps: int, key: jax.Array, config, eval_fn=None,
-               show=()) -> TrainState:
-  """Runs (or resumes, or skips when finished) one phase as a sub-run."""
-  state, _ = loop.run_stage(
-      workdir / name, state, step_fn=jax.jit(step_fn, donate_argnums=0),
-      batch_fn=lambda step: batch, key=key,
-      config=loop.LoopConfig(total_steps=total_steps,
-                             log_every=config.log_every,
-                             eval_every=config.eval.every,
-                             checkpoint_every=config.checkpoint_every,
-                             progress_desc=name, progress_show=show),
-      eval_fn=eval_fn, max_checkpoints=config.max_checkpoints)
-  return state
-
-
 _PHASE_PLOTS = {
     'pretrain': (NLL_KEY, 'nll', 'entropy', 'grad_norm'),
     'discriminator': ('discriminator/loss', 'discriminator/accuracy'),
@@ -395,31 +517,35 @@ _PHASE_PLOTS = {
 }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict | SeqGANConfig,
+        workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the summary."""
   start_time = time.time()
+  cfg = parse_config(config)  # Fails on a bad field before any compute.
+  gen_cfg = lstm_config(cfg.generator, vocab_size=cfg.vocab_size,
+                        start_token=cfg.start_token)
+  oracle_cfg = lstm_config(cfg.oracle, vocab_size=cfg.vocab_size,
+                           start_token=cfg.start_token)
+  disc_cfg = discriminator_config(cfg.discriminator, vocab_size=cfg.vocab_size,
+                                  length=cfg.length)
   workdir = workdir_lib.prepare_workdir(workdir)
-  validate(config)
-  gen_cfg = _generator_config(config, 'generator')
-  oracle_cfg = _generator_config(config, 'oracle')
-  disc_cfg = _discriminator_config(config)
-  env = RecurrentEnv(lstm.LSTM(gen_cfg), config.length,
-                     sample_block=config.generator.sample_block,
-                     logprob_chunk=config.generator.logprob_chunk)
-  oracle_env = RecurrentEnv(lstm.LSTM(oracle_cfg), config.length,
-                            sample_block=config.generator.sample_block)
+  env = RecurrentEnv(lstm.LSTM(gen_cfg), cfg.length,
+                     sample_block=cfg.generator.sample_block,
+                     logprob_chunk=cfg.generator.logprob_chunk)
+  oracle_env = RecurrentEnv(lstm.LSTM(oracle_cfg), cfg.length,
+                            sample_block=cfg.generator.sample_block)
   disc_model = disc_lib.Discriminator(disc_cfg)
   # Rewards need only the forward pass, which may run at another precision.
   score_model = disc_lib.Discriminator(dataclasses.replace(
-      disc_cfg, dtype=config.discriminator.score_dtype))
-  root = jax.random.key(config.seed)
+      disc_cfg, dtype=cfg.discriminator.score_dtype))
+  root = jax.random.key(cfg.seed)
   keys = {name: jax.random.fold_in(root, i) for name, i in _KEYS.items()}
-  ev = config.eval
+  ev = cfg.eval
 
   # The oracle and its training data: deterministic in the seed.
   oracle_params = lstm.init_params(oracle_cfg, keys['oracle'])
   data = jax.jit(functools.partial(oracle_env.sample, chunk=ev.chunk),
-                 static_argnums=1)(oracle_params, config.oracle.num_samples,
+                 static_argnums=1)(oracle_params, cfg.oracle.num_samples,
                                    keys['data'])
   nll_fn = lambda policy_env: jax.jit(functools.partial(
       sample_nll_oracle, env=policy_env, oracle=oracle_env.model,
@@ -435,38 +561,49 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     key = jax.random.fold_in(keys['eval'], offset + int(state.step))
     return {NLL_KEY: float(generator_nll(state.params, oracle_params, key))}
 
-  phase_key = lambda name: jax.random.fold_in(keys['phase'], PHASES.index(name))
-  run_phase = functools.partial(_run_phase, workdir=workdir, config=config)
+  def run_phase(name, state, *, step_fn, batch, total_steps, eval_fn=None,
+                show=()):
+    """Runs (or resumes, or skips when finished) one phase as a sub-run."""
+    state, _ = loop.run_stage(
+        workdir / name, state, step_fn=jax.jit(step_fn, donate_argnums=0),
+        batch_fn=lambda step: batch,
+        key=jax.random.fold_in(keys['phase'], PHASES.index(name)),
+        config=loop.LoopConfig(total_steps=total_steps,
+                               log_every=cfg.log_every, eval_every=ev.every,
+                               checkpoint_every=cfg.checkpoint_every,
+                               progress_desc=name, progress_show=show),
+        eval_fn=eval_fn, max_checkpoints=cfg.max_checkpoints,
+        plot=(_PHASE_PLOTS[name], 'training.png', name))
+    return state
 
   # 1. MLE pretraining.
-  pre = config.pretrain
+  pre = cfg.pretrain
   pre_tx = adam(pre.learning_rate, pre.max_grad_norm)
   gen_params = lstm.init_params(gen_cfg, keys['generator'])
   mle_step = functools.partial(mle_epoch, env=env, tx=pre_tx,
                                batch_size=pre.batch_size)
   pretrained = run_phase(
-      'pretrain', state=TrainState.create(gen_params, pre_tx),
-      step_fn=mle_step, batch={'data': data}, total_steps=pre.epochs,
-      key=phase_key('pretrain'), eval_fn=evaluate, show=('nll',))
+      'pretrain', TrainState.create(gen_params, pre_tx), step_fn=mle_step,
+      batch={'data': data}, total_steps=pre.epochs, eval_fn=evaluate,
+      show=('nll',))
 
   # 2. Discriminator pretraining against the pretrained generator.
-  d = config.discriminator
+  d = cfg.discriminator
   d_tx = adam(d.learning_rate)
   round_kwargs = dict(env=env, tx=d_tx, batch_size=d.batch_size,
                       l2_reg=d.l2_reg, sample_chunk=ev.chunk)
   d_params = disc_lib.init_params(disc_cfg, keys['discriminator'])
-  dp = config.discriminator_pretrain
+  dp = cfg.discriminator_pretrain
   d_pretrained = run_phase(
-      'discriminator', state=TrainState.create(d_params, d_tx),
+      'discriminator', TrainState.create(d_params, d_tx),
       step_fn=functools.partial(discriminator_pretrain_step, model=disc_model,
                                 num_negatives=dp.num_negatives,
                                 epochs=dp.epochs, **round_kwargs),
       batch={'data': data, 'generator': pretrained.params},
-      total_steps=dp.rounds, key=phase_key('discriminator'),
-      show=('discriminator/accuracy',))
+      total_steps=dp.rounds, show=('discriminator/accuracy',))
 
   # 3. The three methods, each from its own copy of the pretrained generator.
-  adv, bleu_cfg = config.adversarial, config.pg_bleu
+  adv, bleu_cfg = cfg.adversarial, cfg.pg_bleu
   bleu_tx = adam(bleu_cfg.learning_rate, adv.max_grad_norm)
   gan_tx = adam(adv.learning_rate, adv.max_grad_norm)
   generator_kwargs = dict(env=env, rollouts_per_scan=adv.rollouts_per_scan,
@@ -510,19 +647,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           show=('reward/mean', 'discriminator/accuracy')),
   }
   for name, method in methods.items():
-    run_phase(name, **method, total_steps=adv.epochs, key=phase_key(name),
+    run_phase(name, **method, total_steps=adv.epochs,
               eval_fn=functools.partial(evaluate, offset=pre.epochs))
 
   records = {name: writers.read_metrics(str(workdir / name))
              for name in PHASES}
-  for name, keys_to_plot in _PHASE_PLOTS.items():
-    plots.plot_metrics(records[name], keys_to_plot,
-                       str(workdir / name / 'training.png'), title=name)
-  plot_nll_oracle(records, config.pretrain.epochs,
-                  str(workdir / 'nll_oracle.png'),
-                  reference=reference[f'{NLL_KEY}/oracle_data'])
   summary = summarize(records, reference, time.time() - start_time)
-  if jax.process_index() == 0:
+  if parallel.is_primary():
+    plot_nll_oracle(records, pre.epochs, str(workdir / 'nll_oracle.png'),
+                    reference=reference[f'{NLL_KEY}/oracle_data'])
     writers.write_summary(str(workdir), summary)
   return summary
 

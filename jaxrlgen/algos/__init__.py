@@ -1,7 +1,9 @@
 """RL algorithms over core's Rollout, and their registry.
 
-`REGISTRY` is the single source of truth of algorithm names: each maps to its
-hyperparameter dataclass (the schema of `config.algo`) and a constructor.
+`ALGORITHMS` is the single source of truth of algorithm names: each maps to
+an `Entry`, its hyperparameter dataclass (the schema of `config.algo`) and a
+constructor. `config.algo.name` may also be the import path of an `Entry`
+of one's own (`'my_package.my_algo:ENTRY'`; see docs/extending.md).
 """
 
 from typing import Callable, NamedTuple
@@ -25,42 +27,48 @@ from jaxrlgen.algos import sql
 from jaxrlgen.algos.base import Algorithm
 from jaxrlgen.algos.base import init_algo_state
 from jaxrlgen.algos.base import minibatch_update
+from jaxrlgen.registry import Registry
 
 
 class Entry(NamedTuple):
-  config_cls: type
-  make: Callable[..., Algorithm]
+  """An algorithm: its hyperparameters' schema and its constructor."""
+
+  config_cls: type  # Frozen dataclass: the schema of `config.algo`.
+  make: Callable[..., Algorithm]  # config_cls instance -> Algorithm.
 
 
-REGISTRY: dict[str, Entry] = {
-    'impala': Entry(impala.IMPALAConfig, impala.make),
-    'grpo': Entry(grpo.GRPOConfig, grpo.make),
-    'dr_grpo': Entry(grpo.DrGRPOConfig, grpo.make),
-    'dapo': Entry(grpo.DAPOConfig, grpo.make),
-    'gspo': Entry(grpo.GSPOConfig, grpo.make),
-    'ppo': Entry(ppo.PPOConfig, ppo.make),
-    'a2c': Entry(a2c.A2CConfig, a2c.make),
-    'reinforce': Entry(reinforce.ReinforceConfig, reinforce.make),
-    'scst': Entry(reinforce.SCSTConfig, reinforce.make_scst),
-    'remax': Entry(reinforce.ReMaxConfig, reinforce.make_remax),
-    'rloo': Entry(rloo.RLOOConfig, rloo.make),
-    'ddpo_sf': Entry(ddpo.DDPOSFConfig, ddpo.make),
-    'ddpo_is': Entry(ddpo.DDPOISConfig, ddpo.make),
-    'dpok': Entry(ddpo.DPOKConfig, ddpo.make),
-    'online_dpo': Entry(preference.PreferenceConfig, preference.make_online_dpo),
-    'mcts_expert_iteration': Entry(mcts.ExpertIterationConfig, mcts.make),
-    'sql': Entry(sql.SQLConfig, sql.make),
-    'dqn': Entry(dqn.DQNConfig, dqn.make),
-    'sac': Entry(sac.SACConfig, sac.make),
-    'ilql': Entry(ilql.ILQLConfig, ilql.make),
-}
+ALGORITHMS: Registry[Entry] = Registry('algorithm', 'config.algo.name')
+ALGORITHMS.register('impala', Entry(impala.IMPALAConfig, impala.make))
+ALGORITHMS.register('grpo', Entry(grpo.GRPOConfig, grpo.make))
+ALGORITHMS.register('dr_grpo', Entry(grpo.DrGRPOConfig, grpo.make))
+ALGORITHMS.register('dapo', Entry(grpo.DAPOConfig, grpo.make))
+ALGORITHMS.register('gspo', Entry(grpo.GSPOConfig, grpo.make))
+ALGORITHMS.register('ppo', Entry(ppo.PPOConfig, ppo.make))
+ALGORITHMS.register('a2c', Entry(a2c.A2CConfig, a2c.make))
+ALGORITHMS.register('reinforce', Entry(reinforce.ReinforceConfig,
+                                        reinforce.make))
+ALGORITHMS.register('scst', Entry(reinforce.SCSTConfig, reinforce.make_scst))
+ALGORITHMS.register('remax', Entry(reinforce.ReMaxConfig, reinforce.make_remax))
+ALGORITHMS.register('rloo', Entry(rloo.RLOOConfig, rloo.make))
+ALGORITHMS.register('ddpo_sf', Entry(ddpo.DDPOSFConfig, ddpo.make))
+ALGORITHMS.register('ddpo_is', Entry(ddpo.DDPOISConfig, ddpo.make))
+ALGORITHMS.register('dpok', Entry(ddpo.DPOKConfig, ddpo.make))
+ALGORITHMS.register('online_dpo', Entry(preference.PreferenceConfig,
+                                        preference.make_online_dpo))
+ALGORITHMS.register('mcts_expert_iteration', Entry(mcts.ExpertIterationConfig,
+                                        mcts.make))
+ALGORITHMS.register('sql', Entry(sql.SQLConfig, sql.make))
+ALGORITHMS.register('dqn', Entry(dqn.DQNConfig, dqn.make))
+ALGORITHMS.register('sac', Entry(sac.SACConfig, sac.make))
+ALGORITHMS.register('ilql', Entry(ilql.ILQLConfig, ilql.make))
 
 
 def _entry(name: str) -> Entry:
-  if name not in REGISTRY:
-    raise ValueError(f'Unknown algorithm config.algo.name={name!r}; known: '
-                     f'{sorted(REGISTRY)}.')
-  return REGISTRY[name]
+  entry = ALGORITHMS.get(name)
+  if not isinstance(entry, Entry):
+    raise ValueError(f'config.algo.name={name!r} is a {type(entry).__name__}, '
+                     'not a jaxrlgen.algos.Entry.')
+  return entry
 
 
 def default_config(name: str) -> ml_collections.ConfigDict:

@@ -16,11 +16,10 @@ those records.
 
 from collections.abc import Sequence
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from jaxrlgen.data.tokenizer import ByteTokenizer
 
 
 @functools.lru_cache(maxsize=4)
@@ -102,70 +101,3 @@ def get_batch(source: Sequence[Any], indices: np.ndarray | Sequence[int]
   if getitems is not None:
     return list(getitems(keys))
   return [source[k] for k in keys]
-
-
-def _text(value: str | bytes) -> str:
-  # TFDS Text features come back as bytes.
-  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
-
-
-def collate_arithmetic(
-    records: Sequence[Mapping[str, Any]],
-    tokenizer: ByteTokenizer,
-    max_prompt_len: int,
-    max_target_len: int,
-) -> dict[str, np.ndarray]:
-  """Turns arithmetic records into fixed-shape arrays.
-
-  Prompts are left-padded (no BOS) so generation starts in the same column
-  for every row; targets are the completion followed by EOS, right-padded,
-  ready for teacher forcing or for comparing against a sampled completion.
-
-  Args:
-    records: B dicts with 'prompt', 'completion' (str or bytes) and 'answer'.
-    tokenizer: a `ByteTokenizer`.
-    max_prompt_len: P, the config field `data.max_prompt_len`.
-    max_target_len: T, the config field `data.max_target_len`; counts EOS.
-
-  Returns:
-    A dict with
-      prompt: `int32[B, P]`, left-padded with `pad_id`.
-      prompt_mask: `bool[B, P]`, true on prompt tokens.
-      answer: `int32[B]`.
-      target: `int32[B, T]`, completion bytes then EOS, right-padded.
-      target_mask: `bool[B, T]`, true on completion bytes and EOS.
-
-  Raises:
-    ValueError: a prompt or target does not fit.
-  """
-  prompts, targets = [], []
-  for i, record in enumerate(records):
-    prompt = _text(record['prompt'])
-    completion = _text(record['completion'])
-    p = tokenizer.encode(prompt)
-    t = tokenizer.encode(completion, add_eos=True)
-    if len(p) > max_prompt_len:
-      raise ValueError(
-          f'Example {i} has prompt {prompt!r} of {len(p)} tokens, longer than '
-          f'data.max_prompt_len={max_prompt_len}; raise data.max_prompt_len '
-          f'to at least {len(p)}.')
-    if len(t) > max_target_len:
-      raise ValueError(
-          f'Example {i} has completion {completion!r} of {len(t)} tokens '
-          f'with EOS, longer than data.max_target_len={max_target_len}; raise '
-          f'data.max_target_len to at least {len(t)}.')
-    prompts.append(p)
-    targets.append(t)
-  prompt, prompt_mask = tokenizer.pad_batch(
-      prompts, max_prompt_len, 'left', length_name='data.max_prompt_len')
-  target, target_mask = tokenizer.pad_batch(
-      targets, max_target_len, 'right', length_name='data.max_target_len')
-  answer = np.asarray([r['answer'] for r in records],
-                      dtype=np.int32).reshape(len(records))
-  return {
-      'prompt': prompt,
-      'prompt_mask': prompt_mask,
-      'answer': answer,
-      'target': target,
-      'target_mask': target_mask,
-  }

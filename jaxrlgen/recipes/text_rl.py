@@ -1,21 +1,24 @@
-"""RL fine-tuning of a language model on a prompt/answer task, end to end.
+"""The generic text-RL recipe: any task, model and algorithm, end to end.
 
-  1. Supervised warm start (maximum likelihood on the task's completions),
-     its own run under `workdir/sft/` (skipped when `config.sft.steps` is 0
-     or its final checkpoint exists).
-  2. RL with the algorithm `config.algo.name` against `config.reward`, under
-     `workdir/`: metrics.jsonl, tensorboard/, checkpoints/, summary.json and
-     training.png. A run restarted with the same workdir resumes.
+  1. Supervised warm start (maximum likelihood on the task's reference
+     completions), its own run under `workdir/sft/` (skipped when
+     `config.sft.steps` is 0 or its final checkpoint exists).
+  2. RL with the algorithm `config.algo.name` against `config.reward` on the
+     task `config.task.name`, under `workdir/`: metrics.jsonl, tensorboard/,
+     checkpoints/, summary.json and training.png. A run restarted with the
+     same workdir resumes.
 
-Held-out accuracy is the exact-match rate of greedy completions; it is
-evaluated before RL (`eval/accuracy` at step 0), every `eval.every` steps and
-at the end.
+Held-out accuracy is the mean reward of greedy completions; it is evaluated
+before RL (`eval/accuracy` at step 0), every `eval.every` steps and at the
+end. Every section of the config is read through its schema (`Settings`)
+before anything is computed.
 """
 
 import contextlib
 import dataclasses
 import functools
 import time
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
@@ -27,9 +30,10 @@ from jaxrlgen import algos
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen import parallel
 from jaxrlgen import rewards
+from jaxrlgen import schema
+from jaxrlgen import tasks
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
-from jaxrlgen.data import arithmetic
 from jaxrlgen.data import pipeline
 from jaxrlgen.data import scored
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
@@ -51,43 +55,202 @@ from jaxrlgen.train import writers
 PLOT_KEYS = ('reward/mean', 'eval/accuracy', 'kl', 'entropy',
              'completions/mean_length', 'grad_norm')
 REFERENCE_DTYPES = ('float32', 'bfloat16')
+LOOPS = ('sync', 'async')
+SOURCES = ('online', 'offline')
+SAMPLERS = ('policy', 'mcts')
+SAMPLING_METHODS = ('gumbel', 'inverse_cdf')
 
 
-def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """The top-level fields of the config."""
+
+  recipe: str = 'text_rl'  # Registered name or import path of the recipe.
+  seed: int = 0  # Seeds init, data order and sampling.
+  total_steps: int = 2000  # RL steps.
+  log_every: int = 10  # Steps between metric fetches and log lines.
+  # Steps between checkpoints (and at the end); 0: at the end only.
+  checkpoint_every: int = 250
+  max_checkpoints: int = 2  # Checkpoints kept.
+  loop: str = 'sync'  # sync | async (actor lags learner, IMPALA-style).
+
+  def __post_init__(self):
+    schema.non_negative(self, 'seed', 'total_steps', 'checkpoint_every')
+    schema.positive(self, 'log_every', 'max_checkpoints')
+    schema.one_of(self, 'loop', LOOPS)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """`config.data`: where data is kept, and the padded lengths."""
+
+  data_dir: str = ''  # TFDS data_dir; '' means WORKDIR/data.
+  max_prompt_len: int = 8  # Prompt tokens (left-padded).
+  max_target_len: int = 4  # Supervised completion tokens incl. EOS.
+
+  def __post_init__(self):
+    schema.positive(self, 'max_prompt_len', 'max_target_len')
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """`config.sft`: the supervised warm start."""
+
+  steps: int = 600  # Warm-start steps; 0: none.
+  batch_size: int = 64  # Examples per warm-start step.
+  log_every: int = 50  # Steps between warm-start log lines.
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
+      3e-3, 'cosine', warmup_steps=10)
+
+  def __post_init__(self):
+    schema.non_negative(self, 'steps')
+    schema.positive(self, 'batch_size', 'log_every')
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+  """`config.rl`: sampling and the RL optimizer."""
+
+  batch_size: int = 256  # Sequences per step (prompts x group_size).
+  group_size: int = 8  # Samples per prompt, sharing one prefill.
+  max_new_tokens: int = 6  # Completion budget.
+  temperature: float = 1.0  # Sampling temperature.
+  top_k: int = 0  # 0: off.
+  top_p: float = 1.0  # 1: off.
+  # How a draw is made (both exact): 'gumbel' or 'inverse_cdf' (one random
+  # number per sequence: faster on CPU).
+  sampling_method: str = 'gumbel'
+  # Decode on a KV cache grown in this many segments (exact; fewer attention
+  # reads for long completions, one compiled loop each).
+  cache_segments: int = 1
+  logprob_chunk: int = 128  # Time steps per log-prob chunk.
+  # Reference model copy: float32, or bfloat16 to halve its memory.
+  reference_dtype: str = 'float32'
+  optimizer: optim.OptimizerConfig = optim.OptimizerConfig(5e-4)
+  # online: sample each step's batch; offline: read config.offline's dataset
+  # of scored sequences instead (the learner step only).
+  source: str = 'online'
+  # Which decoder produces the training rollouts: policy (sampling) | mcts
+  # (config.mcts).
+  sampler: str = 'policy'
+
+  def __post_init__(self):
+    schema.positive(self, 'batch_size', 'group_size', 'max_new_tokens',
+                    'temperature', 'cache_segments', 'logprob_chunk')
+    schema.non_negative(self, 'top_k')
+    schema.in_range(self, 'top_p', 0.0, 1.0)
+    schema.positive(self, 'top_p')
+    schema.one_of(self, 'sampling_method', SAMPLING_METHODS)
+    schema.one_of(self, 'reference_dtype', REFERENCE_DTYPES)
+    schema.one_of(self, 'source', SOURCES)
+    schema.one_of(self, 'sampler', SAMPLERS)
+    schema.divisible(self, 'batch_size', 'group_size')
+
+  @property
+  def num_prompts(self) -> int:
+    return self.batch_size // self.group_size
+
+
+@dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+  """`config.offline` (with `rl.source='offline'`): the dataset, sampled once
+  from the warm-started policy, scored by config.reward, kept in the workdir."""
+
+  num_prompts: int = 2048  # Training prompts in the dataset.
+  samples_per_prompt: int = 8  # Completions per prompt (rows of one group).
+  temperature: float = 1.0  # Sampling temperature of the behaviour policy.
+  chunk_prompts: int = 256  # Prompts sampled per jitted call.
+
+  def __post_init__(self):
+    schema.positive(self, 'num_prompts', 'samples_per_prompt', 'temperature',
+                    'chunk_prompts')
+    schema.divisible(self, 'num_prompts', 'chunk_prompts')
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardConfig:
+  """`config.reward`: a weighted sum of rewards."""
+
+  # (reward name or factory import path, weight) pairs; (): the task's
+  # default reward.
+  terms: rewards.Terms = ()
+  target_length: int = 0  # Used by the length_penalty reward.
+
+  def __post_init__(self):
+    schema.non_negative(self, 'target_length')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """`config.eval`: held-out greedy evaluation."""
+
+  every: int = 250  # RL steps between held-out evaluations.
+  num_examples: int = 512  # Held-out examples per evaluation.
+  batch_size: int = 256  # Examples per evaluation batch.
+
+  def __post_init__(self):
+    schema.positive(self, 'every', 'num_examples', 'batch_size')
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Every section of a text-RL config, parsed and checked."""
+
+  run: RunConfig
+  task_name: str
+  task: Any  # The task's own config dataclass.
+  data: DataConfig
+  sft: SFTConfig
+  rl: RLConfig
+  offline: OfflineConfig | None
+  reward: RewardConfig
+  eval: EvalConfig
+  mcts: search.MCTSConfig | None
+
+
+_SECTIONS = {'data': DataConfig, 'sft': SFTConfig, 'rl': RLConfig,
+             'reward': RewardConfig, 'eval': EvalConfig}
+# Sections read elsewhere: model (model_and_tokenizer), algo (algos.make),
+# task (its TaskSpec), offline, mcts, mesh and distributed.
+_OTHER_SECTIONS = ('model', 'algo', 'task', 'offline', 'mcts', 'mesh',
+                   'distributed')
+
+
+def parse(config: ml_collections.ConfigDict) -> Settings:
+  """Reads every section through its schema; errors name the field."""
+  top = {k: v for k, v in config.items()
+         if k not in _SECTIONS and k not in _OTHER_SECTIONS}
+  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
+              for name, cls in _SECTIONS.items()}
+  task_name, task = tasks.parse(config.get('task'))
+  rl = sections['rl']
+  offline = (schema.parse(OfflineConfig, config.get('offline'),
+                          'config.offline') if rl.source == 'offline' else None)
+  mcts = (schema.parse(search.MCTSConfig, config.get('mcts'), 'config.mcts')
+          if rl.sampler == 'mcts' else None)
+  return Settings(run=schema.parse(RunConfig, top, 'config'),
+                  task_name=task_name, task=task, offline=offline, mcts=mcts, **sections)
+
+
+def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
              model_cfg: tfm.TransformerConfig, mesh: jax.sharding.Mesh) -> None:
-  """Checks the config before anything is computed; errors name the field."""
-  if config.loop not in ('sync', 'async'):
-    raise ValueError(f"config.loop={config.loop!r}; known: 'sync', 'async'.")
-  if config.loop == 'async' and jax.process_count() > 1:
+  """The checks that span sections; each error names the fields."""
+  run, rl = settings.run, settings.rl
+  if run.loop == 'async' and jax.process_count() > 1:
     raise ValueError("config.loop='async' runs on one host; use "
                      "config.loop='sync' for a multi-host run.")
-  if config.rl.reference_dtype not in REFERENCE_DTYPES:
-    raise ValueError(f'config.rl.reference_dtype={config.rl.reference_dtype!r};'
-                     f' known: {REFERENCE_DTYPES}.')
-  rl = config.rl
-  for name, value in (('total_steps', config.total_steps),
-                      ('rl.batch_size', rl.batch_size),
-                      ('rl.group_size', rl.group_size),
-                      ('rl.max_new_tokens', rl.max_new_tokens)):
-    if value < (0 if name == 'total_steps' else 1):
-      raise ValueError(f'config.{name}={value} must be positive.')
-  if rl.batch_size % rl.group_size:
-    raise ValueError(
-        f'config.rl.batch_size={rl.batch_size} (sequences per step) must be '
-        f'divisible by config.rl.group_size={rl.group_size}.')
-  algo_base.check_env(algos.make(config.algo), TextEnv)
+  algo_base.check_env(algo, TextEnv)
   # Every batch is split over data x fsdp, and read in equal shares by the
   # processes.
   shards = max(parallel.batch_size_divisor(mesh), jax.process_count())
-  prompts = rl.batch_size // rl.group_size
-  if prompts % shards:
+  if rl.num_prompts % shards:
     raise ValueError(
-        f'config.rl.batch_size / config.rl.group_size = {prompts} prompts per '
-        f'step must be divisible by the {shards} batch shards (mesh data x '
-        f'fsdp = {parallel.batch_size_divisor(mesh)}, '
+        f'config.rl.batch_size / config.rl.group_size = {rl.num_prompts} '
+        f'prompts per step must be divisible by the {shards} batch shards '
+        f'(mesh data x fsdp = {parallel.batch_size_divisor(mesh)}, '
         f'{jax.process_count()} processes).')
-  for name in ('sft.batch_size', 'eval.batch_size'):
-    value = config[name.split('.')[0]][name.split('.')[1]]
+  for name, value in (('sft.batch_size', settings.sft.batch_size),
+                      ('eval.batch_size', settings.eval.batch_size)):
     if value % shards:
       raise ValueError(f'config.{name}={value} must be divisible by the '
                        f'{shards} batch shards (mesh data x fsdp, processes).')
@@ -96,65 +259,53 @@ def validate(config: ml_collections.ConfigDict, tokenizer: ByteTokenizer,
         f'The tokenizer has {tokenizer.vocab_size} tokens but '
         f'config.model.vocab_size={model_cfg.vocab_size}; raise '
         'config.model.vocab_size.')
+  data = settings.data
   for name, need in (
-      ('rl.max_new_tokens', config.data.max_prompt_len + rl.max_new_tokens),
-      ('data.max_target_len',
-       config.data.max_prompt_len + config.data.max_target_len)):
+      ('rl.max_new_tokens', data.max_prompt_len + rl.max_new_tokens),
+      ('data.max_target_len', data.max_prompt_len + data.max_target_len)):
     if need > model_cfg.max_seq_len:
       raise ValueError(
           f'config.data.max_prompt_len + config.{name} = {need} tokens do not '
           f'fit the KV cache of config.model.max_seq_len='
           f'{model_cfg.max_seq_len}; shorten them or raise model.max_seq_len.')
-  validate_offline(config, shards)
+  if rl.sampler == 'policy' and algo.name == 'mcts_expert_iteration':
+    raise ValueError("config.algo.name='mcts_expert_iteration' distils MCTS "
+                     "rollouts: set config.rl.sampler='mcts'.")
+  if rl.sampler == 'mcts' and run.loop != 'sync':
+    raise ValueError("config.rl.sampler='mcts' needs config.loop='sync'.")
+  validate_offline(settings, shards)
 
 
-SOURCES = ('online', 'offline')
-
-
-def validate_offline(config: ml_collections.ConfigDict, shards: int) -> None:
-  """Checks `config.rl.source` and, for 'offline', `config.offline`."""
-  source = config.rl.get('source', 'online')
-  if source not in SOURCES:
-    raise ValueError(f'config.rl.source={source!r}; known: {SOURCES}.')
-  if source == 'online':
+def validate_offline(settings: Settings, shards: int) -> None:
+  """Checks `config.offline` against the other sections (rl.source='offline')."""
+  off, rl = settings.offline, settings.rl
+  if off is None:
     return
-  if config.loop != 'sync' or jax.process_count() > 1:
+  if settings.run.loop != 'sync' or jax.process_count() > 1:
     raise ValueError("config.rl.source='offline' runs with config.loop='sync'"
                      ' on one process.')
-  if config.rl.get('sampler', 'policy') != 'policy':
+  if rl.sampler != 'policy':
     raise ValueError("config.rl.source='offline' samples nothing: leave "
                      "config.rl.sampler='policy'.")
-  off = config.get('offline')
-  if off is None:
-    raise ValueError("config.rl.source='offline' needs a config.offline "
-                     'section (see experiments/configs/arithmetic_base.py).')
-  for name in ('num_prompts', 'samples_per_prompt', 'chunk_prompts'):
-    if off[name] < 1:
-      raise ValueError(f'config.offline.{name}={off[name]} must be positive.')
-  if off.temperature <= 0:
-    raise ValueError(f'config.offline.temperature={off.temperature} must be '
-                     '> 0.')
   g = off.samples_per_prompt
-  if config.rl.batch_size % g:
-    raise ValueError(f'config.rl.batch_size={config.rl.batch_size} (sequences '
+  if rl.batch_size % g:
+    raise ValueError(f'config.rl.batch_size={rl.batch_size} (sequences '
                      'per step) must be divisible by '
                      f'config.offline.samples_per_prompt={g}.')
-  prompts = config.rl.batch_size // g
+  prompts = rl.batch_size // g
   if prompts % shards:
     raise ValueError(f'config.rl.batch_size / config.offline.samples_per_prompt'
                      f' = {prompts} prompts per step must be divisible by the '
                      f'{shards} batch shards.')
-  if not prompts <= off.num_prompts <= config.data.num_train:
+  num_train = getattr(settings.task, 'num_train', off.num_prompts)
+  if not prompts <= off.num_prompts <= num_train:
     raise ValueError(f'config.offline.num_prompts={off.num_prompts} must be '
                      f'between the {prompts} prompts of a step and '
-                     f'config.data.num_train={config.data.num_train}.')
-  if off.num_prompts % off.chunk_prompts:
-    raise ValueError(f'config.offline.num_prompts={off.num_prompts} must be a '
-                     'multiple of config.offline.chunk_prompts='
-                     f'{off.chunk_prompts}.')
+                     f'config.task.num_train={num_train}.')
 
 
-def offline_dataset(config, workdir, task, env: TextEnv, reward_fn, params):
+def offline_dataset(settings: Settings, workdir, task: 'Task', env: TextEnv,
+                    reward_fn, params):
   """The run's offline dataset of scored sequences (`jaxrlgen.data.scored`).
 
   Sampled once from `params` (the warm-started policy) at
@@ -165,15 +316,14 @@ def offline_dataset(config, workdir, task, env: TextEnv, reward_fn, params):
   if path.exists():
     with np.load(path) as stored:
       return dict(stored)
-  off = config.offline
-  index = pipeline.batch_indices(len(task.train), off.num_prompts, 0,
-                                 config.seed + 3)
-  prompts = _rl_fields(task.collate(pipeline.get_batch(task.train, index)))
+  off, seed = settings.offline, settings.run.seed
+  index = pipeline.batch_indices(len(task.train), off.num_prompts, 0, seed + 3)
+  prompts = task.rl_fields(task.collate(pipeline.get_batch(task.train, index)))
   behaviour = dataclasses.replace(
       env, sampling=Sampling(temperature=off.temperature),
       num_samples=off.samples_per_prompt)
   dataset = scored.generate(
-      params, prompts, jax.random.fold_in(jax.random.key(config.seed), 3),
+      params, prompts, jax.random.fold_in(jax.random.key(seed), 3),
       env=behaviour, reward_fn=reward_fn, chunk_prompts=off.chunk_prompts)
   if parallel.is_primary():  # Written whole, then renamed: never half a file.
     with open(str(path) + '.tmp', 'wb') as f:
@@ -194,13 +344,21 @@ def offline_batch(dataset, step: int, num_prompts: int, seed: int):
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """The data side of a run: splits, batching and collation."""
+  """A loaded task: its splits, batching and collation for one tokenizer.
 
-  train: object
-  test: object
-  tokenizer: ByteTokenizer
-  max_prompt_len: int
-  max_target_len: int
+  Attributes:
+    train, test: random-access record sources.
+    tokenizer: encodes prompts and completions.
+    data: the padded lengths (`config.data`).
+    fields: the record fields the reward reads (`TaskSpec.fields`).
+    seed: the run's seed (data order).
+  """
+
+  train: Any
+  test: Any
+  tokenizer: Any
+  data: DataConfig
+  fields: tuple[str, ...]
   seed: int
 
   def batch(self, step: int, batch_size: int, stream: int = 0):
@@ -211,8 +369,12 @@ class Task:
     return self.collate(pipeline.get_batch(self.train, idx))
 
   def collate(self, records):
-    return pipeline.collate_arithmetic(records, self.tokenizer,
-                                       self.max_prompt_len, self.max_target_len)
+    return tasks.collate(records, self.tokenizer, self.data.max_prompt_len,
+                         self.data.max_target_len, self.fields)
+
+  def rl_fields(self, batch):
+    """The arrays an RL step reads: the prompt and the reward's fields."""
+    return {k: batch[k] for k in ('prompt', 'prompt_mask', *self.fields)}
 
   def eval_batches(self, num_examples: int, batch_size: int):
     num_examples = min(num_examples, len(self.test))
@@ -226,37 +388,47 @@ class Task:
             for i in range(0, num_examples, batch_size)]
 
 
-def load_task(config: ml_collections.ConfigDict, workdir, tokenizer) -> Task:
-  data = config.data
+def load_task(task_name: str, task_cfg, data: DataConfig, seed: int, workdir,
+              tokenizer) -> Task:
+  """Opens the task's splits, building them under the data dir first if
+  needed (process 0 builds; the others wait and read).
+
+  Args:
+    task_name: `config.task.name`.
+    task_cfg: the task's config dataclass (`tasks.parse`).
+    data: `config.data`.
+    seed: the run's seed (data order).
+    workdir: the run's directory (data goes to WORKDIR/data by default).
+    tokenizer: encodes the records.
+  """
+  spec = tasks.get(task_name)
   data_dir = data.data_dir or str(workdir / 'data')
-  load = functools.partial(arithmetic.load_arithmetic, data_dir,
-                           data.max_operand, data.num_train, data.num_test,
-                           seed=data.seed)
-  # Process 0 writes the dataset (once); the others read it when it is done.
+  load = functools.partial(spec.load, task_cfg, data_dir)
   if parallel.is_primary():
     splits = load()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('jaxrlgen: dataset prepared')
   if not parallel.is_primary():
     splits = load()
-  return Task(splits['train'], splits['test'], tokenizer, data.max_prompt_len,
-              data.max_target_len, seed=config.seed)
+  return Task(splits.train, splits.test, tokenizer, data, tuple(spec.fields),
+              seed=seed)
 
 
-def _rl_fields(batch):
-  return {k: batch[k] for k in ('prompt', 'prompt_mask', 'answer')}
+def reward_terms(settings: Settings) -> dict[str, float]:
+  """`config.reward.terms`, or the task's default reward when it is empty."""
+  return dict(settings.reward.terms or tasks.get(settings.task_name).reward)
 
 
 def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
-                   layout: parallel.Layout | None = None, *, decode=None,
-                   prefix: str = ''):
+                   layout: parallel.Layout | None = None, *, fields=None,
+                   decode=None, prefix: str = ''):
   """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions.
 
-  `batches` are this process's shares of the evaluation batches; sums are
-  reduced on the devices, so every process gets the global figures.
-  `decode` ((params, batch) -> (rewards f32[N], rollout); default: greedy
-  decoding of `env`) and `prefix` (of the metric names, e.g. 'mcts_') give
-  the same figures for another decoder.
+  `batches` are this process's shares of the evaluation batches (`fields`
+  of each are kept: default, all); sums are reduced on the devices, so every
+  process gets the global figures. `decode` ((params, batch) -> (rewards
+  f32[N], rollout); default: greedy decoding of `env`) and `prefix` (of the
+  metric names, e.g. 'mcts_') give the same figures for another decoder.
   """
   decode = decode or functools.partial(
       step_lib.greedy_eval_step, env=env.greedy(), reward_fn=reward_fn)
@@ -267,7 +439,7 @@ def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
 
   layout = layout or default_layout(env.model.config)
   eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
-  batches = [layout.batch(_rl_fields(b)) for b in batches]
+  batches = [layout.batch(fields(b) if fields else b) for b in batches]
 
   def evaluate(state) -> dict[str, float]:
     totals = np.zeros(3)
@@ -281,25 +453,6 @@ def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
   return evaluate
 
 
-SAMPLERS = ('policy', 'mcts')
-
-
-def mcts_sampler(config, env: TextEnv) -> search.MCTSSampler | None:
-  """The MCTS sampler of `config.rl.sampler='mcts'` (`config.mcts`), or None."""
-  sampler = config.rl.get('sampler', 'policy')
-  if sampler not in SAMPLERS:
-    raise ValueError(f'config.rl.sampler={sampler!r}; known: {SAMPLERS}.')
-  if sampler == 'policy':
-    if config.algo.name == 'mcts_expert_iteration':
-      raise ValueError("config.algo.name='mcts_expert_iteration' distils MCTS "
-                       "rollouts: set config.rl.sampler='mcts'.")
-    return None
-  if config.loop != 'sync':
-    raise ValueError("config.rl.sampler='mcts' needs config.loop='sync'.")
-  return search.MCTSSampler(
-      env, search.MCTSConfig.from_config(config.get('mcts', {})))
-
-
 def mcts_rl_step(state, batch, key, *, sampler, env, reward_fn, algo, tx):
   """`step_lib.rl_step` with rollouts decoded by MCTS."""
   rollout, rewards = search.actor_step(algo.policy_params(state.params),
@@ -307,17 +460,6 @@ def mcts_rl_step(state, batch, key, *, sampler, env, reward_fn, algo, tx):
                                        reward_fn=reward_fn)
   return step_lib.learner_step(state, rollout, rewards, batch, key, env=env,
                                reward_fn=reward_fn, algo=algo, tx=tx)
-
-
-def with_mcts_eval(evaluate, sampler: search.MCTSSampler, env: TextEnv,
-                   reward_fn, batches, policy_params, layout: parallel.Layout):
-  """`evaluate` plus `eval/mcts_accuracy` and `eval/mcts_mean_length`: the
-  same held-out examples decoded by noise-free MCTS with the same policy."""
-  mcts = make_evaluator(
-      env, reward_fn, batches, policy_params, layout, prefix='mcts_',
-      decode=functools.partial(search.greedy_eval_step, sampler=sampler,
-                               reward_fn=reward_fn))
-  return lambda state: {**evaluate(state), **mcts(state)}
 
 
 def _hf_overrides(model: ml_collections.ConfigDict) -> dict:
@@ -337,7 +479,8 @@ def model_and_tokenizer(model: ml_collections.ConfigDict):
     return (HFTokenizer.from_dir(model.path),
             hf.model_config(hf.read_config(model.path),
                             **_hf_overrides(model)))
-  return ByteTokenizer(), tfm.TransformerConfig(**model)
+  return ByteTokenizer(), schema.parse(tfm.TransformerConfig, model,
+                                       'config.model')
 
 
 def default_layout(model_cfg: tfm.TransformerConfig) -> parallel.Layout:
@@ -350,11 +493,10 @@ def model_logical_axes(model_cfg: tfm.TransformerConfig):
   return tfm.logical_axes(dataclasses.replace(model_cfg, value_head=True))
 
 
-def warm_start(config, workdir, task: Task, env: TextEnv, params,
-               layout: parallel.Layout | None = None):
+def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
+               params, layout: parallel.Layout | None = None):
   """Supervised warm start as its own run under `workdir/sft`; its params."""
   layout = layout or default_layout(env.model.config)
-  sft = config.sft
   tx = optim.make(sft.optimizer, sft.steps)
   state = layout.init(
       lambda p: TrainState.create(p, tx), params)
@@ -364,7 +506,7 @@ def warm_start(config, workdir, task: Task, env: TextEnv, params,
       workdir / 'sft', state, step_fn=step_fn,
       batch_fn=lambda s: layout.batch(task.batch(s, sft.batch_size,
                                                  stream=1)),
-      key=jax.random.key(config.seed + 1),
+      key=jax.random.key(seed + 1),
       config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
                              checkpoint_every=sft.steps,
                              progress_desc='sft', progress_show=('nll',)),
@@ -372,54 +514,64 @@ def warm_start(config, workdir, task: Task, env: TextEnv, params,
   return state.params
 
 
+def make_env(rl: RLConfig, model: tfm.Transformer, tokenizer) -> TextEnv:
+  """The sampling environment of `config.rl`."""
+  sampling = Sampling(temperature=rl.temperature, top_k=rl.top_k,
+                      top_p=rl.top_p, method=rl.sampling_method)
+  return TextEnv(model, max_new_tokens=rl.max_new_tokens, sampling=sampling,
+                 eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                 num_samples=rl.group_size, logprob_chunk=rl.logprob_chunk,
+                 cache_segments=rl.cache_segments)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the summary."""
   start_time = time.time()
+  settings = parse(config)
+  algo = algos.make(config.algo)
   workdir = workdir_lib.prepare_workdir(workdir)
   tokenizer, model_cfg = model_and_tokenizer(config.model)
   mesh = parallel.make_mesh(config.mesh)
-  validate(config, tokenizer, model_cfg, mesh)
+  validate(settings, algo, tokenizer, model_cfg, mesh)
   # The async loop places its actor and learner on device groups of its own;
   # the sync loop's activations follow the mesh.
-  context = (parallel.activate(mesh) if config.loop == 'sync'
+  context = (parallel.activate(mesh) if settings.run.loop == 'sync'
              else contextlib.nullcontext())
   with context:
-    return _run(config, workdir, tokenizer, model_cfg,
+    return _run(config, settings, algo, workdir, tokenizer, model_cfg,
                 parallel.Layout(mesh, model_logical_axes(model_cfg)),
                 start_time)
 
 
-def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
-         start_time: float) -> dict:
-  algo = algos.make(config.algo)
-  reward_fn = rewards.make(config.reward.terms, tokenizer,
-                           target_length=config.reward.target_length)
+def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
+         layout: parallel.Layout, start_time: float) -> dict:
+  run_cfg, rl = settings.run, settings.rl
+  reward_fn = rewards.make(reward_terms(settings), tokenizer=tokenizer,
+                           target_length=settings.reward.target_length)
   model = tfm.Transformer(model_cfg)
-  sampling = Sampling(temperature=config.rl.temperature, top_k=config.rl.top_k,
-                      top_p=config.rl.top_p, method=config.rl.sampling_method)
-  env = TextEnv(model, max_new_tokens=config.rl.max_new_tokens,
-                sampling=sampling, eos_id=tokenizer.eos_id,
-                pad_id=tokenizer.pad_id, num_samples=config.rl.group_size,
-                logprob_chunk=config.rl.logprob_chunk,
-                cache_segments=config.rl.cache_segments)
-  num_prompts = config.rl.batch_size // config.rl.group_size
-  _check_reward_shape(reward_fn, env, num_prompts, config)
-  sampler = mcts_sampler(config, env)  # None unless config.rl.sampler='mcts'.
+  env = make_env(rl, model, tokenizer)
+  spec = tasks.get(settings.task_name)
+  _check_reward_shape(reward_fn, env, rl.num_prompts, settings.data,
+                      spec.fields)
+  sampler = (search.MCTSSampler(env, settings.mcts)
+             if settings.mcts is not None else None)
 
-  task = load_task(config, workdir, tokenizer)
-  init_key = jax.random.key(config.seed)
+  task = load_task(settings.task_name, settings.task, settings.data,
+                   run_cfg.seed, workdir, tokenizer)
+  init_key = jax.random.key(run_cfg.seed)
   if config.model.get('path'):  # A released model, placed in its shards.
     _, params = hf.load(config.model.path, shardings=layout.shardings,
                         **_hf_overrides(config.model))
   else:
     params = layout.init(functools.partial(tfm.init_params, model_cfg),
                          init_key)
-  if config.sft.steps:
+  if settings.sft.steps:
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
-    params = warm_start(config, workdir, task, sft_env, params, layout)
+    params = warm_start(settings.sft, run_cfg.seed, workdir, task, sft_env,
+                        params, layout)
 
-  tx = optim.make(config.rl.optimizer, config.total_steps)
-  ref_dtype = jnp.dtype(config.rl.reference_dtype)
+  tx = optim.make(rl.optimizer, run_cfg.total_steps)
+  ref_dtype = jnp.dtype(rl.reference_dtype)
 
   def build_state(params):
     ref_params = (jax.tree.map(lambda x: x.astype(ref_dtype), params)
@@ -429,58 +581,64 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
         params, tx, ref_params=ref_params,
         algo_state=algo_base.init_algo_state(
             algo, params, rollout=_rollout_spec(
-                config.rl.batch_size, config.data.max_prompt_len,
+                rl.batch_size, settings.data.max_prompt_len,
                 env.max_new_tokens)))
 
   offline = None  # config.rl.source='offline': the dataset, sampled once.
-  if config.rl.get('source', 'online') == 'offline':
-    offline = offline_dataset(config, workdir, task, env, reward_fn, params)
+  if settings.offline is not None:
+    offline = offline_dataset(settings, workdir, task, env, reward_fn, params)
   state = layout.init(build_state, params)
   del params
   if parallel.is_primary():
-    print(memory_report(state, env, num_prompts, config, layout), flush=True)
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir / 'checkpoints'),
-                                             max_to_keep=config.max_checkpoints)
+    print(memory_report(state, env, rl.num_prompts,
+                        settings.data.max_prompt_len, layout), flush=True)
+  checkpointer = checkpoint_lib.Checkpointer(
+      str(workdir / 'checkpoints'), max_to_keep=run_cfg.max_checkpoints)
   # Restored arrays take the shardings of `state`'s: a checkpoint written on
   # one mesh restores onto another.
   state, resume_step = checkpointer.restore_or(state)
   step_kwargs = dict(env=env, reward_fn=reward_fn, algo=algo, tx=tx)
-  batch_fn = lambda s: layout.batch(_rl_fields(task.batch(s, num_prompts)))
+  batch_fn = lambda s: layout.batch(task.rl_fields(task.batch(s,
+                                                              rl.num_prompts)))
   if offline is not None:  # The learner step alone, on the stored samples.
-    g = config.offline.samples_per_prompt
+    g = settings.offline.samples_per_prompt
     step = functools.partial(step_lib.offline_step, **{
         **step_kwargs, 'env': dataclasses.replace(env, num_samples=g)})
     batch_fn = lambda s: layout.batch(offline_batch(
-        offline, s, config.rl.batch_size // g, config.seed))
+        offline, s, rl.batch_size // g, run_cfg.seed))
   elif sampler is not None:  # Searches decode; the learner step is the same.
     step = functools.partial(mcts_rl_step, sampler=sampler, **step_kwargs)
   else:
     step = functools.partial(step_lib.rl_step, **step_kwargs)
   fit = functools.partial(loop.fit, step_fn=layout.jit_step(step, state))
-  if config.loop == 'async':  # The actor lags the learner (IMPALA).
+  if run_cfg.loop == 'async':  # The actor lags the learner (IMPALA).
     fit = functools.partial(
         async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
         steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
-    batch_fn = lambda s: _rl_fields(task.batch(s, num_prompts))
+    batch_fn = lambda s: task.rl_fields(task.batch(s, rl.num_prompts))
   env = algo.decoding_env(env)  # Held-out decoding: the algorithm's policy.
-  evaluate = make_evaluator(env, reward_fn, task.eval_batches(
-      config.eval.num_examples, config.eval.batch_size), algo.policy_params,
-                            layout)
-  if sampler is not None:
-    evaluate = with_mcts_eval(
-        evaluate, sampler, env, reward_fn, task.eval_batches(
-            config.eval.num_examples, config.eval.batch_size),
-        algo.policy_params, layout)
+  eval_batches = task.eval_batches(settings.eval.num_examples,
+                                   settings.eval.batch_size)
+  evaluate = make_evaluator(env, reward_fn, eval_batches, algo.policy_params,
+                            layout, fields=task.rl_fields)
+  if sampler is not None:  # The same examples decoded by noise-free MCTS.
+    mcts_eval = make_evaluator(
+        env, reward_fn, eval_batches, algo.policy_params, layout,
+        fields=task.rl_fields, prefix='mcts_',
+        decode=functools.partial(search.greedy_eval_step, sampler=sampler,
+                                 reward_fn=reward_fn))
+    greedy_eval = evaluate
+    evaluate = lambda state: {**greedy_eval(state), **mcts_eval(state)}
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,
         batch_fn=batch_fn,
-        key=jax.random.fold_in(jax.random.key(config.seed), 2),
-        config=loop.LoopConfig(total_steps=config.total_steps,
-                               log_every=config.log_every,
-                               eval_every=config.eval.every,
-                               checkpoint_every=config.checkpoint_every,
-                               progress_desc=config.algo.name),
+        key=jax.random.fold_in(jax.random.key(run_cfg.seed), 2),
+        config=loop.LoopConfig(total_steps=run_cfg.total_steps,
+                               log_every=run_cfg.log_every,
+                               eval_every=settings.eval.every,
+                               checkpoint_every=run_cfg.checkpoint_every,
+                               progress_desc=algo.name),
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
   if config.model.get('path'):  # The trained policy, for other tools to serve.
@@ -498,19 +656,19 @@ def _run(config, workdir, tokenizer, model_cfg, layout: parallel.Layout,
   if parallel.is_primary():
     plots.plot_metrics(writers.read_metrics(str(workdir)), PLOT_KEYS,
                        str(workdir / 'training.png'),
-                       title=f'{config.algo.name} on arithmetic')
+                       title=f'{algo.name} on {settings.task_name}')
     writers.write_summary(str(workdir), summary)
   return summary
 
 
-def memory_report(state: TrainState, env: TextEnv, num_prompts: int, config,
-                  layout: parallel.Layout) -> str:
+def memory_report(state: TrainState, env: TextEnv, num_prompts: int,
+                  max_prompt_len: int, layout: parallel.Layout) -> str:
   """Bytes per device of parameters, optimizer state, reference model and
   the rollout's KV cache, on the run's mesh."""
   model_cfg = env.model.config
   cache = jax.eval_shape(functools.partial(
       tfm.init_cache, model_cfg, num_prompts * env.num_samples,
-      config.data.max_prompt_len + env.max_new_tokens))
+      max_prompt_len + env.max_new_tokens))
   sizes = dict(layout.mesh.shape)
   kv_names = ('batch', 'act_kv_heads', 'length', None)
 
@@ -538,15 +696,16 @@ def _rollout_spec(batch_size: int, prompt_len: int, num_steps: int) -> Rollout:
                  mask=spec((batch_size, num_steps), jnp.bool_))
 
 
-def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int, config):
-  b, t, p = num_prompts * env.num_samples, env.max_new_tokens, \
-      config.data.max_prompt_len
-  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
-  rollout = Rollout(context={'tokens': spec((b, p), jnp.int32),
-                             'mask': spec((b, p), jnp.bool_)},
-                    actions=spec((b, t), jnp.int32),
-                    logp=spec((b, t), jnp.float32), mask=spec((b, t), jnp.bool_))
-  step_lib.check_reward(reward_fn, rollout,
-                        {'prompt': spec((b, p), jnp.int32),
-                         'prompt_mask': spec((b, p), jnp.bool_),
-                         'answer': spec((b,), jnp.int32)})
+def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int,
+                        data: DataConfig, fields: tuple[str, ...]):
+  """Fails before any data is read when the reward is not f32[B]."""
+  b = num_prompts * env.num_samples
+  spec = jax.ShapeDtypeStruct
+  shapes = {'target': spec((b, data.max_target_len), jnp.int32),
+            'target_mask': spec((b, data.max_target_len), jnp.bool_)}
+  batch = {'prompt': spec((b, data.max_prompt_len), jnp.int32),
+           'prompt_mask': spec((b, data.max_prompt_len), jnp.bool_),
+           **{k: shapes.get(k, spec((b,), jnp.int32)) for k in fields}}
+  step_lib.check_reward(
+      reward_fn, _rollout_spec(b, data.max_prompt_len, env.max_new_tokens),
+      batch)

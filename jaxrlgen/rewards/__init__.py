@@ -1,66 +1,54 @@
-"""Rewards: pure functions `(rollout, batch) -> f32[B]`, and their registry.
+"""Rewards: functions `(rollout, batch) -> f32[B]` for text and images, and
+their one registry (`jaxrlgen.rewards.base`).
 
-`REGISTRY` maps a reward name to a factory `(tokenizer, **options) -> fn`;
-`make(terms, tokenizer, options)` builds the weighted sum that
-`config.reward.terms` (name -> weight) describes. With the byte tokenizer the
-rewards run inside jit; with a released model's tokenizer (`byte_level`
-False), `exact_match` and `format` parse the decoded text on the host.
+Text rewards (`text`) run inside jit with the byte tokenizer; with a released
+model's tokenizer (`byte_level` False), `exact_match` and `format` parse the
+decoded text on the host (`host`). Image rewards (`image`) read the final
+image of a denoising rollout. `make(terms, **context)` builds the weighted
+sum that `config.reward.terms` ((name, weight) pairs) describes.
 """
 
 import functools
-from typing import Callable, Mapping
 
 import jax.numpy as jnp
 
 from jaxrlgen.rewards import host
+from jaxrlgen.rewards import image
 from jaxrlgen.rewards import text
-from jaxrlgen.rewards.text import exact_match
-from jaxrlgen.rewards.text import integer_format
-from jaxrlgen.rewards.text import length_penalty
-from jaxrlgen.rewards.text import parse_integer
-from jaxrlgen.rewards.text import weighted
+from jaxrlgen.rewards.base import check_terms
+from jaxrlgen.rewards.base import make
+from jaxrlgen.rewards.base import REWARDS
+from jaxrlgen.rewards.base import Terms
+from jaxrlgen.rewards.base import Weighted
 
 
-def _exact_match(tok, **_):
-  if getattr(tok, 'byte_level', False):
-    return functools.partial(text.exact_match, eos_id=tok.eos_id)
-  return host.text_reward(text.exact_match_text, tok, fields=('answer',))
+def _exact_match(*, tokenizer, **unused):
+  if getattr(tokenizer, 'byte_level', False):
+    return functools.partial(text.exact_match, eos_id=tokenizer.eos_id)
+  return host.text_reward(text.exact_match_text, tokenizer, fields=('answer',))
 
 
-def _format(tok, **_):
-  if getattr(tok, 'byte_level', False):
-    return functools.partial(text.integer_format, eos_id=tok.eos_id)
-  is_integer = host.text_reward(text.is_integer_text, tok)
+def _format(*, tokenizer, **unused):
+  if getattr(tokenizer, 'byte_level', False):
+    return functools.partial(text.integer_format, eos_id=tokenizer.eos_id)
+  is_integer = host.text_reward(text.is_integer_text, tokenizer)
 
-  def integer_format(rollout, batch):
-    ended = text.ended_with_eos(rollout, tok.eos_id)
+  def decoded_integer_format(rollout, batch):
+    ended = text.ended_with_eos(rollout, tokenizer.eos_id)
     return ended.astype(jnp.float32) * is_integer(rollout, batch)
 
-  return integer_format
+  return decoded_integer_format
 
 
-REGISTRY: dict[str, Callable[..., Callable]] = {
-    'exact_match': _exact_match,
-    'format': _format,
-    'length_penalty': lambda tok, target_length=0, **_: functools.partial(
-        text.length_penalty, target_length=target_length),
-}
+def _length_penalty(*, target_length: int = 0, **unused):
+  return functools.partial(text.length_penalty, target_length=target_length)
 
 
-def make(terms: Mapping[str, float], tokenizer, **options) -> Callable:
-  """The weighted sum of the named rewards.
+REWARDS.register('exact_match', _exact_match)
+REWARDS.register('target_match', lambda **unused: text.target_match)
+REWARDS.register('format', _format)
+REWARDS.register('length_penalty', _length_penalty)
+TEXT_REWARDS = ('exact_match', 'target_match', 'format', 'length_penalty')
 
-  Args:
-    terms: reward name -> weight (`config.reward.terms`).
-    tokenizer: gives the special tokens rewards need.
-    **options: keyword options some rewards read (e.g. target_length).
-  """
-  unknown = sorted(set(terms) - set(REGISTRY))
-  if unknown:
-    raise ValueError(f'Unknown reward(s) {unknown} in config.reward.terms; '
-                     f'known: {sorted(REGISTRY)}.')
-  if not terms:
-    raise ValueError('config.reward.terms is empty; name at least one reward '
-                     f'from {sorted(REGISTRY)}.')
-  return weighted((weight, REGISTRY[name](tokenizer, **options))
-                  for name, weight in terms.items())
+__all__ = ['REWARDS', 'TEXT_REWARDS', 'Terms', 'Weighted', 'check_terms', 'host',
+           'image', 'make', 'text']

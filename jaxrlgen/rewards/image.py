@@ -18,16 +18,16 @@ They read the final image of a `jaxrlgen.envs.diffusion` rollout (f32 in
 The compressibility rewards run Pillow's encoder on the host, one image at
 a time, through `jaxrlgen.rewards.host.host_reward` (a `jax.pure_callback`):
 they work inside the jitted step, and an image whose encoding fails gets
-`host_penalty` and is counted (see `ImageReward.with_failures`).
+`host_penalty` and is counted (their `with_failures`).
 
-`REGISTRY` maps each name to a factory `(**options) -> reward`; `make` builds
-the weighted sum `config.reward.terms` describes. (Text rewards have their
-own registry in `jaxrlgen.rewards`: the two kinds read different rollouts.)
+The factories are registered in the one registry of rewards
+(`jaxrlgen.rewards.base.REWARDS`); `NAMES` are these, the rewards that read
+images, and `make` builds the weighted sum `config.reward.terms` describes.
 """
 
 import functools
 import io
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import chex
 import jax
@@ -39,6 +39,7 @@ from jaxrlgen.core import logprob
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
+from jaxrlgen.rewards import base
 from jaxrlgen.rewards import host
 
 FORMATS = ('png', 'jpeg')
@@ -110,48 +111,6 @@ def encoded_size(pixels: np.ndarray, fmt: str, quality: int = 95) -> int:
   return len(buffer.getvalue())
 
 
-class ImageReward:
-  """A weighted sum of image rewards, some of which may run on the host.
-
-  Calling it gives f32[B] rewards (a reward function for `train.step`);
-  `with_failures` also gives bool[B], true where a host term failed and
-  contributed its penalty (the interface `train.host_step` logs as
-  `reward/host_failures`).
-
-  Attributes:
-    terms: (weight, name, fn) triples; fn is pure (rollout, batch) -> f32[B]
-      or, for host terms, returns (f32[B], bool[B]).
-    uses_host: whether any term runs on the host.
-  """
-
-  def __init__(self, terms, host_names=()):
-    self.terms = tuple(terms)
-    self._host_names = frozenset(host_names)
-    self.__name__ = '+'.join(name for _, name, _ in self.terms)
-
-  @property
-  def uses_host(self) -> bool:
-    return bool(self._host_names)
-
-  def with_failures(self, rollout: Rollout, batch
-                    ) -> tuple[jax.Array, jax.Array]:
-    """(rewards f32[B], failed bool[B])."""
-    b = rollout.batch_size
-    total = jnp.zeros((b,), jnp.float32)
-    failed = jnp.zeros((b,), jnp.bool_)
-    for weight, name, fn in self.terms:
-      if name in self._host_names:
-        value, term_failed = fn(rollout, batch)
-        failed = failed | term_failed
-      else:
-        value = fn(rollout, batch)
-      total = total + weight * value
-    return total, failed
-
-  def __call__(self, rollout: Rollout, batch) -> jax.Array:
-    return self.with_failures(rollout, batch)[0]
-
-
 def _size_reward(sign: float, fmt: str, *, jpeg_quality: int = 95,
                  levels: int = 256, host_penalty: float = 0.0,
                  host_workers: int | None = None, **unused):
@@ -170,10 +129,15 @@ def _size_reward(sign: float, fmt: str, *, jpeg_quality: int = 95,
   batch_fn = host.host_reward(size, penalty=host_penalty,
                               max_workers=host_workers)
 
-  def reward(rollout: Rollout, batch):
+  def with_failures(rollout: Rollout, batch):
     del batch
     return batch_fn(to_pixels(diffusion.final_images(rollout), levels))
 
+  def reward(rollout: Rollout, batch):
+    return with_failures(rollout, batch)[0]
+
+  reward.with_failures = with_failures
+  reward.__name__ = f'{fmt}_size'
   return reward
 
 
@@ -191,7 +155,7 @@ def _pure(fn):
   return lambda **unused: fn
 
 
-REGISTRY: dict[str, Callable[..., Callable]] = {
+FACTORIES = {
     'classifier': _classifier,
     'brightness': _pure(brightness),
     'contrast': _pure(contrast),
@@ -200,21 +164,18 @@ REGISTRY: dict[str, Callable[..., Callable]] = {
     'jpeg_compressibility': functools.partial(_size_reward, -1.0, 'jpeg'),
     'jpeg_incompressibility': functools.partial(_size_reward, 1.0, 'jpeg'),
 }
-HOST_REWARDS = frozenset(name for name in REGISTRY if 'compressibility' in name)
+for _name, _factory in FACTORIES.items():
+  base.REWARDS.register(_name, _factory)
+NAMES = tuple(FACTORIES)  # The rewards that read images.
 
 
 def check_terms(terms: Mapping[str, float]) -> None:
-  """Fails, naming config.reward.terms, on an empty or unknown reward."""
-  if not terms:
-    raise ValueError('config.reward.terms is empty; name at least one reward '
-                     f'from {sorted(REGISTRY)}.')
-  unknown = sorted(set(terms) - set(REGISTRY))
-  if unknown:
-    raise ValueError(f'Unknown image reward(s) {unknown} in '
-                     f'config.reward.terms; known: {sorted(REGISTRY)}.')
+  """Fails, naming config.reward.terms, on no terms or a reward that does not
+  read images."""
+  base.check_terms(terms, NAMES)
 
 
-def make(terms: Mapping[str, float], **options: Any) -> ImageReward:
+def make(terms: Mapping[str, float], **options: Any) -> base.Weighted:
   """The weighted sum of the named image rewards.
 
   Args:
@@ -223,7 +184,4 @@ def make(terms: Mapping[str, float], **options: Any) -> ImageReward:
       (the classifier reward), `jpeg_quality`, `levels`, `host_penalty`,
       `host_workers` (the compressibility rewards).
   """
-  check_terms(terms)
-  built = [(float(weight), name, REGISTRY[name](**options))
-           for name, weight in terms.items()]
-  return ImageReward(built, host_names=HOST_REWARDS & set(terms))
+  return base.make(terms, NAMES, **options)

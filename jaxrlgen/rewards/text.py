@@ -65,6 +65,18 @@ def exact_match(rollout: Rollout, batch, *, eos_id: int) -> jax.Array:
   return (ok & (value == batch['answer'])).astype(jnp.float32)
 
 
+def target_match(rollout: Rollout, batch) -> jax.Array:
+  """1.0 where the completion is token for token the task's reference
+  completion `batch['target']` (masked by `batch['target_mask']`), EOS
+  included: exact match for any task whose records carry a 'completion'."""
+  actions = jnp.where(rollout.mask, rollout.actions, -1)
+  target = jnp.where(batch['target_mask'], batch['target'], -1)
+  width = max(actions.shape[1], target.shape[1])
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, width - x.shape[1])),
+                          constant_values=-1)
+  return jnp.all(pad(actions) == pad(target), axis=1).astype(jnp.float32)
+
+
 def integer_format(rollout: Rollout, batch, *, eos_id: int) -> jax.Array:
   """1.0 where the completion is an integer followed by EOS."""
   del batch
@@ -78,19 +90,6 @@ def length_penalty(rollout: Rollout, batch, *, target_length: int = 0
   del batch
   excess = jnp.maximum(completion_length(rollout) - target_length, 0)
   return -excess.astype(jnp.float32) / rollout.num_steps
-
-
-def weighted(terms):
-  """Sum of rewards: `terms` is a sequence of (weight, reward_fn) pairs."""
-  terms = tuple(terms)
-
-  def reward_fn(rollout: Rollout, batch) -> jax.Array:
-    total = jnp.zeros((rollout.batch_size,), jnp.float32)
-    for weight, fn in terms:
-      total = total + weight * fn(rollout, batch)
-    return total
-
-  return reward_fn
 
 
 _INTEGER = re.compile(r'-?[0-9]{1,%d}' % MAX_DIGITS)

@@ -1,33 +1,53 @@
 """The optimizer every recipe builds from its config: Adam(W) with an optional
 linear warmup and cosine decay, after global-norm clipping."""
 
+import dataclasses
+
 import ml_collections
 import optax
 
+from jaxrlgen import schema
+
 SCHEDULES = ('constant', 'cosine')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """An optimizer section of an experiment config (`config.rl.optimizer`)."""
+
+  learning_rate: float = 1e-3  # Peak learning rate.
+  schedule: str = 'constant'  # constant | cosine (after the warmup, if any).
+  warmup_steps: int = 0  # Linear warmup from 0; 0: none.
+  max_grad_norm: float = 1.0  # Global-norm gradient clipping; 0: off.
+  weight_decay: float = 0.0  # AdamW decoupled weight decay.
+  b1: float = 0.9  # Adam beta1.
+  b2: float = 0.99  # Adam beta2.
+
+  def __post_init__(self):
+    schema.positive(self, 'learning_rate')
+    schema.one_of(self, 'schedule', SCHEDULES)
+    schema.non_negative(self, 'warmup_steps', 'max_grad_norm', 'weight_decay')
+    schema.in_range(self, 'b1', 0.0, 1.0)
+    schema.in_range(self, 'b2', 0.0, 1.0)
 
 
 def config(learning_rate: float, schedule: str = 'constant',
            warmup_steps: int = 0,
            max_grad_norm: float = 1.0) -> ml_collections.ConfigDict:
   """An optimizer section of an experiment config (what `make` reads)."""
-  return ml_collections.ConfigDict(dict(
-      learning_rate=learning_rate,  # Peak learning rate.
-      schedule=schedule,  # constant | cosine (after the warmup, if any).
-      warmup_steps=warmup_steps,  # Linear warmup from 0; 0: none.
-      max_grad_norm=max_grad_norm,  # Global-norm gradient clipping; 0: off.
-      weight_decay=0.0,  # AdamW decoupled weight decay.
-      b1=0.9,  # Adam beta1.
-      b2=0.99,  # Adam beta2.
-  ))
+  return schema.to_config(OptimizerConfig(
+      learning_rate=learning_rate, schedule=schedule,
+      warmup_steps=warmup_steps, max_grad_norm=max_grad_norm))
 
 
-def make(cfg: ml_collections.ConfigDict,
-         total_steps: int) -> optax.GradientTransformation:
-  """The optimizer of a `config(...)` section for a run of `total_steps`."""
-  if cfg.schedule not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {cfg.schedule!r}: use constant or '
-                     'cosine.')
+def make(cfg: OptimizerConfig | ml_collections.ConfigDict, total_steps: int,
+         path: str = 'optimizer') -> optax.GradientTransformation:
+  """The optimizer of a section for a run of `total_steps`.
+
+  `cfg` is an OptimizerConfig, or a config section parsed into one (errors
+  name `path`, e.g. 'config.rl.optimizer').
+  """
+  cfg = schema.parse(OptimizerConfig, cfg, path)
   warmup = cfg.warmup_steps
   if cfg.schedule == 'cosine':
     # A run shorter than its warmup (a shortened test run) still decays.

@@ -232,7 +232,7 @@ class VariantTest(parameterized.TestCase):
   def test_prepare_and_loss(self, name, overrides):
     config = algos.default_config(name)
     config.update(overrides)
-    cfg = base.make_config(algos.REGISTRY[name].config_cls, config)
+    cfg = base.make_config(algos.ALGORITHMS.get(name).config_cls, config)
     algo = algos.make(config)
     self.assertEqual(algo.name, name)
     env = LookupEnv()

@@ -8,14 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import arithmetic_mcts
 from jaxrlgen import algos
 from jaxrlgen.algos import mcts
 from jaxrlgen.envs import search
-from jaxrlgen.envs.text import TextEnv
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.recipes import text_rl
 from tests.algos import toy
 
 _RNG = np.random.default_rng(0)
@@ -126,22 +122,3 @@ def test_expert_iteration_raises_greedy_reward_on_toy_task():
   assert after > before + 0.4, (before, after)
   assert float(metrics['value_loss']) >= 0.0
   assert 'search/entropy' in metrics
-
-
-def test_recipe_picks_the_sampler_and_rejects_bad_configs():
-  """text_rl's MCTS hook: errors name the config field, before any compute."""
-  config = arithmetic_mcts.get_config()
-  env = TextEnv(tfm.Transformer(tfm.TransformerConfig(**config.model)),
-                max_new_tokens=config.rl.max_new_tokens)
-  sampler = text_rl.mcts_sampler(config, env)
-  assert sampler.config == search.MCTSConfig.from_config(config.mcts)
-  config.rl.sampler = 'policy'
-  with pytest.raises(ValueError, match="config.rl.sampler='mcts'"):
-    text_rl.mcts_sampler(config, env)
-  config.rl.sampler = 'beam'
-  with pytest.raises(ValueError, match='config.rl.sampler'):
-    text_rl.mcts_sampler(config, env)
-  config.rl.sampler = 'mcts'
-  config.mcts.num_simulations = 0
-  with pytest.raises(ValueError, match='config.mcts.num_simulations'):
-    text_rl.mcts_sampler(config, env)

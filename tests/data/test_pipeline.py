@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from jaxrlgen.data.pipeline import batch_indices
-from jaxrlgen.data.pipeline import collate_arithmetic
 from jaxrlgen.data.pipeline import get_batch
 from jaxrlgen.data.tokenizer import ByteTokenizer
 
@@ -88,65 +87,3 @@ def test_get_batch_reads_in_order():
       return [self[k] for k in keys]
 
   assert get_batch(Batched(source), np.array([2, 0])) == [{'i': 2}, {'i': 0}]
-
-
-def _records():
-  return [
-      {'prompt': b'17+5=', 'completion': b'22', 'answer': 22},
-      {'prompt': '3+4=', 'completion': '7', 'answer': np.int32(7)},
-  ]
-
-
-def test_collate_shapes_padding_and_eos():
-  tok = ByteTokenizer()
-  batch = collate_arithmetic(_records(), tok, max_prompt_len=6,
-                             max_target_len=4)
-  assert batch['prompt'].dtype == np.int32 and batch['prompt'].shape == (2, 6)
-  assert batch['target'].dtype == np.int32 and batch['target'].shape == (2, 4)
-  assert batch['prompt_mask'].dtype == np.bool_
-  assert batch['target_mask'].dtype == np.bool_
-  np.testing.assert_array_equal(batch['answer'], np.array([22, 7], np.int32))
-  assert batch['answer'].dtype == np.int32
-  # Left-padded prompts, no BOS.
-  np.testing.assert_array_equal(batch['prompt'][0], [PAD, *b'17+5='])
-  np.testing.assert_array_equal(batch['prompt'][1], [PAD, PAD, *b'3+4='])
-  np.testing.assert_array_equal(batch['prompt_mask'],
-                                [[0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
-  # Completion then EOS, right-padded; the mask covers the EOS.
-  np.testing.assert_array_equal(batch['target'],
-                                [[*b'22', EOS, PAD], [*b'7', EOS, PAD, PAD]])
-  np.testing.assert_array_equal(batch['target_mask'],
-                                [[1, 1, 1, 0], [1, 1, 0, 0]])
-  assert tok.decode_batch(batch['target']) == ['22', '7']
-
-
-def test_collate_errors_name_field_and_example():
-  tok = ByteTokenizer()
-  with pytest.raises(ValueError) as e:
-    collate_arithmetic(_records(), tok, max_prompt_len=4, max_target_len=4)
-  msg = str(e.value)
-  assert 'data.max_prompt_len=4' in msg and "'17+5='" in msg
-  assert 'Example 0' in msg and 'at least 5' in msg
-  # The EOS counts towards the target length.
-  with pytest.raises(ValueError) as e:
-    collate_arithmetic(_records(), tok, max_prompt_len=6, max_target_len=2)
-  msg = str(e.value)
-  assert 'data.max_target_len=2' in msg and "'22'" in msg
-  assert 'at least 3' in msg
-
-
-def test_end_to_end_on_arithmetic_source(tmp_path):
-  from jaxrlgen.data.arithmetic import load_arithmetic  # pylint: disable=g-import-not-at-top
-  source = load_arithmetic(str(tmp_path), max_operand=99, num_train=64,
-                           num_test=8)['train']
-  tok = ByteTokenizer()
-  shares = [
-      collate_arithmetic(
-          get_batch(source, batch_indices(len(source), 16, 5, 0, p, 2)), tok,
-          max_prompt_len=8, max_target_len=4) for p in range(2)
-  ]
-  for batch in shares:
-    prompts = tok.decode_batch(batch['prompt'])
-    sums = [sum(map(int, p.rstrip('=').split('+'))) for p in prompts]
-    np.testing.assert_array_equal(sums, batch['answer'])
-    assert tok.decode_batch(batch['target']) == [str(s) for s in sums]

@@ -1,4 +1,4 @@
-"""experiments/configs/hf_grpo.py end to end on a tiny random Qwen2
+"""The arithmetic experiment's `hf` variant end to end on a tiny random Qwen2
 checkpoint with a trained BPE tokenizer, written the way transformers
 writes one."""
 
@@ -12,7 +12,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 tokenizers = pytest.importorskip('tokenizers')
 
-from experiments.configs import hf_grpo  # pylint: disable=g-import-not-at-top
+from experiments.arithmetic import config as arithmetic  # pylint: disable=g-import-not-at-top
 from jaxrlgen import recipes
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
 from jaxrlgen.train import writers
@@ -43,10 +43,10 @@ def checkpoint(tmp_path_factory):
 
 
 def test_hf_grpo_runs_and_exports(checkpoint, tmp_path):
-  config = hf_grpo.get_config()
+  config = arithmetic.get_config('hf')
   config.model.update(path=checkpoint, param_dtype='float32', dtype='float32')
-  config.data.update(data_dir=str(tmp_path / 'data'), max_operand=20,
-                     num_train=200, num_test=64)
+  config.data.data_dir = str(tmp_path / 'data')
+  config.task.update(max_operand=20, num_train=200, num_test=64)
   config.rl.update(batch_size=16, group_size=4)
   config.eval.update(every=2, num_examples=16, batch_size=16)
   config.update(total_steps=2, log_every=1, checkpoint_every=0)

@@ -1,5 +1,6 @@
-"""The over-optimisation study on a shrunk config: gold reward, config
-errors before any compute, outputs, and a restart that redoes nothing."""
+"""The over-optimisation study on its smoke config: gold reward, config
+errors before any compute, outputs of every stage, and a restart that redoes
+nothing."""
 
 import functools
 import json
@@ -10,32 +11,18 @@ import numpy as np
 import pytest
 
 from experiments.rlhf_gold import config as rlhf_gold_config
+from experiments.rlhf_gold import recipe as rlhf_gold
 from jaxrlgen import recipes
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
-from experiments.rlhf_gold import recipe as rlhf_gold
 from jaxrlgen.train import writers
 
 TOK = ByteTokenizer()
 
 
-def tiny_config(data_dir):
-  config = rlhf_gold_config.get_config()
-  config.model.update(hidden_dim=16, mlp_dim=32, num_layers=1, num_heads=2,
-                      num_kv_heads=1)
-  config.data.update(data_dir=str(data_dir), max_operand=20, num_train=64,
-                     num_test=32)
-  config.sft.update(steps=0, batch_size=16)  # Pairs of the initial policy.
-  config.pairs.update(num_train=32, num_heldout=16, batch_size=16)
-  config.rm.update(steps=2, batch_size=16, log_every=1, eval_every=2)
-  config.rl.update(batch_size=8, group_size=2, max_new_tokens=4)
-  config.update(total_steps=2, log_every=1, checkpoint_every=2)
-  config.ppo.kl_coefs = (0.0,)
-  config.ppo.algo.update(num_epochs=1, num_minibatches=1)
-  # GRPO runs through the same code as PPO; leaving it out saves a compile.
-  config.grpo.betas = ()
-  config.dpo.update(betas=(0.1,), steps=2, batch_size=8)
-  config.eval.update(every=2, batch_size=16, samples=1)
+def smoke_config(data_dir):
+  config = rlhf_gold_config.get_config('smoke')
+  config.data.data_dir = str(data_dir)
   return config
 
 
@@ -54,41 +41,81 @@ def test_gold_reward_against_numpy():
 
 
 @pytest.mark.parametrize('updates, message', [
-    ({'rm.std_coef': 1.0}, 'config.rm.ensemble_size'),
-    ({'rl.group_size': 1}, 'config.rl.group_size'),
-    ({'dpo.betas': (0.0,)}, 'config.dpo.betas'),
-    ({'ppo.kl_coefs': (-0.1,)}, 'config.ppo.kl_coefs'),
-    ({'ppo.kl_coefs': (), 'dpo.betas': ()}, 'all empty'),
-    ({'dpo.label_smoothing': 0.7}, 'config.dpo.label_smoothing'),
+    # One section's own checks (its schema).
+    ({'pairs.batch_size': 0}, r'config\.pairs\.batch_size=0 must be positive'),
     ({'pairs.num_heldout': 24}, 'config.pairs.num_heldout'),
     ({'pairs.label': 'coin'}, 'config.pairs.label'),
+    ({'rm.std_coef': 1.0}, 'config.rm.std_coef'),
+    ({'pairs.temperature': 0.0}, 'config.pairs.temperature'),
+    ({'rm.eval_every': 0}, 'config.rm.eval_every'),
+    ({'gold.scale': -1.0}, 'config.gold.scale'),
+    ({'eval.samples': 0}, 'config.eval.samples'),
+    ({'rl.batch_size': 7}, 'config.rl.batch_size'),
+    ({'sft.batch_size': 0}, 'config.sft.batch_size'),
+    ({'task.num_test': 0}, 'config.task.num_test'),
+    ({'total_steps': 0}, 'config.total_steps'),
+    ({'dpo.betas': (0.0,)}, 'config.dpo.betas'),
+    ({'ppo.kl_coefs': (-0.1,)}, 'config.ppo.kl_coefs'),
+    ({'grpo.betas': (0.1, 0.1)}, 'config.grpo.betas'),
+    ({'ppo.algo.name': 'grpo'}, 'config.ppo.algo.name'),
+    ({'dpo.label_smoothing': 0.7}, 'config.dpo.label_smoothing'),
+    # Checks across sections.
+    ({'rl.group_size': 1}, 'config.rl.group_size'),
+    ({'ppo.kl_coefs': (), 'grpo.betas': (), 'dpo.betas': ()}, 'all empty'),
+    ({'eval.batch_size': 48}, 'config.eval.batch_size'),
     ({'model.value_head': False}, 'config.model.value_head'),
+    ({'model.max_seq_len': 8}, 'config.model.max_seq_len'),
 ])
 def test_bad_config_fails_before_compute(tmp_path, updates, message):
-  config = tiny_config(tmp_path / 'data')
+  config = smoke_config(tmp_path / 'data')
   config.update_from_flattened_dict(updates)
   with pytest.raises(ValueError, match=message):
     recipes.run(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'data').exists()  # Failed before loading any data.
 
 
-@pytest.mark.slow  # Compiles every stage of the study (~30 s of CPU).
+@pytest.mark.parametrize('section', [
+    '', 'model', 'task', 'data', 'sft', 'gold', 'pairs', 'rm', 'rl', 'ppo',
+    'ppo.algo', 'grpo.algo', 'dpo', 'eval'])
+def test_unknown_field_fails_before_compute(tmp_path, section):
+  config = smoke_config(tmp_path / 'data')
+  functools.reduce(getattr, filter(None, section.split('.')),
+                   config).no_such_field = 1
+  path = '.'.join(filter(None, ('config', section, 'no_such_field')))
+  with pytest.raises(ValueError, match=path.replace('.', r'\.')):
+    recipes.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'data').exists()  # Failed before loading any data.
+
+
+def test_unknown_variant_names_the_known_ones():
+  with pytest.raises(ValueError, match=r"'tiny'.*known: \['smoke'\]"):
+    rlhf_gold_config.get_config('smoke,tiny')
+
+
+def test_rl_fields_the_study_does_not_read_are_rejected(tmp_path):
+  config = smoke_config(tmp_path / 'data')
+  config.rl.source = 'offline'
+  with pytest.raises(ValueError, match='config.rl.source'):
+    recipes.run(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.slow  # Compiles every stage of the study (~40 s of CPU).
 def test_run_writes_outputs_and_restart_redoes_nothing(tmp_path):
-  config = tiny_config(tmp_path / 'data')
+  config = smoke_config(tmp_path / 'data')
   workdir = tmp_path / 'run'
   summary = recipes.run(config, str(workdir))
-  for method in ('ppo', 'dpo'):
+  for method in ('ppo', 'grpo', 'dpo'):
     for key in ('gold_reward', 'proxy_reward', 'kl'):
       assert np.isfinite(summary[f'{key}/{method}']), (key, method)
     assert 0.0 <= summary[f'gold_reward/{method}'] <= 1.0
-  assert 'gold_reward/grpo' not in summary
   assert 0.0 <= summary['rm/heldout_accuracy'] <= 1.0
   assert 0.0 <= summary['gold_reward/sft'] <= 1.0
   assert json.loads((workdir / 'summary.json').read_text())[
       'kl/ppo'] == summary['kl/ppo']
-  for name in ('gold_vs_kl.png', 'pairs/pairs.npz', 'rm/metrics.jsonl',
-               'rm/training.png', 'ppo_kl_coef0/training.png',
-               'dpo_beta0.1/metrics.jsonl', 'rm/proxy_stats.json'):
+  for name in ('sft/metrics.jsonl', 'sft/sft.png', 'gold_vs_kl.png',
+               'pairs/pairs.npz', 'rm/metrics.jsonl', 'rm/training.png',
+               'rm/proxy_stats.json', 'ppo_kl_coef0/training.png',
+               'grpo_beta0/metrics.jsonl', 'dpo_beta0.1/metrics.jsonl'):
     assert (workdir / name).exists(), name
   records = writers.read_metrics(str(workdir / 'ppo_kl_coef0'))
   evals = [r for r in records if 'eval/gold_reward' in r]

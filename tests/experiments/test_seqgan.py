@@ -1,42 +1,26 @@
-"""The SeqGAN experiment end to end on a shrunk config: outputs, learning,
+"""The SeqGAN experiment end to end on its smoke config: outputs, learning,
 resume from a mid-phase checkpoint, and config errors before any compute."""
 
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from experiments.seqgan import config as seqgan_oracle
-from jaxrlgen import recipes
-from jaxrlgen.models import lstm
+from experiments.seqgan import config as seqgan_config
 from experiments.seqgan import recipe as seqgan
+from jaxrlgen import recipes
+from jaxrlgen import schema
+from jaxrlgen.models import lstm
 from jaxrlgen.train import writers
 
 TIMING_KEYS = ('step_time', 'steps_per_second')
 
 
-def tiny_config():
-  config = seqgan_oracle.get_config()
-  config.update(vocab_size=24, length=6, checkpoint_every=2)
-  config.oracle.update(embed_dim=8, hidden_dim=8, num_samples=256)
-  config.generator.update(embed_dim=8, hidden_dim=8, sample_block=8)
-  config.pretrain.update(epochs=6, batch_size=32, learning_rate=0.02)
-  config.discriminator.update(embed_dim=8, filter_widths=(1, 3, 6),
-                              num_filters=(8, 8, 8), batch_size=32,
-                              score_chunk=64)
-  config.discriminator_pretrain.update(rounds=2, epochs=1, num_negatives=64)
-  config.adversarial.update(epochs=4, batch_size=16, num_rollouts=2,
-                            discriminator_rounds=2, discriminator_epochs=1,
-                            num_negatives=32)
-  config.pg_bleu.update(num_rollouts=2, max_order=2)
-  config.eval.update(every=2, num_samples=256, chunk=128)
-  return config
-
-
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('seqgan') / 'run'
-  return workdir, recipes.run(tiny_config(), str(workdir))
+  return workdir, recipes.run(seqgan_config.get_config('smoke'), str(workdir))
 
 
 def strip_timing(records):
@@ -84,7 +68,7 @@ def test_resumed_run_equals_uninterrupted(finished, tmp_path):
   # As if the run had died after SeqGAN's epoch 2: its last checkpoint is 2.
   shutil.rmtree(cut / 'seqgan' / 'checkpoints' / '4')
   (cut / 'summary.json').unlink()
-  resumed = recipes.run(tiny_config(), str(cut))
+  resumed = recipes.run(seqgan_config.get_config('smoke'), str(cut))
   for phase in seqgan.PHASES:
     assert strip_timing(writers.read_metrics(str(cut / phase))) == \
         strip_timing(writers.read_metrics(str(workdir / phase))), phase
@@ -93,29 +77,57 @@ def test_resumed_run_equals_uninterrupted(finished, tmp_path):
       assert resumed[key] == pytest.approx(value, rel=1e-6), key
 
 
-@pytest.mark.parametrize('field, value, message', [
-    ('adversarial.num_negatives', 10_000, r'config\.adversarial\.num_negatives'),
-    ('adversarial.num_rollouts', 3, r'config\.adversarial\.num_rollouts'),
-    ('pg_bleu.max_order', 7, r'config\.pg_bleu\.max_order'),
-    ('discriminator.score_dtype', 'half', r'config\.discriminator\.score_dtype'),
-    ('pretrain.batch_size', 512, r'config\.pretrain\.batch_size'),
+@pytest.mark.parametrize('field, value', [
+    # A field of one section, checked by its schema.
+    ('adversarial.batch_size', 0),
+    ('adversarial.num_rollouts', 3),  # Not a multiple of rollouts_per_scan.
+    ('discriminator.score_dtype', 'half'),
+    ('eval.every', -1),
+    ('length', 1),
+    # Across sections.
+    ('adversarial.num_negatives', 10_000),  # More than the real sequences.
+    ('pg_bleu.max_order', 7),  # Longer than a sequence.
+    ('pretrain.batch_size', 512),  # More than the real sequences.
 ])
-def test_bad_config_fails_before_compute(tmp_path, monkeypatch, field, value,
-                                         message):
+def test_bad_config_fails_before_compute(tmp_path, monkeypatch, field, value):
   monkeypatch.setattr(lstm, 'init_params',
                       lambda *a: pytest.fail('computed before validating'))
-  config = tiny_config()
+  config = seqgan_config.get_config('smoke')
   config.adversarial.rollouts_per_scan = 2
   config.update_from_flattened_dict({field: value})
-  with pytest.raises(ValueError, match=message):
+  with pytest.raises(ValueError, match=rf'^config\.{re.escape(field)}\b'):
     recipes.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
-def test_discriminator_filters_must_fit(tmp_path):
-  config = tiny_config()
+def test_unknown_field_lists_the_known_ones():
+  config = seqgan_config.get_config('smoke')
+  config.adversarial.batch_sise = 16
+  with pytest.raises(ValueError, match=r'config\.adversarial\.batch_sise.*'
+                     r'batch_size'):
+    seqgan.parse_config(config)
+
+
+def test_config_file_is_the_schema_defaults():
+  assert seqgan.parse_config(seqgan_config.get_config()) == \
+      seqgan.SeqGANConfig()
+  assert schema.to_config(seqgan.parse_config(
+      seqgan_config.get_config('smoke'))) == seqgan_config.get_config('smoke')
+
+
+def test_unknown_variant_lists_the_known_ones():
+  with pytest.raises(ValueError, match=r"'tiny'.*\['smoke'\]"):
+    seqgan_config.get_config('smoke,tiny')
+
+
+def test_discriminator_filters_must_fit(tmp_path, monkeypatch):
+  monkeypatch.setattr(lstm, 'init_params',
+                      lambda *a: pytest.fail('computed before validating'))
+  config = seqgan_config.get_config('smoke')
   config.discriminator.filter_widths = (1, 3, 20)
   with pytest.raises(ValueError, match='filter_widths'):
     recipes.run(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
 
 
 def test_training_seconds_counts_every_step_of_a_log_interval():

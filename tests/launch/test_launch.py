@@ -8,7 +8,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
-CONFIG = 'experiments/configs/arithmetic_grpo.py'
+CONFIG = 'experiments/arithmetic/config.py:grpo'
 
 
 def dry_run(script, *args, env=None):

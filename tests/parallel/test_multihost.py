@@ -18,11 +18,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
 TIMING_KEYS = ('step_time', 'steps_per_second')
 
-# The tiny text_rl run of tests/train/test_text_rl.py, on 4 devices split
+# The tiny text_rl run of tests/recipes/test_text_rl.py, on 4 devices split
 # (data 2, fsdp 2): parameters sharded across the two processes.
 OVERRIDES = (
     'model.hidden_dim=32', 'model.mlp_dim=64', 'model.num_layers=1',
-    'data.max_operand=20', 'data.num_train=200', 'data.num_test=64',
+    'task.max_operand=20', 'task.num_train=200', 'task.num_test=64',
     'sft.steps=2', 'sft.batch_size=16', 'sft.log_every=1',
     'rl.batch_size=16', 'rl.group_size=2', 'eval.every=2',
     'eval.num_examples=32', 'eval.batch_size=16', 'total_steps=3',
@@ -41,7 +41,7 @@ def _launch(workdir, data_dir, *launcher_flags):
          'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
   return subprocess.run(
       ['bash', 'launch/local_devices.sh', *launcher_flags,
-       '--config=experiments/configs/arithmetic_grpo.py',
+       '--config=experiments/arithmetic/config.py:grpo',
        f'--workdir={workdir}', '--', f'--config.data.data_dir={data_dir}',
        *(f'--config.{o}' for o in OVERRIDES)],
       env=env, cwd=REPO, capture_output=True, text=True, timeout=600,

@@ -1,35 +1,26 @@
-"""The arithmetic experiment end to end on a shrunk config: outputs, resume,
-and the errors bad input gets before any compute."""
+"""The generic text-RL recipe end to end on the arithmetic experiment's smoke
+config: outputs, resume, and the errors bad input gets before any compute."""
 
 import json
 
 import jax
 import pytest
 
-from experiments.configs import arithmetic_grpo
+from experiments.arithmetic import config as arithmetic
 from jaxrlgen import parallel
 from jaxrlgen import algos
 from jaxrlgen import recipes
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.models import transformer as tfm
-from jaxrlgen.train import step as step_lib
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import writers
 
 TIMING_KEYS = ('step_time', 'steps_per_second')
 
 
-def tiny_config(data_dir):
-  config = arithmetic_grpo.get_config()
-  config.model.hidden_dim = 32
-  config.model.mlp_dim = 64
-  config.model.num_layers = 1
-  config.data.update(data_dir=str(data_dir), max_operand=20, num_train=200,
-                     num_test=64)
-  config.sft.update(steps=6, batch_size=16, log_every=3)
-  config.rl.update(batch_size=16, group_size=4)
-  config.eval.update(every=3, num_examples=32, batch_size=32)
-  config.update(total_steps=6, log_every=1, checkpoint_every=2)
+def tiny_config(data_dir, variant='grpo'):
+  config = arithmetic.get_config(f'{variant},smoke')
+  config.data.data_dir = str(data_dir)
   return config
 
 
@@ -88,7 +79,8 @@ def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch
     ({'rl.max_new_tokens': 30}, r'model\.max_seq_len'),
     ({'model.vocab_size': 100}, r'config\.model\.vocab_size'),
     ({'algo.aggregation': 'mean'}, r'config\.algo\.aggregation'),
-    ({'reward.terms': {'exactmatch': 1.0}}, r'config\.reward\.terms'),
+    ({'reward.terms': (('exactmatch', 1.0),)}, r'config\.reward\.terms'),
+    ({'reward.terms': (('nowhere.py:make', 1.0),)}, "no file 'nowhere.py'"),
     ({'mesh.tensor': 2}, r'config\.mesh'),
     ({'mesh.data': -1, 'mesh.fsdp': -1}, r'config\.mesh'),
     ({'rl.reference_dtype': 'float16'}, r'config\.rl\.reference_dtype'),
@@ -110,8 +102,9 @@ def test_batch_not_divisible_by_batch_shards(tmp_path):
   mesh = jax.sharding.AbstractMesh((3, 1, 1), parallel.AXES)
   config = tiny_config(tmp_path / 'data')
   with pytest.raises(ValueError, match='divisible by the 3 batch shards'):
-    text_rl.validate(config, ByteTokenizer(),
-                     tfm.TransformerConfig(**config.model), mesh)
+    text_rl.validate(text_rl.parse(config), algos.make(config.algo),
+                     ByteTokenizer(), tfm.TransformerConfig(**config.model),
+                     mesh)
 
 
 def test_unwritable_workdir(tmp_path):
@@ -161,22 +154,10 @@ def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
       to_bytes(sizes['parameters']) / 2, rel=0.02)
 
 
-def shrink(config, data_dir):
-  """`config` with tiny_config's model, data, schedule and evaluation."""
-  tiny = tiny_config(data_dir)
-  for group in ('data', 'sft', 'eval'):
-    config[group].update(tiny[group])
-  for field in ('hidden_dim', 'mlp_dim', 'num_layers'):
-    config.model[field] = tiny.model[field]
-  config.update(total_steps=2, log_every=1, checkpoint_every=2)
-  return config
-
-
 def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
-  from experiments.configs import arithmetic_mcts
-  config = shrink(arithmetic_mcts.get_config(), tmp_path / 'data')
+  config = tiny_config(tmp_path / 'data', 'mcts')
   config.rl.batch_size = 8
-  config.mcts.num_simulations = 4
+  config.update(total_steps=2, checkpoint_every=2)
   summary = recipes.run(config, str(tmp_path / 'run'))
   evals = [r for r in writers.read_metrics(str(tmp_path / 'run'))
            if 'eval/mcts_accuracy' in r]
@@ -189,10 +170,8 @@ def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
 
 
 def test_offline_run_reads_its_stored_dataset(tmp_path):
-  from experiments.configs import arithmetic_sql_offline
-  config = shrink(arithmetic_sql_offline.get_config(), tmp_path / 'data')
-  config.rl.update(batch_size=16)
-  config.offline.update(num_prompts=32, samples_per_prompt=4, chunk_prompts=16)
+  config = tiny_config(tmp_path / 'data', 'sql_offline')
+  config.update(total_steps=2, checkpoint_every=2)
   summary = recipes.run(config, str(tmp_path / 'run'))
   assert (tmp_path / 'run' / 'offline_dataset.npz').exists()
   assert summary['offline/num_sequences'] == 32 * 4
@@ -211,4 +190,43 @@ def test_diffusion_algorithm_fails_before_compute(tmp_path, monkeypatch):
   config.algo = algos.default_config('dpok')
   with pytest.raises(ValueError,
                      match="config.algo.name='dpok' uses env.transitions"):
+    recipes.run(config, str(tmp_path / 'run'))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'rl.source': 'replay'}, 'config.rl.source'),
+    ({'offline.samples_per_prompt': 3}, 'config.offline.samples_per_prompt'),
+    ({'offline.chunk_prompts': 300}, 'config.offline.num_prompts'),
+    ({'offline.num_prompts': 8}, 'config.offline.num_prompts'),
+    ({'loop': 'async'}, "config.loop='sync'"),
+    ({'rl.sampler': 'mcts'}, "config.rl.source='offline' samples nothing"),
+])
+def test_offline_config_errors_name_the_field(overrides, message):
+  config = arithmetic.get_config('sql_offline')
+  settings = text_rl.parse(config)
+  text_rl.validate_offline(settings, shards=1)  # The shipped config is valid.
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ValueError, match=message):
+    text_rl.validate_offline(text_rl.parse(config), shards=1)
+
+
+@pytest.mark.parametrize('variant, overrides, message', [
+    ('grpo', {'algo': algos.default_config('mcts_expert_iteration')},
+     "config.rl.sampler='mcts'"),
+    ('mcts', {'rl.sampler': 'beam'}, 'config.rl.sampler'),
+    ('mcts', {'mcts.num_simulations': 0}, 'config.mcts.num_simulations'),
+    ('mcts', {'loop': 'async'}, "config.rl.sampler='mcts' needs"),
+    ('grpo', {'task.name': 'nope'}, r"config\.task\.name='nope'"),
+    ('grpo', {'task.max_operand': 0}, r'config\.task\.max_operand'),
+    ('grpo', {'rl.top_p': float('nan')}, r'config\.rl\.top_p'),
+    ('grpo', {'sft.optimizer.learning_rate': -1.0},
+     r'config\.sft\.optimizer\.learning_rate'),
+])
+def test_section_errors_fail_before_compute(tmp_path, monkeypatch, variant,
+                                            overrides, message):
+  monkeypatch.setattr(text_rl, 'load_task', lambda *a, **k: pytest.fail(
+      'data was loaded before the config was checked'))
+  config = tiny_config(tmp_path / 'data', variant)
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ValueError, match=message):
     recipes.run(config, str(tmp_path / 'run'))

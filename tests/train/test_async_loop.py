@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from experiments.configs import arithmetic_impala
+from experiments.arithmetic import config as arithmetic
 from jaxrlgen import algos
 from jaxrlgen import recipes
 from jaxrlgen.core.types import Rollout
@@ -148,10 +148,10 @@ class _Reached(Exception):
 
 
 def test_text_rl_switches_to_the_async_loop(tmp_path, monkeypatch):
-  config = arithmetic_impala.get_config()
+  config = arithmetic.get_config('impala')
   config.model.update(hidden_dim=16, mlp_dim=32, num_layers=1)
-  config.data.update(data_dir=str(tmp_path / 'data'), max_operand=9,
-                     num_train=32, num_test=16)
+  config.data.data_dir = str(tmp_path / 'data')
+  config.task.update(max_operand=9, num_train=32, num_test=16)
   config.sft.steps = 0
   config.rl.update(batch_size=8, group_size=4)
   config.eval.update(num_examples=16, batch_size=16)

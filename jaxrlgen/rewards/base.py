@@ -1,0 +1,101 @@
+"""What every reward is, and the one registry of rewards.
+
+A reward is a function `(rollout, batch) -> f32[B]`, for text and images
+alike: `rollout` is what the environment generated (core's `Rollout`) and
+`batch` each sequence's data (its prompt's fields, repeated over the group).
+A reward that runs Python on the host (decoded text, image encoders) also has
+`with_failures(rollout, batch) -> (f32[B], bool[B])`: which items raised or
+timed out and got their penalty.
+
+`REWARDS` maps a name to a factory `(**context) -> reward`; the context is
+what the run has (`tokenizer=` for text, `classifier_model=` /
+`classifier_params=` for images, and options such as `target_length=`), and a
+factory takes the keywords it needs. A config names a reward by its name or
+by the import path of a factory (`'my_package.rewards:make_score'`).
+"""
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.registry import Registry
+
+RewardFn = Callable[[Rollout, Any], jax.Array]
+RewardFactory = Callable[..., RewardFn]
+# `config.reward.terms`: (name or factory import path, weight) pairs. Pairs,
+# not a mapping: an import path has dots, which a ConfigDict key may not.
+Terms = tuple[tuple[str, float], ...]
+
+REWARDS: Registry[RewardFactory] = Registry('reward', 'config.reward.terms')
+
+
+class Weighted:
+  """A weighted sum of rewards: itself a reward, with `with_failures`.
+
+  Attributes:
+    terms: (weight, name, reward) triples.
+    uses_host: whether some term runs on the host (has `with_failures`).
+  """
+
+  def __init__(self, terms: Sequence[tuple[float, str, RewardFn]]):
+    self.terms = tuple(terms)
+    self.__name__ = '+'.join(name for _, name, _ in self.terms)
+
+  @property
+  def uses_host(self) -> bool:
+    return any(hasattr(fn, 'with_failures') for _, _, fn in self.terms)
+
+  def with_failures(self, rollout: Rollout, batch
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(rewards f32[B], failed bool[B]); failed is true where a host term
+    gave its penalty."""
+    b = rollout.batch_size
+    total = jnp.zeros((b,), jnp.float32)
+    failed = jnp.zeros((b,), jnp.bool_)
+    for weight, _, fn in self.terms:
+      if hasattr(fn, 'with_failures'):
+        value, term_failed = fn.with_failures(rollout, batch)
+        failed = failed | term_failed
+      else:
+        value = fn(rollout, batch)
+      total = total + weight * value
+    return total, failed
+
+  def __call__(self, rollout: Rollout, batch) -> jax.Array:
+    return self.with_failures(rollout, batch)[0]
+
+
+def check_terms(terms: Terms | Mapping[str, float],
+                names: Sequence[str] | None = None) -> None:
+  """Fails, naming config.reward.terms, on no terms or an unknown name.
+
+  Args:
+    terms: (reward name or factory import path, weight) pairs, or a mapping.
+    names: the registered names allowed here (e.g. the image rewards for a
+      denoising environment); None: every registered name.
+  """
+  allowed = sorted(REWARDS.names() if names is None else names)
+  if not terms:
+    raise ValueError('config.reward.terms is empty; name at least one reward '
+                     f'from {allowed}.')
+  for name in dict(terms):
+    if name in REWARDS and name not in allowed:
+      raise ValueError(f'config.reward.terms names {name!r}, which does not '
+                       f'apply here; known: {allowed}.')
+    REWARDS.get(name)  # An unknown name or a bad import path fails here.
+
+
+def make(terms: Terms | Mapping[str, float],
+         names: Sequence[str] | None = None, **context: Any) -> Weighted:
+  """The weighted sum `config.reward.terms` describes.
+
+  Args:
+    terms: (reward name or factory import path, weight) pairs, or a mapping.
+    names: the registered names allowed here (None: all).
+    **context: what factories read (tokenizer, classifier, options).
+  """
+  check_terms(terms, names)
+  return Weighted([(float(weight), name, REWARDS.get(name)(**context))
+                   for name, weight in dict(terms).items()])
