@@ -24,7 +24,6 @@ import optax
 
 from experiments.benchmarks import common
 from jaxrlgen import algos
-from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import loop
@@ -91,9 +90,8 @@ def profile(w: common.Workload, repeats: int) -> dict[str, float]:
                                          reward_fn=even_fraction))
   rollout, rewards = rollout_fn(state.params, batch, key)
   evaluate = jax.jit(lambda p, r: env.evaluate(p, r).logp)
-  per_sequence = rollout_lib.repeat_batch(batch, env.num_samples)
-  exp, *_ = jax.jit(functools.partial(algo.prepare, env, even_fraction))(
-      state, rollout, rewards, per_sequence, key)
+  exp, *_ = jax.jit(functools.partial(algo.prepare, env))(
+      state, rollout, rewards, key)
   grad = jax.jit(jax.grad(lambda p, e: algo.loss(env, p, e)[0]))
   grads = grad(state.params, exp)
   update = jax.jit(lambda g, o, p: optax.apply_updates(

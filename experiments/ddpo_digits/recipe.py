@@ -327,7 +327,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   reward_fn = make_reward(cfg.reward, classifier_model, classifier_params)
   tx = optim.make(cfg.rl.optimizer, cfg.total_steps)
-  params = algo.init_params(pretrained, jax.random.key(cfg.seed + 50))
+  params = algo.init_params(env, pretrained, jax.random.key(cfg.seed + 50))
   state = TrainState.create(
       params, tx,
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.

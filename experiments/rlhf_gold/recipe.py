@@ -520,9 +520,10 @@ def train_reward_model(cfg: RewardModelConfig, seed: int,
                       opt_state=opt_state)
 
   state = layout.init(build_state, sft_params)
+  score_fn = functools.partial(rm.score_completions, model)
   step_fn = layout.jit_step(functools.partial(
-      preference.reward_model_step, model=model, tx=tx, ensemble_size=k),
-                            state)
+      preference.reward_model_step, score_fn=score_fn, tx=tx,
+      ensemble_size=k), state)
   heldout = layout.batch(_pair_fields(heldout_pairs.arrays))
   gold_chosen = heldout_pairs.arrays['gold_chosen']
   gold_rejected = heldout_pairs.arrays['gold_rejected']
@@ -531,7 +532,7 @@ def train_reward_model(cfg: RewardModelConfig, seed: int,
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
   def scores(params, batch):
-    fn = functools.partial(preference.pair_scores, model)
+    fn = functools.partial(preference.pair_scores, score_fn)
     if k == 1:
       return fn(params, batch)
     chosen, rejected = jax.vmap(fn, in_axes=(0, None))(params, batch)
@@ -651,7 +652,7 @@ def rl_run(settings: Settings, workdir: epath.Path, method: str, coef: float,
   init_key = jax.random.fold_in(jax.random.key(run_cfg.seed), 7)
 
   def build_state(sft_params):
-    params = algo.init_params(_copy(sft_params), init_key)
+    params = algo.init_params(env, _copy(sft_params), init_key)
     return TrainState.create(
         params, tx,
         ref_params=_copy(sft_params) if algo.uses_reference else None,

@@ -333,7 +333,8 @@ def generator_step(state: TrainState, key: jax.Array, *, env: RecurrentEnv,
   loss_fn = reinforce.pg_loss_fn('sequence_sum', entropy_coef=0.0, kl_coef=0.0)
   params, opt_state, metrics = base.minibatch_update(
       lambda p, exp: loss_fn(env, p, exp), tx, state.params, state.opt_state,
-      {'rollout': rollout, 'advantages': rewards}, update_key)
+      base.PolicyGradientExperience(rollout=rollout, advantages=rewards),
+      update_key)
   algo_state = {**state.algo_state,
                 'rollout_params': delayed_copy(copy, params, update_rate)}
   state = state.replace(step=state.step + 1, params=params,

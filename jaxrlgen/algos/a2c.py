@@ -12,12 +12,14 @@ return - V(s_t), and the policy and value are updated once per rollout:
 import dataclasses
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
+from jaxrlgen.core.types import Rollout
 
 
 def a2c_loss(logp: jax.Array, values: jax.Array, advantages: jax.Array,
@@ -63,11 +65,28 @@ class A2CConfig:
       raise ValueError(f'config.algo.kl_coef={self.kl_coef} must be >= 0.')
 
 
+@flax.struct.dataclass
+class A2CExperience:
+  """What A2C learns from.
+
+  Attributes:
+    rollout: the B sampled sequences.
+    advantages: f32[B, T] n-step return - V(s_t) (whitened if configured).
+    value_targets: f32[B, T] n-step returns.
+    ref_logp: f32[B, T] reference log-probs, or None without a KL term.
+  """
+
+  rollout: Rollout
+  advantages: jax.Array
+  value_targets: jax.Array
+  ref_logp: jax.Array | None = None
+
+
 def make(cfg: A2CConfig) -> base.Algorithm:
   """A2C as an `Algorithm` over an environment whose policy has a value head."""
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     mask = rollout.mask
     values = jax.lax.stop_gradient(
         env.evaluate(state.params, rollout, with_values=True).values)
@@ -82,19 +101,19 @@ def make(cfg: A2CConfig) -> base.Algorithm:
                    values, value_targets, mask)}
     if cfg.whiten_advantages:
       advantages = masked.masked_whiten(advantages, mask)
-    experience = {'rollout': rollout, 'advantages': advantages,
-                  'value_targets': value_targets}
-    if cfg.kl_coef:
-      experience['ref_logp'] = base.reference_logp(env, state, rollout)
+    experience = A2CExperience(
+        rollout=rollout, advantages=advantages, value_targets=value_targets,
+        ref_logp=(base.reference_logp(env, state, rollout) if cfg.kl_coef
+                  else None))
     return experience, state.algo_state, metrics
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: A2CExperience):
+    rollout = exp.rollout
     out = env.evaluate(params, rollout, with_values=True)
-    value, metrics = a2c_loss(out.logp, out.values, exp['advantages'],
-                              exp['value_targets'], rollout.mask,
+    value, metrics = a2c_loss(out.logp, out.values, exp.advantages,
+                              exp.value_targets, rollout.mask,
                               vf_coef=cfg.vf_coef)
-    reg, reg_metrics = base.regularizers(out, rollout, exp.get('ref_logp'),
+    reg, reg_metrics = base.regularizers(out, rollout, exp.ref_logp,
                                          entropy_coef=cfg.entropy_coef,
                                          kl_coef=cfg.kl_coef)
     return value + reg, {**metrics, **reg_metrics}

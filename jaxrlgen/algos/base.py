@@ -3,23 +3,29 @@
 An `Algorithm` is a bundle of pure functions over core's `Rollout`, so the
 same algorithm trains any environment that offers `evaluate(params, rollout)`:
 
-  experience, algo_state, metrics = algo.prepare(env, reward_fn, state, rollout,
-                                                 rewards, batch, key)
+  experience, algo_state, metrics = algo.prepare(env, state, rollout, rewards,
+                                                 key)
   loss, metrics = algo.loss(env, params, minibatch_of_experience)
+
+An algorithm that scores rollouts of its own (SCST's and ReMax's greedy
+baseline) sets `needs_score` and gets one more argument, `score`: the run's
+reward of a rollout of the batch's prompts (see `Algorithm`).
 
 `state.params` are the algorithm's trainable parameters: the policy's, or a
 pytree holding the policy's and more (PPO's separate critic), in which case
 `policy_params(params)` picks the policy's out.
 
-`experience` is any pytree whose leaves have a leading batch axis B;
-`minibatch_update` shuffles it into minibatches and runs epochs x minibatches
-of optimizer steps as one `lax.scan`.
+`experience` is the algorithm's own `flax.struct.dataclass` (e.g.
+`PolicyGradientExperience`) whose leaves all have a leading batch axis B;
+`minibatch_update` shuffles it into minibatches with `jax.tree.map` and runs
+epochs x minibatches of optimizer steps as one `lax.scan`.
 """
 
 import dataclasses
 import inspect
 from typing import Any, Callable, Mapping, NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,8 +39,13 @@ PyTree = Any
 Metrics = Mapping[str, jax.Array]
 
 
-def _identity(params, *unused):
+def _identity(params):
   return params
+
+
+def _policy_params_as_is(env, policy_params, key):
+  del env, key
+  return policy_params
 
 
 class Algorithm(NamedTuple):
@@ -42,19 +53,23 @@ class Algorithm(NamedTuple):
 
   Attributes:
     name: registry name.
-    prepare: (env, reward_fn, state, rollout, rewards f32[B], batch, key) ->
-      (experience, new_algo_state, metrics); computes advantages / targets /
-      reference log-probs once per rollout. `batch` is the per-sequence data
-      (each prompt's fields repeated over its group); `reward_fn` scores other
-      rollouts (e.g. a greedy baseline decode).
+    prepare: (env, state, rollout, rewards f32[B], key) -> (experience,
+      new_algo_state, metrics); computes advantages / targets / reference
+      log-probs once per rollout. With `needs_score` it also takes `score`.
     loss: (env, params, experience) -> (scalar loss, metrics).
+    needs_score: whether `prepare` takes a keyword argument `score`:
+      (rollout of the batch's N prompts, one sequence of each, in the
+      batch's order) -> f32[N], the run's reward of it. The step builds it
+      from its reward function and the batch (SCST and ReMax score greedy
+      decodes with it).
     init_state: the algorithm's running state (`TrainState.algo_state`);
       takes nothing, or asks by name for `params` (the initial trainable
       parameters: target networks start from them) and/or `rollout` (an
       example rollout, arrays or shapes: replay buffers are sized from it).
       Call it through `init_algo_state`.
-    init_params: (policy_params, key) -> the trainable parameters (default:
-      the policy's own).
+    init_params: (env, policy_params, key) -> the trainable parameters
+      (default: the policy's own; PPO's separate critic asks the env for a
+      value head).
     policy_params: trainable parameters -> the policy's (default: identity).
     uses_reference: whether `state.ref_params` is needed at all.
     num_epochs: passes over each rollout (GRPO's mu, PPO's epochs).
@@ -65,20 +80,38 @@ class Algorithm(NamedTuple):
     env_requires: what `prepare` / `loss` use of the environment beyond
       `rollout` and `evaluate`, as its attribute names (`hidden_states` for
       a critic or Q heads, `action_logits`, `greedy`, `logits_fn`,
-      `transitions`); recipes check them with `check_env` before computing.
+      `transitions`, ...); recipes check them with `check_env` before
+      computing.
   """
 
   name: str
   prepare: Callable[..., tuple[PyTree, PyTree, Metrics]]
   loss: Callable[..., tuple[jax.Array, Metrics]]
+  needs_score: bool = False
   init_state: Callable[[], PyTree] = dict
-  init_params: Callable[[PyTree, jax.Array], PyTree] = _identity
+  init_params: Callable[[Any, PyTree, jax.Array], PyTree] = (
+      _policy_params_as_is)
   policy_params: Callable[[PyTree], PyTree] = _identity
   uses_reference: bool = False
   num_epochs: int = 1
   num_minibatches: int = 1
   decoding_env: Callable[[Any], Any] = _identity
   env_requires: tuple[str, ...] = ()
+
+
+@flax.struct.dataclass
+class PolicyGradientExperience:
+  """What the REINFORCE family (REINFORCE, SCST, ReMax, RLOO) learns from.
+
+  Attributes:
+    rollout: the B sampled sequences.
+    advantages: f32[B] per-sequence or f32[B, T] per-token advantages.
+    ref_logp: f32[B, T] reference log-probs, or None without a KL term.
+  """
+
+  rollout: Rollout
+  advantages: jax.Array
+  ref_logp: jax.Array | None = None
 
 
 def check_env(algo: Algorithm, env: Any) -> None:

@@ -28,7 +28,7 @@ What is new here is what all three share:
     `min_count` rewards, by the batch's statistics before.
   * Advantage clipping to [-adv_clip, adv_clip].
   * Training on a random subset of `timestep_fraction` of the K steps of each
-    sample (`diffusion.take_steps`), which cuts the cost of every gradient
+    sample (`env.subsample_steps`), which cuts the cost of every gradient
     step by the same fraction.
 
 The condition of a sample is `rollout.context['label']`; ids outside
@@ -39,6 +39,7 @@ import dataclasses
 from typing import ClassVar
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -46,7 +47,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import ppo
 from jaxrlgen.algos import reinforce
 from jaxrlgen.core import masked
-from jaxrlgen.envs import diffusion
+from jaxrlgen.core.types import Rollout
 
 ESTIMATORS = ('sf', 'is')
 
@@ -210,12 +211,30 @@ class DPOKConfig(DDPOConfig):
   kl_coef: float = 0.01  # Weight of the mean per-step KL bound.
 
 
+@flax.struct.dataclass
+class DDPOExperience:
+  """What DDPO and DPOK learn from.
+
+  Attributes:
+    rollout: the B sampled trajectories, restricted to the kept steps.
+    advantages: f32[B] standardised (and clipped) rewards.
+    old_logp: f32[B, T] log-probs of the steps under the sampling policy.
+    ref_mean: f32[B, T, H, W, C] the reference's Gaussian mean at each step
+      (DPOK's KL), or None without a KL term.
+  """
+
+  rollout: Rollout
+  advantages: jax.Array
+  old_logp: jax.Array
+  ref_mean: jax.Array | None = None
+
+
 def make(cfg: DDPOConfig) -> base.Algorithm:
   """DDPO_SF, DDPO_IS or DPOK (by `cfg`'s class) as an `Algorithm`.
 
-  Needs an environment whose rollouts carry `context['label']` and whose
-  steps `diffusion.take_steps` can select (`DiffusionEnv`); DPOK also needs
-  `env.transitions` (the Gaussian of every step).
+  Needs an environment whose rollouts carry `context['label']`, that keeps
+  a random subset of their steps (`env.subsample_steps`) and that gives the
+  Gaussian of every step (`env.transitions`): `DiffusionEnv`.
   """
 
   def init_state():
@@ -224,8 +243,7 @@ def make(cfg: DDPOConfig) -> base.Algorithm:
     return {'reward_stats': init_reward_stats(cfg.num_conditions,
                                               cfg.buffer_size)}
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch
+  def prepare(env, state, rollout, rewards, key):
     algo_state = dict(state.algo_state)
     rewards = rewards.astype(jnp.float32)
     condition = rollout.context['label']
@@ -241,41 +259,42 @@ def make(cfg: DDPOConfig) -> base.Algorithm:
       advantages = jnp.clip(advantages, -cfg.adv_clip, cfg.adv_clip)
     kept = cfg.kept_steps(rollout.num_steps)
     if kept < rollout.num_steps:
-      rollout = diffusion.take_steps(rollout, diffusion.random_steps(
-          key, rollout.batch_size, rollout.num_steps, kept))
-    experience = {'rollout': rollout, 'advantages': advantages,
-                  'old_logp': base.behaviour_logp(env, state, rollout)}
+      rollout = env.subsample_steps(rollout, kept, key)
     metrics = {'advantages/mean': jnp.mean(advantages),
                'advantages/std': jnp.std(advantages),
                'advantages/clipped_ratio': jnp.mean(
                    (jnp.abs(advantages) >= cfg.adv_clip).astype(jnp.float32))
                if cfg.adv_clip else jnp.zeros(())}
+    ref_mean = None
     if cfg.kl_coef:
-      experience['ref_mean'] = jax.lax.stop_gradient(
+      ref_mean = jax.lax.stop_gradient(
           env.transitions(state.ref_params, rollout).mean)
+    experience = DDPOExperience(
+        rollout=rollout, advantages=advantages,
+        old_logp=base.behaviour_logp(env, state, rollout), ref_mean=ref_mean)
     return experience, algo_state, metrics
 
-  def policy_term(logp, exp, mask):
+  def policy_term(logp, exp: DDPOExperience, mask):
     if cfg.ESTIMATOR == 'sf':
       return reinforce.policy_gradient_loss(
-          logp, exp['advantages'], mask, aggregation='token_mean')
-    advantages = jnp.broadcast_to(exp['advantages'][:, None], logp.shape)
-    return ppo.ppo_policy_loss(logp, exp['old_logp'], advantages, mask,
+          logp, exp.advantages, mask, aggregation='token_mean')
+    advantages = jnp.broadcast_to(exp.advantages[:, None], logp.shape)
+    return ppo.ppo_policy_loss(logp, exp.old_logp, advantages, mask,
                                epsilon=cfg.epsilon)
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: DDPOExperience):
+    rollout = exp.rollout
     if not cfg.kl_coef:
       out = env.evaluate(params, rollout)
       return policy_term(out.logp, exp, rollout.mask)
     dist = env.transitions(params, rollout)
     value, metrics = policy_term(dist.log_prob(rollout.actions.x_tm1), exp,
                                  rollout.mask)
-    kl = masked.masked_mean(dist.kl(exp['ref_mean']), rollout.mask)
+    kl = masked.masked_mean(dist.kl(exp.ref_mean), rollout.mask)
     return value + cfg.kl_coef * kl, {**metrics, 'kl': kl}
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
-                        env_requires=('transitions',),
+                        env_requires=('transitions', 'subsample_steps'),
                         init_state=init_state,
                         uses_reference=cfg.kl_coef > 0,
                         num_epochs=cfg.num_epochs,

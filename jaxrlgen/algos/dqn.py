@@ -33,6 +33,7 @@ import dataclasses
 from typing import ClassVar
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -43,6 +44,7 @@ from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core import replay
 from jaxrlgen.core import returns
+from jaxrlgen.core.types import Rollout
 
 LOSSES = ('huber', 'mse')
 
@@ -130,6 +132,22 @@ class DQNConfig:
     replay.check_config(self)
 
 
+@flax.struct.dataclass
+class DQNExperience:
+  """What DQN learns from: a sample of the replay buffer.
+
+  Attributes:
+    rollout: the B replayed sequences.
+    targets: f32[B, T] n-step targets from the target network.
+    v_ref: f32[B, T] the per-state shift of the Q-values
+      (`qlearning.reference_values`; zeros without `normalize_q`).
+  """
+
+  rollout: Rollout
+  targets: jax.Array
+  v_ref: jax.Array
+
+
 def make(cfg: DQNConfig) -> base.Algorithm:
   """Token-level DQN as an `Algorithm`.
 
@@ -148,8 +166,7 @@ def make(cfg: DQNConfig) -> base.Algorithm:
     return {'target_params': jax.tree.map(jnp.copy, params),
             'replay': replay.init(example, cfg.replay_capacity)}
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch
+  def prepare(env, state, rollout, rewards, key):
     target = state.algo_state['target_params']
     buffer = replay.add(state.algo_state['replay'],
                         {'rollout': rollout, 'rewards': rewards})
@@ -169,15 +186,16 @@ def make(cfg: DQNConfig) -> base.Algorithm:
     algo_state = {'target_params': optax.incremental_update(
                       state.params, target, cfg.target_update),
                   'replay': buffer}
-    return {'rollout': seqs, 'targets': targets, 'v_ref': v_ref}, algo_state, {
+    experience = DQNExperience(rollout=seqs, targets=targets, v_ref=v_ref)
+    return experience, algo_state, {
         'replay/size': buffer.size.astype(jnp.float32),
         'replay/reward_mean': jnp.mean(sampled['rewards'])}
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
-    q = env.action_logits(params, rollout) - exp['v_ref'][..., None]
+  def loss(env, params, exp: DQNExperience):
+    rollout = exp.rollout
+    q = env.action_logits(params, rollout) - exp.v_ref[..., None]
     return dqn_loss(q, rollout.actions,
-                    exp['targets'], rollout.mask, loss=cfg.loss,
+                    exp.targets, rollout.mask, loss=cfg.loss,
                     delta=cfg.huber_delta)
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,

@@ -31,11 +31,13 @@ import dataclasses
 from typing import ClassVar
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
+from jaxrlgen.core.types import Rollout
 from jaxrlgen.rewards import text as text_rewards
 
 AGGREGATIONS = ('token_mean', 'sequence_mean', 'constant')
@@ -273,6 +275,26 @@ class GSPOConfig(GRPOConfig):
   num_minibatches: int = 4  # Paper: 4 minibatches per rollout batch.
 
 
+@flax.struct.dataclass
+class GRPOExperience:
+  """What GRPO and its variants learn from.
+
+  Attributes:
+    rollout: the B = N * G sampled sequences.
+    advantages: f32[B] group-relative advantages.
+    old_logp: f32[B, T] log-probs under the policy that sampled.
+    keep: bool[B] whether the sequence's group has varied rewards (DAPO's
+      filter), or None without `filter_groups`.
+    ref_logp: f32[B, T] reference log-probs, or None when beta = 0.
+  """
+
+  rollout: Rollout
+  advantages: jax.Array
+  old_logp: jax.Array
+  keep: jax.Array | None = None
+  ref_logp: jax.Array | None = None
+
+
 def make(cfg: GRPOConfig) -> base.Algorithm:
   """GRPO (or the variant `cfg` describes) as an `Algorithm`.
 
@@ -284,8 +306,8 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
   overlong penalty included.
   """
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     metrics = {}
     if cfg.overlong_buffer:
       eos_id = getattr(env, 'eos_id', None)
@@ -301,28 +323,30 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
       metrics['reward/overlong_penalty'] = jnp.mean(penalty)
     advantages = group_advantages(rewards, env.num_samples,
                                   scale_by_std=cfg.scale_by_std)
-    experience = {'rollout': rollout, 'advantages': advantages,
-                  'old_logp': base.behaviour_logp(env, state, rollout)}
+    keep = None
     if cfg.filter_groups:
-      experience['keep'] = varied_groups(rewards, env.num_samples)
+      keep = varied_groups(rewards, env.num_samples)
       # Groups have equal sizes: the fraction of sequences is that of groups.
-      metrics['groups/kept_ratio'] = jnp.mean(experience['keep'])
-    if cfg.beta:
-      experience['ref_logp'] = base.reference_logp(env, state, rollout)
+      metrics['groups/kept_ratio'] = jnp.mean(keep)
+    experience = GRPOExperience(
+        rollout=rollout, advantages=advantages,
+        old_logp=base.behaviour_logp(env, state, rollout), keep=keep,
+        ref_logp=(base.reference_logp(env, state, rollout) if cfg.beta
+                  else None))
     return experience, state.algo_state, {
         **metrics,
         'advantages/mean': jnp.mean(advantages),
         'advantages/std': jnp.std(advantages)}
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: GRPOExperience):
+    rollout = exp.rollout
     out = env.evaluate(params, rollout)
     mask = rollout.mask
     if cfg.filter_groups:
-      mask = mask & exp['keep'][:, None]
+      mask = mask & exp.keep[:, None]
     value, metrics = grpo_loss(
-        out.logp, exp['old_logp'], exp['advantages'], mask,
-        ref_logp=exp.get('ref_logp'), epsilon_low=cfg.epsilon_low,
+        out.logp, exp.old_logp, exp.advantages, mask,
+        ref_logp=exp.ref_logp, epsilon_low=cfg.epsilon_low,
         epsilon_high=cfg.epsilon_high, beta=cfg.beta,
         aggregation=cfg.aggregation, max_tokens=rollout.num_steps,
         ratio_level=cfg.ratio_level)

@@ -43,17 +43,16 @@ import functools
 
 import chex
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
-from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
-from jaxrlgen.core.types import PolicyOutputs
-from jaxrlgen.models import transformer as tfm
+from jaxrlgen.core.types import Rollout
 
 Q_HEADS = ('q1', 'q2')
 # Key under which `policy_params` hands the heads to decoding, beside the LM's
@@ -163,16 +162,16 @@ def v_head(head, hidden: jax.Array) -> jax.Array:
   return out[..., 0]
 
 
-def decoding_logits_fn(model: tfm.Transformer, *, beta: float):
+def decoding_logits_fn(env, *, beta: float):
   """`TextEnv.logits_fn` of ILQL's advantage-weighted policy.
 
   The function takes `policy_params(params)` (the LM's parameters with the
-  heads under HEADS_KEY) and decoder states hidden [N, E].
+  heads under HEADS_KEY) and decoder states hidden [N, E]; `env.lm_logits`
+  gives the LM's own logits.
   """
   def logits_fn(params, hidden):
     heads = params[HEADS_KEY]
-    lm_logits = model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.logits)
+    lm_logits = env.lm_logits(params, hidden)
     logp = jax.nn.log_softmax(lm_logits.astype(jnp.float32), axis=-1)
     q = jnp.minimum(*[q_head(heads[n], hidden) for n in Q_HEADS])
     return advantage_weighted_logits(logp, q, v_head(heads['v'], hidden),
@@ -184,8 +183,7 @@ def decoding_logits_fn(model: tfm.Transformer, *, beta: float):
 def decoding_env(env, beta: float):
   """`env` sampling (and decoding greedily) from ILQL's advantage-weighted
   policy; its rollouts take `policy_params(params)`."""
-  return dataclasses.replace(
-      env, logits_fn=decoding_logits_fn(env.model, beta=beta))
+  return dataclasses.replace(env, logits_fn=decoding_logits_fn(env, beta=beta))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +224,23 @@ class ILQLConfig:
     return self.kl_coef > 0
 
 
+@flax.struct.dataclass
+class ILQLExperience:
+  """What ILQL learns from.
+
+  Attributes:
+    rollout: the B dataset sequences.
+    rewards: f32[B] sequence rewards.
+    target_q: f32[B, T] min over the target Q heads of the taken actions.
+    ref_logp: f32[B, T] reference log-probs, or None without a KL term.
+  """
+
+  rollout: Rollout
+  rewards: jax.Array
+  target_q: jax.Array
+  ref_logp: jax.Array | None = None
+
+
 def make(cfg: ILQLConfig) -> base.Algorithm:
   """ILQL as an `Algorithm`.
 
@@ -235,7 +250,8 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
   the LM reads as its own and `decoding_env`'s sampler reads as ILQL's.
   """
 
-  def init_params(policy_params, key):
+  def init_params(env, policy_params, key):
+    del env  # The heads' shapes are read off the policy's parameters.
     return {'policy': policy_params,
             'heads': init_heads(policy_params, key, cfg.head_hidden_mult)}
 
@@ -246,8 +262,8 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
     return {'target_params': {n: jax.tree.map(jnp.copy, params['heads'][n])
                               for n in Q_HEADS}}
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     # Targets track the online heads as they were after the last update.
     target = optax.incremental_update(
         {n: state.params['heads'][n] for n in Q_HEADS},
@@ -256,16 +272,16 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
     target_q = jnp.minimum(*[
         qlearning.action_values(q_head(target[n], hidden), rollout.actions)
         for n in Q_HEADS])
-    experience = {'rollout': rollout,
-                  'rewards': rewards.astype(jnp.float32),
-                  'target_q': jax.lax.stop_gradient(target_q)}
-    if cfg.uses_reference:
-      experience['ref_logp'] = base.reference_logp(env, state, rollout)
+    experience = ILQLExperience(
+        rollout=rollout, rewards=rewards.astype(jnp.float32),
+        target_q=jax.lax.stop_gradient(target_q),
+        ref_logp=(base.reference_logp(env, state, rollout)
+                  if cfg.uses_reference else None))
     return experience, {'target_params': target}, {
         'q/target_taken_mean': masked.masked_mean(target_q, rollout.mask)}
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: ILQLExperience):
+    rollout = exp.rollout
     mask, actions = rollout.mask, rollout.actions
     hidden = env.hidden_states(params['policy'], rollout)
     heads = params['heads']
@@ -273,25 +289,20 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
     v = v_head(heads['v'], hidden)
     # Q's target uses V of the next state, held fixed (IQL eq. 6).
     targets = returns.n_step_returns(
-        returns.terminal_rewards(exp['rewards'], mask),
+        returns.terminal_rewards(exp.rewards, mask),
         jax.lax.stop_gradient(v), mask, n=1, gamma=cfg.gamma)
     td, metrics = qlearning.twin_td_loss(
         jax.vmap(qlearning.action_values, (0, None))(q_all, actions),
         targets, mask)
-    v_loss = expectile_loss(exp['target_q'] - v, mask,
+    v_loss = expectile_loss(exp.target_q - v, mask,
                             expectile=cfg.expectile)
     cql = cql_loss(q_all, actions, mask)
     # pi_beta: maximum likelihood on the dataset, the LM's own head, read
     # off the same trunk pass as the heads.
-    logp, entropy = logprob.chunked_token_logprobs(
-        lambda h: env.model.apply({'params': params['policy']}, h,
-                                  method=tfm.Transformer.logits),
-        hidden, actions, temperature=env.sampling.scoring_temperature,
-        chunk_size=env.logprob_chunk)
-    out = PolicyOutputs(logp=logp, entropy=entropy)
+    out = env.evaluate_hidden(params['policy'], hidden, actions)
     nll = -masked.masked_mean(out.logp, mask)
     reg, reg_metrics = base.regularizers(
-        out, rollout, exp.get('ref_logp'), entropy_coef=cfg.entropy_coef,
+        out, rollout, exp.ref_logp, entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef)
     total = (td + cfg.value_coef * v_loss + cfg.cql_coef * cql
              + cfg.bc_coef * nll + reg)
@@ -310,4 +321,5 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
       uses_reference=cfg.uses_reference, num_epochs=cfg.num_epochs,
       num_minibatches=cfg.num_minibatches,
       decoding_env=functools.partial(decoding_env, beta=cfg.beta),
-      env_requires=('hidden_states', 'logits_fn'))
+      env_requires=('hidden_states', 'evaluate_hidden', 'lm_logits',
+                    'logits_fn'))

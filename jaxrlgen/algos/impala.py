@@ -21,12 +21,14 @@ A text completion's sequence reward is paid at its last valid token.
 import dataclasses
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import vtrace as vtrace_lib
+from jaxrlgen.core.types import Rollout
 
 
 def terminal_rewards(rewards: jax.Array, mask: jax.Array) -> jax.Array:
@@ -124,28 +126,43 @@ class IMPALAConfig:
       raise ValueError(f'config.algo.kl_coef={self.kl_coef} must be >= 0.')
 
 
+@flax.struct.dataclass
+class IMPALAExperience:
+  """What IMPALA learns from.
+
+  Attributes:
+    rollout: the B sequences the actor sampled; `rollout.logp` is mu.
+    rewards: f32[B, T] per-step rewards (the sequence's at its last step).
+    ref_logp: f32[B, T] reference log-probs, or None without a KL term.
+  """
+
+  rollout: Rollout
+  rewards: jax.Array
+  ref_logp: jax.Array | None = None
+
+
 def make(cfg: IMPALAConfig) -> base.Algorithm:
   """IMPALA as an `Algorithm`; the env's policy needs a value head."""
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     # mu is what the actor really sampled from (its own, possibly stale
     # parameters and truncated sampling): never recompute it.
-    experience = {'rollout': rollout,
-                  'rewards': terminal_rewards(rewards, rollout.mask)}
-    if cfg.kl_coef:
-      experience['ref_logp'] = base.reference_logp(env, state, rollout)
+    experience = IMPALAExperience(
+        rollout=rollout, rewards=terminal_rewards(rewards, rollout.mask),
+        ref_logp=(base.reference_logp(env, state, rollout) if cfg.kl_coef
+                  else None))
     return experience, state.algo_state, {}
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: IMPALAExperience):
+    rollout = exp.rollout
     out = env.evaluate(params, rollout, with_values=True)
     value, metrics = impala_loss(
-        out.logp, out.values, rollout.logp, exp['rewards'], rollout.mask,
+        out.logp, out.values, rollout.logp, exp.rewards, rollout.mask,
         discount=cfg.discount, lambda_=cfg.lambda_, rho_bar=cfg.rho_bar,
         c_bar=cfg.c_bar, value_coef=cfg.value_coef)
     reg, reg_metrics = base.regularizers(
-        out, rollout, exp.get('ref_logp'), entropy_coef=cfg.entropy_coef,
+        out, rollout, exp.ref_logp, entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef)
     return value + reg, {**metrics, **reg_metrics}
 

@@ -25,6 +25,7 @@ import dataclasses
 from typing import ClassVar
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,7 +34,7 @@ from jaxrlgen.algos import base
 from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core.types import PolicyOutputs
-from jaxrlgen.models import transformer as tfm
+from jaxrlgen.core.types import Rollout
 
 POLICY_TARGETS = ('tree_policy', 'chosen_action')
 
@@ -134,6 +135,22 @@ class ExpertIterationConfig:
                          '>= 0.')
 
 
+@flax.struct.dataclass
+class ExpertIterationExperience:
+  """What expert iteration learns from.
+
+  Attributes:
+    rollout: the B sequences the search decoded; its `context` carries the
+      search's `search_policy` f32[B, T, V] (the policy's target).
+    returns: f32[B, T] the value targets (the sequence reward z).
+    ref_logp: f32[B, T] reference log-probs, or None without a KL term.
+  """
+
+  rollout: Rollout
+  returns: jax.Array
+  ref_logp: jax.Array | None = None
+
+
 def make(cfg: ExpertIterationConfig) -> base.Algorithm:
   """Expert iteration as an `Algorithm` over MCTS rollouts.
 
@@ -142,17 +159,17 @@ def make(cfg: ExpertIterationConfig) -> base.Algorithm:
   head when value_coef > 0.
   """
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     if 'search_policy' not in rollout.context:
       raise ValueError(
           "mcts_expert_iteration learns from MCTS rollouts: set "
           "config.rl.sampler='mcts' (the rollout has no search_policy).")
     mask = rollout.mask
-    experience = {'rollout': rollout,
-                  'returns': sequence_returns(rewards, mask)}
-    if cfg.kl_coef:
-      experience['ref_logp'] = base.reference_logp(env, state, rollout)
+    experience = ExpertIterationExperience(
+        rollout=rollout, returns=sequence_returns(rewards, mask),
+        ref_logp=(base.reference_logp(env, state, rollout) if cfg.kl_coef
+                  else None))
     weights = rollout.context['search_policy']
     search_entropy = jnp.sum(jax.scipy.special.entr(weights), axis=-1)
     metrics = {
@@ -162,32 +179,29 @@ def make(cfg: ExpertIterationConfig) -> base.Algorithm:
     }
     return experience, state.algo_state, metrics
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
-    model = env.model
+  def loss(env, params, exp: ExpertIterationExperience):
+    rollout = exp.rollout
     hidden = env.hidden_states(params, rollout)
-    logits = model.apply({'params': params}, hidden,
-                         method=tfm.Transformer.logits).astype(jnp.float32)
+    logits = env.lm_logits(params, hidden).astype(jnp.float32)
     if cfg.value_coef:
-      values = model.apply({'params': params}, hidden,
-                           method=tfm.Transformer.value)
+      values = env.value(params, hidden)
     else:
       values = jnp.zeros(rollout.mask.shape, jnp.float32)
     targets = search_targets(rollout.context['search_policy'],
                              rollout.actions, logits.shape[-1],
                              cfg.policy_target)
     value, metrics = expert_iteration_loss(
-        logits, targets, values, exp['returns'], rollout.mask,
+        logits, targets, values, exp.returns, rollout.mask,
         policy_coef=cfg.policy_coef, value_coef=cfg.value_coef)
     logp, entropy = logprob.token_logprobs(logits, rollout.actions)
     out = PolicyOutputs(logp=logp, entropy=entropy, values=values)
     reg, reg_metrics = base.regularizers(
-        out, rollout, exp.get('ref_logp'), entropy_coef=cfg.entropy_coef,
+        out, rollout, exp.ref_logp, entropy_coef=cfg.entropy_coef,
         kl_coef=cfg.kl_coef)
     return value + reg, {**metrics, **reg_metrics}
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
-                        env_requires=('hidden_states',),
+                        env_requires=('hidden_states', 'lm_logits', 'value'),
                         uses_reference=cfg.kl_coef > 0,
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

@@ -18,13 +18,14 @@ Ouyang et al. 2022 (InstructGPT):
 import dataclasses
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
-from jaxrlgen.models import transformer as tfm
+from jaxrlgen.core.types import Rollout
 
 KL_CONTROLLERS = ('fixed', 'adaptive')
 REWARD_NORMS = ('none', 'batch', 'running')
@@ -196,48 +197,52 @@ class PPOConfig:
     return self.kl_coef > 0
 
 
-def critic_env(env):
-  """`env` whose model is the policy's with a value head: the critic's."""
-  critic_cfg = dataclasses.replace(env.model.config, value_head=True)
-  return dataclasses.replace(env, model=tfm.Transformer(critic_cfg))
+@flax.struct.dataclass
+class PPOExperience:
+  """What PPO learns from.
 
-
-def init_critic_params(policy_params, key: jax.Array):
-  """The critic: a copy of the policy's parameters with a fresh value head.
-
-  The value head's shape and initialiser are the Transformer's own, taken
-  from a head-only model of the policy's width (the width and dtype are read
-  off the policy's final norm, since `init_params` sees no model config).
+  Attributes:
+    rollout: the B sampled sequences.
+    old_logp: f32[B, T] log-probs under the policy that sampled.
+    old_values: f32[B, T] values when the rollout was prepared.
+    advantages: f32[B, T] GAE advantages (whitened if configured).
+    value_targets: f32[B, T] the lambda-returns.
   """
-  scale = policy_params['final_norm']['scale']
-  head_only = tfm.TransformerConfig(
-      vocab_size=1, hidden_dim=scale.shape[-1], mlp_dim=1, num_layers=0,
-      num_heads=1, num_kv_heads=1, head_dim=2, value_head=True,
-      param_dtype=jnp.dtype(scale.dtype).name)
-  head = tfm.init_params(head_only, key)['value_proj']
-  return {**jax.tree.map(jnp.copy, policy_params), 'value_proj': head}
+
+  rollout: Rollout
+  old_logp: jax.Array
+  old_values: jax.Array
+  advantages: jax.Array
+  value_targets: jax.Array
 
 
 def make(cfg: PPOConfig) -> base.Algorithm:
-  """PPO as an `Algorithm` (any environment whose `evaluate` gives values)."""
+  """PPO as an `Algorithm` (any environment whose `evaluate` gives values).
+
+  With `separate_critic`, params = {'policy', 'critic'}: the critic is the
+  environment's model with a value head (`env.with_value_head()`), started
+  from a copy of the policy (`env.init_critic`).
+  """
 
   if cfg.separate_critic:
     policy_params = lambda params: params['policy']
     params_fns = {'policy_params': policy_params,
-                  'init_params': lambda params, key: {
+                  'init_params': lambda env, params, key: {
                       'policy': params,
-                      'critic': init_critic_params(params, key)}}
+                      'critic': env.init_critic(params, key)},
+                  'env_requires': ('hidden_states', 'with_value_head',
+                                   'init_critic')}
 
     def values_of(env, params, rollout):
-      return critic_env(env).evaluate(params['critic'], rollout,
-                                      with_values=True).values
+      return env.with_value_head().evaluate(params['critic'], rollout,
+                                            with_values=True).values
 
     def policy_and_values(env, params, rollout):
       out = env.evaluate(params['policy'], rollout)
       return out, values_of(env, params, rollout)
   else:
     policy_params = lambda params: params
-    params_fns = {}
+    params_fns = {'env_requires': ('hidden_states',)}
 
     def values_of(env, params, rollout):
       return env.evaluate(params, rollout, with_values=True).values
@@ -254,8 +259,8 @@ def make(cfg: PPOConfig) -> base.Algorithm:
                                'm2': jnp.zeros((), jnp.float32)}
     return state
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     algo_state = dict(state.algo_state)
     mask = rollout.mask
     old_logp = base.behaviour_logp(env, state, rollout, policy_params)
@@ -299,19 +304,19 @@ def make(cfg: PPOConfig) -> base.Algorithm:
                         old_values, value_targets, mask)})
     if cfg.whiten_advantages:
       advantages = masked.masked_whiten(advantages, mask)
-    experience = {'rollout': rollout, 'old_logp': old_logp,
-                  'old_values': old_values, 'advantages': advantages,
-                  'value_targets': value_targets}
+    experience = PPOExperience(rollout=rollout, old_logp=old_logp,
+                               old_values=old_values, advantages=advantages,
+                               value_targets=value_targets)
     return experience, algo_state, metrics
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: PPOExperience):
+    rollout = exp.rollout
     out, values = policy_and_values(env, params, rollout)
     policy_loss, metrics = ppo_policy_loss(
-        out.logp, exp['old_logp'], exp['advantages'], rollout.mask,
+        out.logp, exp.old_logp, exp.advantages, rollout.mask,
         epsilon=cfg.epsilon)
     value_loss, value_metrics = ppo_value_loss(
-        values, exp['old_values'], exp['value_targets'], rollout.mask,
+        values, exp.old_values, exp.value_targets, rollout.mask,
         value_clip=cfg.value_clip)
     reg, reg_metrics = base.regularizers(out, rollout, None,
                                          entropy_coef=cfg.entropy_coef)
@@ -319,7 +324,6 @@ def make(cfg: PPOConfig) -> base.Algorithm:
     return total, {**metrics, **value_metrics, **reg_metrics}
 
   return base.Algorithm(name='ppo', prepare=prepare, loss=loss,
-                        env_requires=('hidden_states',),
                         init_state=init_state, **params_fns,
                         uses_reference=cfg.uses_reference,
                         num_epochs=cfg.num_epochs,

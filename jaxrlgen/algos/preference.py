@@ -25,13 +25,16 @@ Training:
 A batch of triples is a dict: `prompt` i32[N, P], `prompt_mask` bool[N, P],
 `chosen` / `rejected` i32[N, T] and `chosen_mask` / `rejected_mask`
 bool[N, T] (completions right-padded, EOS included); see
-`jaxrlgen.data.preferences`.
+`jaxrlgen.data.preferences`. A reward model enters as its scoring function
+`score_fn(params, prompt, prompt_mask, completion, completion_mask) -> f32[N]`
+(e.g. `functools.partial(models.reward_model.score_completions, model)`).
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -39,11 +42,11 @@ import optax
 from jaxrlgen.algos import base
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
-from jaxrlgen.models import reward_model as rm
-from jaxrlgen.models import transformer as tfm
 
 LOSSES = ('dpo', 'ipo', 'simpo')
 Params = Any
+# (params, prompt, prompt_mask, completion, completion_mask) -> f32[N].
+ScoreFn = Callable[..., jax.Array]
 
 
 def _pair_metrics(margin: jax.Array, weights: jax.Array) -> dict:
@@ -228,6 +231,26 @@ def preference_loss(cfg: PreferenceConfig, policy_chosen, policy_rejected,
                     weights=weights)
 
 
+@flax.struct.dataclass
+class PreferenceExperience:
+  """Triples with the reference's log-prob sums: what the direct preference
+  losses learn from.
+
+  Attributes:
+    triples: the batch of N (prompt, chosen, rejected) triples, a dict as in
+      the module docstring.
+    ref_chosen, ref_rejected: f32[N] the reference policy's log-prob sums
+      of the completions (zeros for SimPO).
+    weight: f32[N] pair weights (online DPO: 0 for groups without a
+      preference), or None for equal weights.
+  """
+
+  triples: Mapping[str, jax.Array]
+  ref_chosen: jax.Array
+  ref_rejected: jax.Array
+  weight: jax.Array | None = None
+
+
 def completion_rollout(prompt, prompt_mask, completion,
                        completion_mask) -> Rollout:
   """Completions of prompts as the Rollout `env.evaluate` scores."""
@@ -265,31 +288,30 @@ def _lengths(batch):
           jnp.sum(batch['rejected_mask'], axis=1))
 
 
-def offline_loss(cfg: PreferenceConfig, env, params, batch):
-  """The preference loss of a batch of triples (ref sums in the batch).
-
-  `batch` also holds `ref_chosen` / `ref_rejected` f32[N] (the reference
-  policy's log-prob sums; ignored by SimPO) and optionally `weight` f32[N].
-  """
-  policy_chosen, policy_rejected = pair_logp(env, params, batch)
+def offline_loss(cfg: PreferenceConfig, env, params,
+                 exp: PreferenceExperience):
+  """The preference loss of a batch of triples and their reference sums."""
+  policy_chosen, policy_rejected = pair_logp(env, params, exp.triples)
   loss, metrics = preference_loss(
-      cfg, policy_chosen, policy_rejected, batch['ref_chosen'],
-      batch['ref_rejected'], *_lengths(batch), batch.get('weight'))
+      cfg, policy_chosen, policy_rejected, exp.ref_chosen, exp.ref_rejected,
+      *_lengths(exp.triples), exp.weight)
   # Log-prob sums: the chosen one should rise, and DPO lets both fall.
   metrics['logp/chosen'] = jnp.mean(policy_chosen)
   metrics['logp/rejected'] = jnp.mean(policy_rejected)
   return loss, metrics
 
 
-def with_reference(cfg: PreferenceConfig, env, ref_params, batch):
-  """`batch` plus the reference policy's log-prob sums (zeros for SimPO)."""
-  n = batch['chosen'].shape[0]
+def with_reference(cfg: PreferenceConfig, env, ref_params, triples,
+                   weight: jax.Array | None = None) -> PreferenceExperience:
+  """`triples` with the reference policy's log-prob sums (zeros for SimPO)."""
+  n = triples['chosen'].shape[0]
   if cfg.uses_reference:
     ref_chosen, ref_rejected = jax.lax.stop_gradient(
-        pair_logp(env, ref_params, batch))
+        pair_logp(env, ref_params, triples))
   else:
     ref_chosen = ref_rejected = jnp.zeros((n,), jnp.float32)
-  return {**batch, 'ref_chosen': ref_chosen, 'ref_rejected': ref_rejected}
+  return PreferenceExperience(triples=triples, ref_chosen=ref_chosen,
+                              ref_rejected=ref_rejected, weight=weight)
 
 
 def offline_step(state: TrainState, batch, key: jax.Array, *,
@@ -313,24 +335,24 @@ def offline_step(state: TrainState, batch, key: jax.Array, *,
 
 # --- Reward models -----------------------------------------------------------
 
-def pair_scores(model: tfm.Transformer, params: Params, batch):
+def pair_scores(score_fn: ScoreFn, params: Params, batch):
   """(chosen, rejected) f32[N] reward-model scores of a batch of triples,
   from one forward pass of 2N sequences."""
   both = _both(batch)
-  scores = rm.score_completions(model, params, both.context['tokens'],
-                                both.context['mask'], both.actions, both.mask)
+  scores = score_fn(params, both.context['tokens'], both.context['mask'],
+                    both.actions, both.mask)
   n = batch['chosen'].shape[0]
   return scores[:n], scores[n:]
 
 
-def reward_model_loss(model: tfm.Transformer, params: Params, batch,
+def reward_model_loss(score_fn: ScoreFn, params: Params, batch,
                       weights: jax.Array | None = None):
   """Bradley-Terry loss of a reward model on a batch of triples."""
-  return bradley_terry_loss(*pair_scores(model, params, batch), weights)
+  return bradley_terry_loss(*pair_scores(score_fn, params, batch), weights)
 
 
 def reward_model_step(state: TrainState, batch, key: jax.Array, *,
-                      model: tfm.Transformer,
+                      score_fn: ScoreFn,
                       tx: optax.GradientTransformation,
                       ensemble_size: int = 1):
   """One Bradley-Terry step of a reward model or a stacked ensemble.
@@ -352,7 +374,7 @@ def reward_model_step(state: TrainState, batch, key: jax.Array, *,
                                    batch['chosen'].shape[:1]).astype(
                                        jnp.float32)
     return base.minibatch_update(
-        lambda p, b: reward_model_loss(model, p, b, weights), tx, params,
+        lambda p, b: reward_model_loss(score_fn, p, b, weights), tx, params,
         opt_state, batch, member_key)
 
   if ensemble_size > 1:
@@ -367,16 +389,16 @@ def reward_model_step(state: TrainState, batch, key: jax.Array, *,
                        opt_state=opt_state), metrics
 
 
-def reward_model_eval(model: tfm.Transformer, params: Params, batch, *,
+def reward_model_eval(score_fn: ScoreFn, params: Params, batch, *,
                       ensemble: bool = False):
   """Bradley-Terry loss, accuracy and margin on held-out triples.
 
   With `ensemble`, of the members' mean score.
   """
   if not ensemble:
-    loss, metrics = reward_model_loss(model, params, batch)
+    loss, metrics = reward_model_loss(score_fn, params, batch)
     return {**metrics, 'loss': loss}
-  scores = jax.vmap(lambda p: pair_scores(model, p, batch))(params)
+  scores = jax.vmap(lambda p: pair_scores(score_fn, p, batch))(params)
   chosen, rejected = jnp.mean(scores[0], axis=0), jnp.mean(scores[1], axis=0)
   loss, metrics = bradley_terry_loss(chosen, rejected)
   return {**metrics, 'loss': loss}
@@ -416,21 +438,21 @@ def make_online_dpo(cfg: PreferenceConfig) -> base.Algorithm:
   0. The rollout needs G >= 2 samples per prompt; minibatches split prompts.
   """
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     chosen, rejected, valid = best_worst_pairs(rewards, env.num_samples)
     take = lambda x, idx: x[idx]
-    pairs = {
+    triples = {
         'prompt': take(rollout.context['tokens'], chosen),
         'prompt_mask': take(rollout.context['mask'], chosen),
         'chosen': take(rollout.actions, chosen),
         'chosen_mask': take(rollout.mask, chosen),
         'rejected': take(rollout.actions, rejected),
         'rejected_mask': take(rollout.mask, rejected),
-        'weight': valid.astype(jnp.float32),
     }
     ref = state.ref_params if cfg.uses_reference else None
-    experience = with_reference(cfg, env, ref, pairs)
+    experience = with_reference(cfg, env, ref, triples,
+                                weight=valid.astype(jnp.float32))
     metrics = {'pairs/valid_fraction': jnp.mean(valid),
                'pairs/reward_gap': jnp.mean(jnp.where(
                    valid, rewards[chosen] - rewards[rejected], 0.0))}

@@ -53,6 +53,7 @@ import jax.numpy as jnp
 from jaxrlgen.algos import base
 from jaxrlgen.algos import grpo
 from jaxrlgen.core import masked
+from jaxrlgen.core.types import Rollout
 
 AGGREGATIONS = ('sequence_sum',) + grpo.AGGREGATIONS
 BASELINE_INITS = ('zero', 'first_batch')
@@ -181,28 +182,21 @@ def check_nonnegative(**values) -> None:
 
 
 def pg_loss_fn(aggregation: str, entropy_coef: float, kl_coef: float):
-  """`Algorithm.loss` of the REINFORCE family over an experience holding
-  `rollout`, `advantages` (f32[B] or [B, T]) and, with kl_coef, `ref_logp`."""
+  """`Algorithm.loss` of the REINFORCE family over a
+  `base.PolicyGradientExperience` (`ref_logp` needed with kl_coef)."""
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: base.PolicyGradientExperience):
+    rollout = exp.rollout
     out = env.evaluate(params, rollout)
     value, metrics = policy_gradient_loss(
-        out.logp, exp['advantages'], rollout.mask, aggregation=aggregation,
+        out.logp, exp.advantages, rollout.mask, aggregation=aggregation,
         max_tokens=rollout.num_steps)
     reg, reg_metrics = base.regularizers(
-        out, rollout, exp.get('ref_logp'), entropy_coef=entropy_coef,
+        out, rollout, exp.ref_logp, entropy_coef=entropy_coef,
         kl_coef=kl_coef)
     return value + reg, {**metrics, **reg_metrics}
 
   return loss
-
-
-def _experience(env, state, rollout, advantages, kl_coef):
-  experience = {'rollout': rollout, 'advantages': advantages}
-  if kl_coef:
-    experience['ref_logp'] = base.reference_logp(env, state, rollout)
-  return experience
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,15 +227,18 @@ def make(cfg: ReinforceConfig) -> base.Algorithm:
     return {'baseline': jnp.zeros((), jnp.float32),
             'count': jnp.zeros((), jnp.int32)}
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     algo_state = state.algo_state
     # The baseline from before this batch: independent of these samples.
     advantages = rewards.astype(jnp.float32) - algo_state['baseline']
     baseline, count = ema_baseline(
         algo_state['baseline'], algo_state['count'], jnp.mean(rewards),
         decay=cfg.baseline_decay, init=cfg.baseline_init)
-    experience = _experience(env, state, rollout, advantages, cfg.kl_coef)
+    ref_logp = (base.reference_logp(env, state, rollout) if cfg.kl_coef
+                else None)
+    experience = base.PolicyGradientExperience(
+        rollout=rollout, advantages=advantages, ref_logp=ref_logp)
     return experience, {'baseline': baseline, 'count': count}, {
         'advantages/mean': jnp.mean(advantages),
         'baseline': algo_state['baseline']}
@@ -282,16 +279,23 @@ class ReMaxConfig:
                       entropy_coef=self.entropy_coef, kl_coef=self.kl_coef)
 
 
-def greedy_rewards(env, reward_fn, params, batch, key) -> jax.Array:
-  """f32[N] rewards of the greedy decodes of the batch's N unique prompts.
+def greedy_rewards(env, score, params, rollout: Rollout,
+                   key: jax.Array) -> jax.Array:
+  """f32[N] rewards of the greedy decodes of the rollout's N prompts.
 
-  `batch` is per-sequence (each prompt's fields repeated G = env.num_samples
-  times, consecutively), so every G-th row is one prompt.
+  Args:
+    env: the text environment the rollout was sampled in.
+    score: (rollout of the N prompts, one sequence each) -> f32[N], the
+      run's reward (`Algorithm.needs_score`).
+    params: the policy's parameters.
+    rollout: B = N * G sequences, G = env.num_samples consecutive samples of
+      each prompt; the prompts are its `context` `tokens` and `mask`.
+    key: PRNG key of the decode.
   """
-  unique = jax.tree.map(lambda x: x[::env.num_samples], batch)
-  greedy = env.greedy().rollout(params, unique['prompt'],
-                                unique['prompt_mask'], key)
-  return jax.lax.stop_gradient(reward_fn(greedy, unique))
+  g = env.num_samples
+  greedy = env.greedy().rollout(params, rollout.context['tokens'][::g],
+                                rollout.context['mask'][::g], key)
+  return jax.lax.stop_gradient(score(greedy))
 
 
 def make_greedy_baseline(name: str, *, aggregation: str, entropy_coef: float,
@@ -299,16 +303,14 @@ def make_greedy_baseline(name: str, *, aggregation: str, entropy_coef: float,
                          kl_reward_coef: float = 0.0) -> base.Algorithm:
   """REINFORCE with the greedy decode's reward as baseline (SCST, ReMax)."""
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    baseline = greedy_rewards(env, reward_fn, state.params, batch, key)
+  def prepare(env, state, rollout, rewards, key, *, score):
+    baseline = greedy_rewards(env, score, state.params, rollout, key)
     advantages = greedy_baseline_advantages(rewards, baseline,
                                             reward_clip=reward_clip)
     metrics = {'baseline': jnp.mean(baseline)}
-    experience = {'rollout': rollout}
+    ref_logp = None
     if kl_coef or kl_reward_coef:
       ref_logp = base.reference_logp(env, state, rollout)
-      if kl_coef:
-        experience['ref_logp'] = ref_logp
     if kl_reward_coef:
       old_logp = base.behaviour_logp(env, state, rollout)
       metrics['kl'] = masked.masked_mean(old_logp - ref_logp, rollout.mask)
@@ -317,11 +319,13 @@ def make_greedy_baseline(name: str, *, aggregation: str, entropy_coef: float,
       metrics['advantages/mean'] = masked.masked_mean(advantages, rollout.mask)
     else:
       metrics['advantages/mean'] = jnp.mean(advantages)
-    experience['advantages'] = advantages
+    experience = base.PolicyGradientExperience(
+        rollout=rollout, advantages=advantages,
+        ref_logp=ref_logp if kl_coef else None)
     return experience, state.algo_state, metrics
 
   return base.Algorithm(
-      name=name, prepare=prepare,
+      name=name, prepare=prepare, needs_score=True,
       loss=pg_loss_fn(aggregation, entropy_coef, kl_coef),
       uses_reference=kl_coef > 0 or kl_reward_coef > 0,
       env_requires=('greedy',))

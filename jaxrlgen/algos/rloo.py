@@ -89,8 +89,8 @@ class RLOOConfig:
 def make(cfg: RLOOConfig) -> base.Algorithm:
   """RLOO as an `Algorithm`; fails at trace time for groups of one."""
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     _check_group_size(env.num_samples)
     rewards = rewards.astype(jnp.float32)
     metrics = {}
@@ -105,9 +105,9 @@ def make(cfg: RLOOConfig) -> base.Algorithm:
     advantages = rloo_advantages(rewards, env.num_samples)
     metrics['advantages/mean'] = jnp.mean(advantages)
     metrics['advantages/std'] = jnp.std(advantages)
-    experience = {'rollout': rollout, 'advantages': advantages}
-    if cfg.kl_coef:
-      experience['ref_logp'] = ref_logp
+    experience = base.PolicyGradientExperience(
+        rollout=rollout, advantages=advantages,
+        ref_logp=ref_logp if cfg.kl_coef else None)
     return experience, state.algo_state, metrics
 
   return base.Algorithm(

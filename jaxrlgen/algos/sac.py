@@ -41,6 +41,7 @@ import dataclasses
 import math
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -256,9 +257,8 @@ def init_critic_params(policy_params, *, logit_scale: float = 0.0):
   Q-function whose Boltzmann policy softmax(Q / alpha) is the LM itself (at
   sampling temperature 1), so the actor starts at its own optimum instead
   of being pulled towards uniform. The width E and vocabulary V are read off
-  the policy's parameters, since `init_params` sees no model config. The
-  head is named `unembed` so that sharding by path suffix splits it like the
-  LM's output layer.
+  the policy's parameters. The head is named `unembed` so that sharding by
+  path suffix splits it like the LM's output layer.
   """
   vocab, width = policy_params['embed']['embedding'].shape
   dtype = policy_params['final_norm']['scale'].dtype
@@ -289,6 +289,25 @@ def policy_logprobs(env, policy_params, rollout: Rollout) -> jax.Array:
   return jax.nn.log_softmax(logits / env.sampling.scoring_temperature, axis=-1)
 
 
+@flax.struct.dataclass
+class SACExperience:
+  """What discrete SAC learns from: a sample of the replay buffer.
+
+  Attributes:
+    rollout: the B replayed sequences.
+    targets: f32[B, T] the critics' soft targets.
+    actor_on: f32[B] 1 once the actor trains (after `actor_delay_steps`),
+      else 0; the same for every row (per row so that minibatches carry it).
+    log_prior: f32[B, T, V] the reference's log-probs over the vocabulary,
+      or None when the reference is not used.
+  """
+
+  rollout: Rollout
+  targets: jax.Array
+  actor_on: jax.Array
+  log_prior: jax.Array | None = None
+
+
 def make(cfg: SACConfig) -> base.Algorithm:
   """Discrete SAC as an `Algorithm` (text environments with `hidden_states`)."""
 
@@ -297,8 +316,10 @@ def make(cfg: SACConfig) -> base.Algorithm:
 
   logit_scale = cfg.init_alpha if cfg.critic_init == 'policy' else 0.0
 
-  def init_params(policy_params, key):
-    del key  # The critics are deterministic: copies of the trunk.
+  def init_params(env, policy_params, key):
+    # The critics are deterministic copies of the trunk, their heads' shapes
+    # read off the policy's parameters.
+    del env, key
     params = {'policy': policy_params,
               **{name: init_critic_params(policy_params,
                                           logit_scale=logit_scale)
@@ -327,8 +348,7 @@ def make(cfg: SACConfig) -> base.Algorithm:
       return jnp.exp(log_alpha(params))
     return jnp.asarray(cfg.init_alpha, jnp.float32)
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch
+  def prepare(env, state, rollout, rewards, key):
     algo_state = dict(state.algo_state)
     buffer = replay.add(algo_state['replay'],
                         {'rollout': rollout,
@@ -342,19 +362,20 @@ def make(cfg: SACConfig) -> base.Algorithm:
     q_target = jnp.minimum(*[critic_q_values(env, targets_params[n], sampled)
                              for n in CRITICS])
     logp = policy_logprobs(env, state.params['policy'], sampled)
-    experience = {'rollout': sampled}
+    ref_log_prior = None
     if cfg.uses_reference:
-      experience['log_prior'] = jax.lax.stop_gradient(
+      ref_log_prior = jax.lax.stop_gradient(
           policy_logprobs(env, state.ref_params, sampled))
     # With a uniform prior the reference is there for kl_coef only.
-    log_prior = experience['log_prior'] if cfg.prior == 'reference' else 0.0
+    log_prior = ref_log_prior if cfg.prior == 'reference' else 0.0
     targets = critic_targets(q_target, logp, sample['rewards'], sampled.mask,
                              alpha=temperature(state.params), gamma=cfg.gamma,
                              log_prior=log_prior, n_step=cfg.n_step)
     actor_on = (state.step >= cfg.actor_delay_steps).astype(jnp.float32)
-    experience.update(
-        targets=jax.lax.stop_gradient(targets),
-        actor_on=jnp.full((cfg.replay_batch_size,), actor_on))
+    experience = SACExperience(
+        rollout=sampled, targets=jax.lax.stop_gradient(targets),
+        actor_on=jnp.full((cfg.replay_batch_size,), actor_on),
+        log_prior=ref_log_prior)
     algo_state.update(replay=buffer, target_params=targets_params)
     # A(s, a) = Q(s, a) - sum_a' pi(a'|s) Q(s, a') of the sampled actions.
     advantages = qlearning.action_values(q_target, sampled.actions) - \
@@ -363,27 +384,27 @@ def make(cfg: SACConfig) -> base.Algorithm:
                'advantages/mean': masked.masked_mean(advantages, sampled.mask)}
     return experience, algo_state, metrics
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: SACExperience):
+    rollout = exp.rollout
     mask = rollout.mask
     q_all = jnp.stack([critic_q_values(env, params[n], rollout)
                        for n in CRITICS])
     td, metrics = critic_loss(
         jax.vmap(qlearning.action_values, (0, None))(q_all, rollout.actions),
-        exp['targets'], mask)
+        exp.targets, mask)
     logp = policy_logprobs(env, params['policy'], rollout)
-    log_prior = exp['log_prior'] if cfg.prior == 'reference' else 0.0
+    log_prior = exp.log_prior if cfg.prior == 'reference' else 0.0
     alpha = temperature(params)
     pi_loss, pi_metrics = actor_loss(logp, jnp.min(q_all, axis=0), mask,
                                      alpha=alpha, log_prior=log_prior)
     metrics.update(pi_metrics)
     # The actor and alpha are off (weight 0) during the critics' warm-up.
-    actor_on = exp['actor_on'][0]
+    actor_on = exp.actor_on[0]
     total = cfg.critic_coef * td + actor_on * cfg.actor_coef * pi_loss
     probs = jnp.exp(logp)
     neg_entropy = jnp.sum(probs * logp, axis=-1)
     if cfg.uses_reference:
-      kl = jnp.sum(probs * (logp - exp['log_prior']), axis=-1)
+      kl = jnp.sum(probs * (logp - exp.log_prior), axis=-1)
       metrics['kl'] = jax.lax.stop_gradient(masked.masked_mean(kl, mask))
     if cfg.prior == 'reference':
       divergence, target = kl, cfg.target_kl
@@ -404,7 +425,7 @@ def make(cfg: SACConfig) -> base.Algorithm:
                           entropy=-neg_entropy)
       reg, _ = base.regularizers(
           out, rollout,
-          qlearning.action_values(exp['log_prior'], rollout.actions),
+          qlearning.action_values(exp.log_prior, rollout.actions),
           kl_coef=cfg.kl_coef)
       total = total + actor_on * reg
     return total, metrics

@@ -42,6 +42,7 @@ import dataclasses
 from typing import ClassVar
 
 import chex
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -51,6 +52,7 @@ from jaxrlgen.algos import qlearning
 from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
+from jaxrlgen.core.types import Rollout
 
 OBJECTIVES = ('single', 'multi', 'mixed')
 
@@ -176,6 +178,28 @@ class SQLConfig:
                        'must be in [0, 1].')
 
 
+@flax.struct.dataclass
+class SQLExperience:
+  """What soft Q-learning learns from.
+
+  Attributes:
+    rollout: the B sequences.
+    target_v: f32[B, T] the target network's soft values, less v_ref.
+    v_ref: f32[B, T] the per-state shift of the Q-values
+      (`qlearning.reference_values`; zeros without `normalize_q`).
+    target_adv: f32[B, T] the target network's soft advantage of the taken
+      action (the reverse objective's target).
+    rewards_t: f32[B, T] per-step rewards (shaped; the sequence's at its
+      last step).
+  """
+
+  rollout: Rollout
+  target_v: jax.Array
+  v_ref: jax.Array
+  target_adv: jax.Array
+  rewards_t: jax.Array
+
+
 def make(cfg: SQLConfig) -> base.Algorithm:
   """Soft Q-learning as an `Algorithm`.
 
@@ -189,8 +213,8 @@ def make(cfg: SQLConfig) -> base.Algorithm:
   def init_state(params):
     return {'target_params': jax.tree.map(jnp.copy, params)}
 
-  def prepare(env, reward_fn, state, rollout, rewards, batch, key):
-    del reward_fn, batch, key
+  def prepare(env, state, rollout, rewards, key):
+    del key
     target = state.algo_state['target_params']
     sg = jax.lax.stop_gradient
     target_q = sg(env.action_logits(target, rollout))
@@ -199,23 +223,23 @@ def make(cfg: SQLConfig) -> base.Algorithm:
     v_ref = qlearning.reference_values(env, state, rollout,
                                        enabled=cfg.normalize_q, tau=cfg.tau)
     shaped = cfg.reward_scale * rewards + cfg.reward_shift
-    experience = {'rollout': rollout, 'target_v': target_v - v_ref,
-                  'v_ref': v_ref, 'target_adv': target_adv,
-                  'rewards_t': returns.terminal_rewards(shaped,
-                                                         rollout.mask)}
+    experience = SQLExperience(
+        rollout=rollout, target_v=target_v - v_ref, v_ref=v_ref,
+        target_adv=target_adv,
+        rewards_t=returns.terminal_rewards(shaped, rollout.mask))
     algo_state = {'target_params': optax.incremental_update(
         state.params, target, cfg.target_update)}
     return experience, algo_state, {
         'v/target_mean': masked.masked_mean(target_v - v_ref, rollout.mask)}
 
-  def loss(env, params, exp):
-    rollout = exp['rollout']
+  def loss(env, params, exp: SQLExperience):
+    rollout = exp.rollout
     # The per-state shift leaves the loss as it is; it sets the Q metrics.
-    q = env.action_logits(params, rollout) - exp['v_ref'][..., None]
-    return sql_loss(q, exp['target_v'],
-                    rollout.actions, exp['rewards_t'], rollout.mask,
+    q = env.action_logits(params, rollout) - exp.v_ref[..., None]
+    return sql_loss(q, exp.target_v,
+                    rollout.actions, exp.rewards_t, rollout.mask,
                     objective=cfg.objective, discount=cfg.discount,
-                    tau=cfg.tau, target_adv=exp['target_adv'],
+                    tau=cfg.tau, target_adv=exp.target_adv,
                     reverse_weight=cfg.reverse_weight)
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,

@@ -351,6 +351,13 @@ class DiffusionEnv:
     mean, std = per_step(params, actions.x_t, actions.step, label)
     return StepGaussian(mean=mean, std=std)
 
+  def subsample_steps(self, rollout: Rollout, num_kept: int,
+                      key: jax.Array) -> Rollout:
+    """The rollout restricted to `num_kept` random distinct steps of each
+    sample, in order (DDPO's training on a subset of timesteps)."""
+    return take_steps(rollout, random_steps(key, rollout.batch_size,
+                                            rollout.num_steps, num_kept))
+
   def evaluate(self, params: Params, rollout: Rollout, *,
                with_values: bool = False) -> PolicyOutputs:
     """Log-probs f32[B, T] and entropies of the stored steps under `params`."""

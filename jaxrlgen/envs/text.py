@@ -176,12 +176,43 @@ class TextEnv:
     return dataclasses.replace(self, sampling=Sampling(greedy=True),
                                num_samples=1)
 
+  def with_value_head(self) -> 'TextEnv':
+    """This environment with a value head on its model: a critic's."""
+    config = dataclasses.replace(self.model.config, value_head=True)
+    return dataclasses.replace(self, model=tfm.Transformer(config))
+
+  def init_critic(self, params: Params, key: jax.Array) -> Params:
+    """A critic's parameters (`with_value_head`): a copy of the policy's
+    `params` with a fresh value head.
+
+    The head's shape and initialiser are the Transformer's own, taken from a
+    head-only model of the policy's width (width and dtype read off the
+    parameters' final norm, so loaded parameters of another dtype match).
+    """
+    scale = params['final_norm']['scale']
+    head_only = tfm.TransformerConfig(
+        vocab_size=1, hidden_dim=scale.shape[-1], mlp_dim=1, num_layers=0,
+        num_heads=1, num_kv_heads=1, head_dim=2, value_head=True,
+        param_dtype=jnp.dtype(scale.dtype).name)
+    head = tfm.init_params(head_only, key)['value_proj']
+    return {**jax.tree.map(jnp.copy, params), 'value_proj': head}
+
+  def lm_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
+    """[..., V] the LM head's logits (the model's dtype) at decoder states
+    hidden [..., E], whatever `logits_fn` samples from."""
+    return self.model.apply({'params': params}, hidden,
+                            method=tfm.Transformer.logits)
+
+  def value(self, params: Params, hidden: jax.Array) -> jax.Array:
+    """f32[...] the value head at decoder states hidden [..., E]."""
+    return self.model.apply({'params': params}, hidden,
+                            method=tfm.Transformer.value)
+
   def _next_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """The logits sampled from at decoder states hidden [N, E]."""
     if self.logits_fn is not None:
       return self.logits_fn(params, hidden)
-    return self.model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.logits)
+    return self.lm_logits(params, hidden)
 
   def reset(self, params: Params, prompt: jax.Array,
             prompt_mask: jax.Array) -> TextState:
@@ -333,9 +364,7 @@ class TextEnv:
     algorithms are trained with, not for 100k-token models.
     """
     hidden = self.hidden_states(params, rollout)
-    logits = self.model.apply({'params': params}, hidden,
-                              method=tfm.Transformer.logits)
-    return logits.astype(jnp.float32)
+    return self.lm_logits(params, hidden).astype(jnp.float32)
 
   def evaluate(self, params: Params, rollout: Rollout, *,
                with_values: bool = False) -> PolicyOutputs:
@@ -346,16 +375,17 @@ class TextEnv:
     not part of the policy being trained) and computed in time chunks.
     Returns PolicyOutputs with [B, T] fields; masked steps hold garbage.
     """
-    actions = rollout.actions
-    hidden = self.hidden_states(params, rollout)
-    logits_fn = lambda h: self.model.apply({'params': params}, h,
-                                           method=tfm.Transformer.logits)
+    return self.evaluate_hidden(params, self.hidden_states(params, rollout),
+                                rollout.actions, with_values=with_values)
+
+  def evaluate_hidden(self, params: Params, hidden: jax.Array,
+                      actions: jax.Array, *,
+                      with_values: bool = False) -> PolicyOutputs:
+    """`evaluate` from the decoder states `hidden_states` gave: f32[B, T, E],
+    for an algorithm that also reads its own heads off them (ILQL)."""
     logp, entropy = logprob.chunked_token_logprobs(
-        logits_fn, hidden, actions,
+        lambda h: self.lm_logits(params, h), hidden, actions,
         temperature=self.sampling.scoring_temperature,
         chunk_size=self.logprob_chunk)
-    values = None
-    if with_values:
-      values = self.model.apply({'params': params}, hidden,
-                                method=tfm.Transformer.value)
+    values = self.value(params, hidden) if with_values else None
     return PolicyOutputs(logp=logp, entropy=entropy, values=values)

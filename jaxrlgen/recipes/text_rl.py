@@ -576,7 +576,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   def build_state(params):
     ref_params = (jax.tree.map(lambda x: x.astype(ref_dtype), params)
                   if algo.uses_reference else None)
-    params = algo.init_params(params, jax.random.fold_in(init_key, 1))
+    params = algo.init_params(env, params, jax.random.fold_in(init_key, 1))
     return TrainState.create(
         params, tx, ref_params=ref_params,
         algo_state=algo_base.init_algo_state(

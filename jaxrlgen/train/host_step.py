@@ -65,7 +65,8 @@ def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
     `step_fn(state, batch, key) -> (state, metrics)` for `loop.fit`. Its
     halves are jitted here (do not jit it again); it waits for the rollout to
     score it on the host. An algorithm that scores extra rollouts inside
-    `prepare` (SCST, ReMax) reaches the reward there through its callback.
+    `prepare` (SCST, ReMax: `Algorithm.needs_score`) reaches the reward
+    there through its callback.
   """
   generate = jax.jit(functools.partial(_rollout_half, env=env))
   learn = jax.jit(functools.partial(step_lib.learner_step, env=env,

@@ -74,15 +74,18 @@ def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
 
   With actor params equal to the learner's (no lag) and the same key,
   `learner_step(state, *actor_step(params, batch, key), batch, key)` is
-  `rl_step(state, batch, key)`.
+  `rl_step(state, batch, key)`. `reward_fn` and `batch` reach `algo.prepare`
+  only as its `score` (`Algorithm.needs_score`): the reward of another
+  rollout of the batch's prompts.
 
   Returns:
     (new_state, metrics) with `rl_step`'s metrics.
   """
   _, prepare_key, update_key = jax.random.split(key, 3)
-  per_sequence = rollout_lib.repeat_batch(batch, env.num_samples)
+  extra = ({'score': lambda other: reward_fn(other, batch)}
+           if algo.needs_score else {})
   experience, algo_state, prep_metrics = algo.prepare(
-      env, reward_fn, state, rollout, rewards, per_sequence, prepare_key)
+      env, state, rollout, rewards, prepare_key, **extra)
   params, opt_state, loss_metrics = algo_base.minibatch_update(
       lambda p, exp: algo.loss(env, p, exp), tx, state.params,
       state.opt_state, experience, update_key, num_epochs=algo.num_epochs,

@@ -119,7 +119,7 @@ class A2CReferenceTest(parameterized.TestCase):
 
     @jax.jit
     def run(state, rollout, scores):
-      prepared = algo.prepare(TOY_ENV, None, state, rollout, scores, None,
+      prepared = algo.prepare(TOY_ENV, state, rollout, scores,
                               jax.random.key(0))
       return (TOY_ENV.evaluate(state.params, rollout, with_values=True).values,
               prepared)
@@ -127,9 +127,9 @@ class A2CReferenceTest(parameterized.TestCase):
     values, (exp, _, metrics) = run(state, rollout, scores)
     values = np.asarray(values)
     want = np_n_step_targets(np.asarray(scores), values, mask, n)
-    np.testing.assert_allclose(exp['value_targets'], want, rtol=1e-4,
+    np.testing.assert_allclose(exp.value_targets, want, rtol=1e-4,
                                atol=1e-5)
-    np.testing.assert_allclose(exp['advantages'],
+    np.testing.assert_allclose(exp.advantages,
                                np.where(mask, want - values, 0.0), rtol=1e-4,
                                atol=1e-5)
     self.assertIn('advantages/mean', metrics)

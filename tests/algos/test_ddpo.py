@@ -127,8 +127,8 @@ def test_losses_against_numpy(rollout):
   def run(rollout, rewards):
     out = {}
     for name, algo in algorithms.items():
-      exp, _, metrics = algo.prepare(ENV, None, _state(algo), rollout,
-                                     rewards, None, jax.random.key(4))
+      exp, _, metrics = algo.prepare(ENV, _state(algo), rollout, rewards,
+                                     jax.random.key(4))
       loss, loss_metrics = algo.loss(ENV, PARAMS, exp)
       out[name] = (exp, metrics, loss, loss_metrics)
     return (out, ENV.transitions(PARAMS, rollout),
@@ -142,7 +142,7 @@ def test_losses_against_numpy(rollout):
   adv = np.clip((r - r.mean()) / (r.std() + 1e-6), -1.5, 1.5)[:, None]
   for name in names:
     exp, metrics, loss, loss_metrics = out[name]
-    np.testing.assert_allclose(exp['advantages'], adv[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(exp.advantages, adv[:, 0], rtol=1e-5)
     np.testing.assert_allclose(metrics['advantages/clipped_ratio'],
                                np.mean(np.abs(adv) >= 1.5))
   np.testing.assert_allclose(out['ddpo_sf'][2], -np.mean(logp * adv),
@@ -160,19 +160,18 @@ def test_losses_against_numpy(rollout):
 
 def test_timestep_subset_and_per_condition_stats_in_prepare(rollout):
   algo = _algo('ddpo_is', timestep_fraction=0.5)
-  prepare = jax.jit(functools.partial(algo.prepare, ENV, None))
+  prepare = jax.jit(functools.partial(algo.prepare, ENV))
   state = _state(algo)
   for i in range(3):
     rewards = jnp.arange(16, dtype=jnp.float32) * (i + 1)
-    exp, algo_state, _ = prepare(state, rollout, rewards, None,
-                                 jax.random.key(i))
+    exp, algo_state, _ = prepare(state, rollout, rewards, jax.random.key(i))
     state = state.replace(algo_state=algo_state)
-  sub = exp['rollout']
+  sub = exp.rollout
   assert sub.logp.shape == (16, 2)
   steps = np.asarray(sub.actions.step)
   np.testing.assert_array_equal(
       sub.logp, np.take_along_axis(np.asarray(rollout.logp), steps, 1))
-  np.testing.assert_array_equal(exp['old_logp'], sub.logp)
+  np.testing.assert_array_equal(exp.old_logp, sub.logp)
   # Each condition (4 samples a batch) holds the last 8 of its rewards, those
   # of batches 2 and 3, and standardises batch 3's by them.
   np.testing.assert_array_equal(state.algo_state['reward_stats']['count'],
@@ -181,7 +180,7 @@ def test_timestep_subset_and_per_condition_stats_in_prepare(rollout):
   held = np.concatenate([2 * base, 3 * base], axis=1)
   want = (3 * base - held.mean(1, keepdims=True)) / (
       held.std(1, keepdims=True) + 1e-6)
-  np.testing.assert_allclose(np.asarray(exp['advantages']).reshape(4, 4),
+  np.testing.assert_allclose(np.asarray(exp.advantages).reshape(4, 4),
                              np.clip(want, -5, 5), rtol=1e-5)
 
 
@@ -192,13 +191,13 @@ def test_gradient_flows_through_every_step(rollout):
   importance ratio is clipped yet.
   """
   algo = _algo('ddpo_is')
-  exp, _, _ = jax.jit(functools.partial(algo.prepare, ENV, None))(
-      _state(algo), rollout, jnp.linspace(-1, 1, 16), None, jax.random.key(0))
+  exp, _, _ = jax.jit(functools.partial(algo.prepare, ENV))(
+      _state(algo), rollout, jnp.linspace(-1, 1, 16), jax.random.key(0))
 
   @jax.jit
   def grads(exp):
     def loss_with_mask(mask):
-      masked = {**exp, 'rollout': exp['rollout'].replace(mask=mask)}
+      masked = exp.replace(rollout=exp.rollout.replace(mask=mask))
       return jax.grad(lambda p: algo.loss(ENV, p, masked)[0])(REF)
     k = ENV.num_steps
     per_step = jax.vmap(loss_with_mask)(

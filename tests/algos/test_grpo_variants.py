@@ -238,8 +238,8 @@ class VariantTest(parameterized.TestCase):
     env = LookupEnv()
     state = TrainState(step=jnp.zeros((), jnp.int32), params=None,
                        opt_state=None, ref_params=jnp.asarray(REF_LOGP))
-    exp, _, metrics = algo.prepare(env, None, state, hand_rollout(),
-                                   jnp.asarray(REWARDS), None, None)
+    exp, _, metrics = algo.prepare(env, state, hand_rollout(),
+                                   jnp.asarray(REWARDS), None)
     loss, grad = jax.value_and_grad(
         lambda lp: algo.loss(env, lp, exp)[0])(jnp.asarray(LOGP))
     ref = functools.partial(np_variant_loss, cfg=cfg)
@@ -266,7 +266,7 @@ class VariantTest(parameterized.TestCase):
 
     def loss(rewards, mask):
       rollout = hand_rollout().replace(mask=jnp.asarray(mask))
-      exp, _, _ = algo.prepare(env, None, state, rollout, rewards, None, None)
+      exp, _, _ = algo.prepare(env, state, rollout, rewards, None)
       return float(algo.loss(env, jnp.asarray(LOGP), exp)[0])
 
     rewards = jnp.asarray(REWARDS)

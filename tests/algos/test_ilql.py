@@ -118,7 +118,7 @@ def test_decoding_samples_from_the_formula():
   decoder state, and zero heads (the initial ones) decode as the LM."""
   env, params, _ = toy.setup(num_samples=2)
   algo = algos.make(algos.default_config('ilql'))
-  trainable = algo.init_params(params, jax.random.key(1))
+  trainable = algo.init_params(env, params, jax.random.key(1))
   prompt = jnp.full((2, 3), 7, jnp.int32)
   prompt_mask = jnp.ones((2, 3), bool).at[0, 0].set(False)
   key = jax.random.key(3)

@@ -180,7 +180,7 @@ def toy_setup(algo_config, value_head, reward_fn=toy_reward, lr=3e-3):
                 pad_id=0, num_samples=8)
   algo = algos.make(algo_config)
   tx = optax.adam(lr)
-  params = algo.init_params(policy, jax.random.key(1))
+  params = algo.init_params(env, policy, jax.random.key(1))
   state = TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       ref_params=jax.tree.map(jnp.copy, policy) if algo.uses_reference
@@ -244,8 +244,7 @@ def test_prepare_gae_of_kl_penalized_rewards_and_controller():
 
   @jax.jit
   def run(state, rollout, scores):
-    prepared = algo.prepare(env, None, state, rollout, scores, None,
-                            jax.random.key(0))
+    prepared = algo.prepare(env, state, rollout, scores, jax.random.key(0))
     return (env.evaluate(state.ref_params, rollout).logp,
             env.evaluate(state.params, rollout, with_values=True).values,
             prepared)
@@ -257,8 +256,8 @@ def test_prepare_gae_of_kl_penalized_rewards_and_controller():
   z = (np.asarray(scores) - np.mean(scores)) / np.std(scores)
   rewards = np_kl_rewards(z, logp, ref_logp, mask, 0.3)
   advantages = np_gae(rewards, values, mask, 0.9, 0.8)
-  np.testing.assert_allclose(exp['advantages'], advantages, atol=1e-4)
-  np.testing.assert_allclose(exp['value_targets'],
+  np.testing.assert_allclose(exp.advantages, advantages, atol=1e-4)
+  np.testing.assert_allclose(exp.value_targets,
                              np.where(mask, advantages + values, 0.0),
                              atol=1e-4)
   sequence_kl = np.mean(np.sum(np.where(mask, logp - ref_logp, 0.0), axis=1))

@@ -13,7 +13,6 @@ import pytest
 
 from jaxrlgen import algos
 from jaxrlgen.algos import reinforce
-from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
@@ -104,13 +103,13 @@ class ReferenceTest(parameterized.TestCase):
                       logp=jnp.asarray(LOGP), mask=jnp.asarray(MASK))
     state = TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={},
                        algo_state=algo.init_state())
-    prepare = jax.jit(functools.partial(algo.prepare, None, None))
+    prepare = jax.jit(functools.partial(algo.prepare, None))
     baselines = []
     for rewards in (REWARDS, REWARDS + 1.0):
       exp, algo_state, metrics = prepare(state, rollout, jnp.asarray(rewards),
-                                         None, None)
+                                         None)
       baselines.append(float(state.algo_state['baseline']))
-      np.testing.assert_allclose(exp['advantages'], rewards - baselines[-1],
+      np.testing.assert_allclose(exp.advantages, rewards - baselines[-1],
                                  rtol=1e-6)
       np.testing.assert_allclose(metrics['baseline'], baselines[-1])
       state = state.replace(algo_state=algo_state)
@@ -194,17 +193,22 @@ def test_greedy_baseline_is_each_prompts_own_greedy_reward(name):
   once per unique prompt."""
   env = PromptEchoEnv(num_samples=3)
   algo = algos.make(algos.default_config(name))
-  prompts = {'prompt': jnp.array([[1, 2], [3, 4]], jnp.int32),
-             'prompt_mask': jnp.ones((2, 2), bool)}
+  assert algo.needs_score
+  prompt = jnp.array([[1, 2], [3, 4]], jnp.int32)
+  # Three samples of each prompt; only their prompts matter here.
+  rollout = Rollout(
+      context={'tokens': jnp.repeat(prompt, 3, axis=0),
+               'mask': jnp.ones((6, 2), bool)},
+      actions=jnp.zeros((6, 2), jnp.int32), logp=jnp.zeros((6, 2)),
+      mask=jnp.ones((6, 2), bool))
   # The echoed prompt's token sum: 3 for prompt 0, 7 for prompt 1.
-  reward_fn = lambda rollout, batch: jnp.sum(rollout.actions, axis=1) / 10.0
-  batch = rollout_lib.repeat_batch(prompts, 3)
+  score = lambda greedy: jnp.sum(greedy.actions, axis=1) / 10.0
   rewards = jnp.array([0.0, 0.5, 1.0, 0.0, 0.5, 1.0])
   state = TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state={})
-  exp, _, metrics = jax.jit(functools.partial(algo.prepare, env, reward_fn))(
-      state, None, rewards, batch, jax.random.key(0))
+  exp, _, metrics = jax.jit(functools.partial(algo.prepare, env, score=score))(
+      state, rollout, rewards, jax.random.key(0))
   np.testing.assert_allclose(
-      exp['advantages'], rewards - np.array([0.3] * 3 + [0.7] * 3), atol=1e-6)
+      exp.advantages, rewards - np.array([0.3] * 3 + [0.7] * 3), atol=1e-6)
   np.testing.assert_allclose(metrics['baseline'], 0.5, atol=1e-6)
   assert env.greedy_calls == [(2, 2)]
 

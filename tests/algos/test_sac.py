@@ -172,7 +172,7 @@ def test_critics_start_from_the_policy_with_zero_q():
   env, params, batch = toy.setup()
   config = algos.default_config('sac')
   algo = algos.make(config)
-  trainable = algo.init_params(params, jax.random.key(1))
+  trainable = algo.init_params(env, params, jax.random.key(1))
   assert algo.policy_params(trainable) is params
   for name in sac.CRITICS:
     critic = trainable[name]
@@ -189,7 +189,7 @@ def test_critics_start_from_the_policy_with_zero_q():
   np.testing.assert_array_equal(q, 0.0)
   # critic_init='policy': softmax(Q / alpha) is the LM's own policy.
   config.critic_init = 'policy'
-  trainable = algos.make(config).init_params(params, jax.random.key(1))
+  trainable = algos.make(config).init_params(env, params, jax.random.key(1))
   q = q_values(trainable['q2'], rollout)
   np.testing.assert_allclose(
       jax.nn.log_softmax(q / config.init_alpha, axis=-1),

@@ -46,7 +46,7 @@ def train_state(algo, env, params, batch, tx) -> TrainState:
   parameters built on a copy of `params` (the jitted steps donate the
   state), a reference copy if the algorithm uses one, and its algo_state
   (target networks, replay sized from an example rollout's shapes)."""
-  trainable = algo.init_params(jax.tree.map(jnp.copy, params),
+  trainable = algo.init_params(env, jax.tree.map(jnp.copy, params),
                                jax.random.key(1))
   example = jax.eval_shape(env.rollout, params, batch['prompt'],
                            batch['prompt_mask'], jax.random.key(0))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrlgen.algos import base
 from jaxrlgen.algos import reinforce
 from jaxrlgen.core import sampling
 from jaxrlgen.envs import recurrent
@@ -82,7 +83,8 @@ def test_reinforce_loss_applies_unchanged():
     rollout = env.rollout(params, 64, key)
     rewards = (rollout.actions == 0).astype(jnp.float32)  # Per token.
     grads, _ = jax.grad(
-        lambda p: loss_fn(env, p, {'rollout': rollout, 'advantages': rewards}),
+        lambda p: loss_fn(env, p, base.PolicyGradientExperience(
+            rollout=rollout, advantages=rewards)),
         has_aux=True)(params)
     return jax.tree.map(lambda p, g: p - 0.5 * g, params, grads), jnp.mean(
         rewards)

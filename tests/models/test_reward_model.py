@@ -94,15 +94,16 @@ def test_reward_models_learn_a_separable_preference():
   """Two bootstrapped members trained at once; each alone and their mean
   separate held-out pairs, and the bootstrap keeps them apart."""
   heldout = _toy_pairs(64, jax.random.key(999))
-  evaluate = jax.jit(functools.partial(preference.reward_model_eval, MODEL))
+  score_fn = functools.partial(rm.score_completions, MODEL)
+  evaluate = jax.jit(functools.partial(preference.reward_model_eval, score_fn))
   before = evaluate(rm.init(CFG, jax.random.key(0)), heldout)
   assert float(before['accuracy']) == 0.5  # The zero head ties every pair.
   tx = optax.adam(3e-3)
   params = rm.stack([rm.init(CFG, jax.random.key(i)) for i in range(2)])
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=jax.vmap(tx.init)(params))
-  step = jax.jit(functools.partial(preference.reward_model_step, model=MODEL,
-                                   tx=tx, ensemble_size=2))
+  step = jax.jit(functools.partial(preference.reward_model_step,
+                                   score_fn=score_fn, tx=tx, ensemble_size=2))
   for i in range(40):
     state, metrics = step(state, _toy_pairs(32, jax.random.key(i)),
                           jax.random.key(100 + i))
@@ -112,7 +113,7 @@ def test_reward_models_learn_a_separable_preference():
     after = evaluate(member, heldout)
     assert float(after['accuracy']) >= 0.95, after
     assert float(after['margin']) > 1.0, after
-  both = jax.jit(functools.partial(preference.reward_model_eval, MODEL,
+  both = jax.jit(functools.partial(preference.reward_model_eval, score_fn,
                                    ensemble=True))(state.params, heldout)
   assert float(both['accuracy']) >= 0.95, both
   assert not np.allclose(members[0]['value_proj']['kernel'],

@@ -81,7 +81,7 @@ def run_rl(algo_name: str, mesh_shape):
   def build(key):
     params = tfm.init_params(MODEL, key)
     ref = params if algo.uses_reference else None
-    params = algo.init_params(params, jax.random.fold_in(key, 1))
+    params = algo.init_params(env, params, jax.random.fold_in(key, 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), ref_params=ref,
                       algo_state=algo.init_state())
