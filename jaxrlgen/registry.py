@@ -72,11 +72,14 @@ class Registry(Generic[T]):
   Attributes:
     kind: what is registered ('algorithm', 'reward', ...), for messages.
     field: the config field that names one ('config.algo.name'), for messages.
+    cls: what an entry must be (checked for what an import path names);
+      None: anything.
   """
 
-  def __init__(self, kind: str, field: str):
+  def __init__(self, kind: str, field: str, cls: type | None = None):
     self.kind = kind
     self.field = field
+    self.cls = cls
     self._entries: dict[str, T] = {}
 
   def register(self, name: str, value: T) -> T:
@@ -91,7 +94,11 @@ class Registry(Generic[T]):
   def get(self, name: str) -> T:
     """The entry of a registered name, or the object an import path names."""
     if is_import_path(name):
-      return load(name, self.field)
+      value = load(name, self.field)
+      if self.cls is not None and not isinstance(value, self.cls):
+        raise ValueError(f'{self.field}={name!r} is a {type(value).__name__}, '
+                         f'not a {self.cls.__module__}.{self.cls.__name__}.')
+      return value
     if name not in self._entries:
       raise ValueError(f'Unknown {self.kind} {self.field}={name!r}; known: '
                        f'{sorted(self._entries)}, or an import path '

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -141,6 +141,24 @@ def parse(cls, section, path: str):
     return cls(**values)
   except FieldError as e:  # From __post_init__: relative to this section.
     raise ValueError(f'{path}.{e}') from None
+
+
+def parse_sections(config, sections: Mapping[str, type],
+                   elsewhere: Sequence[str] = ()) -> tuple[dict, dict]:
+  """A whole config through its sections' schemas.
+
+  Args:
+    config: the experiment's ConfigDict.
+    sections: section name -> its schema (`config.rl` -> RLConfig).
+    elsewhere: sections that other code parses (`model`, `algo`, `mesh`).
+  Returns:
+    (the top-level fields, neither sections nor `elsewhere`, as a dict for
+    the run's own schema; {section name: parsed section}).
+  """
+  top = {k: v for k, v in config.items()
+         if k not in sections and k not in elsewhere}
+  return top, {name: parse(cls, config.get(name), f'config.{name}')
+               for name, cls in sections.items()}
 
 
 def to_config(value) -> ml_collections.ConfigDict:

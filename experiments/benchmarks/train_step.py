@@ -86,9 +86,10 @@ def profile(w: common.Workload, repeats: int) -> dict[str, float]:
   """Seconds of the GRPO step's parts, each its own jitted program."""
   step, state, batch, env, algo, tx = setup(w, 'grpo')
   key = jax.random.key(0)
-  rollout_fn = jax.jit(functools.partial(step_lib.actor_step, env=env,
+  rollout_fn = jax.jit(functools.partial(step_lib.sample, env=env,
                                          reward_fn=even_fraction))
-  rollout, rewards = rollout_fn(state.params, batch, key)
+  acted = rollout_fn(state.params, batch, key)
+  rollout, rewards = acted.rollout, acted.rewards
   evaluate = jax.jit(lambda p, r: env.evaluate(p, r).logp)
   exp, *_ = jax.jit(functools.partial(algo.prepare, env))(
       state, rollout, rewards, key)
@@ -98,7 +99,7 @@ def profile(w: common.Workload, repeats: int) -> dict[str, float]:
       p, tx.update(g, o, p)[0]))
   return {
       'rollout + reward': common.time_fn(
-          lambda: rollout_fn(state.params, batch, key)[0].actions,
+          lambda: rollout_fn(state.params, batch, key).rollout.actions,
           repeats=repeats),
       'reference log-probs (forward)': common.time_fn(
           lambda: evaluate(state.ref_params, rollout), repeats=repeats),

@@ -39,7 +39,6 @@ from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
 from jaxrlgen.models import unet as unet_lib
 from jaxrlgen.rewards import image as image_rewards
-from jaxrlgen.train import host_step
 from jaxrlgen.train import loop
 from jaxrlgen.train import optim
 from jaxrlgen.train import plots
@@ -333,11 +332,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
                   if algo.uses_reference else None),
       algo_state=algos.init_algo_state(algo, params))
-  if reward_fn.uses_host:  # Also counts failed encodings.
-    step = functools.partial(host_step.host_rl_step, reward=reward_fn)
-  else:
-    step = functools.partial(step_lib.rl_step, reward_fn=reward_fn)
-  step_fn = jax.jit(functools.partial(step, env=env, algo=algo, tx=tx),
+  # With a host reward (the image encoders), failed encodings are counted.
+  step_fn = jax.jit(functools.partial(step_lib.rl_step, reward_fn=reward_fn,
+                                      env=env, algo=algo, tx=tx),
                     donate_argnums=0)
   sample = make_sampler(env, reward_fn, classifier_model, classifier_params)
   evaluate = make_evaluator(sample, cfg.eval, cfg.seed, algo.policy_params,

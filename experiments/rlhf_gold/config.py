@@ -25,6 +25,7 @@ import dataclasses
 
 import ml_collections
 
+from experiments import variants
 from experiments.rlhf_gold import recipe
 from jaxrlgen import parallel
 from jaxrlgen import schema
@@ -92,10 +93,4 @@ VARIANTS = {'smoke': smoke}
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The study's config; `arg` lists variants to apply, comma-separated."""
-  config = base()
-  for name in filter(None, (a.strip() for a in arg.split(','))):
-    if name not in VARIANTS:
-      raise ValueError(f'Unknown variant {name!r} of the rlhf_gold config; '
-                       f'known: {sorted(VARIANTS)}.')
-    VARIANTS[name](config)
-  return config
+  return variants.apply(base(), arg, VARIANTS, 'rlhf_gold')

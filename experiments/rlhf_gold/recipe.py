@@ -308,10 +308,7 @@ _OTHER_SECTIONS = ('model', 'task', 'mesh', 'distributed')
 
 def parse(config: ml_collections.ConfigDict) -> Settings:
   """Reads every section through its schema; errors name the field."""
-  top = {k: v for k, v in config.items()
-         if k not in _SECTIONS and k not in _OTHER_SECTIONS}
-  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
-              for name, cls in _SECTIONS.items()}
+  top, sections = schema.parse_sections(config, _SECTIONS, _OTHER_SECTIONS)
   task_name, task = tasks.parse(config.get('task'))
   spec = tasks.get(task_name)
   if ANSWER_FIELD not in spec.fields:

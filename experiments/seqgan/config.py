@@ -32,6 +32,7 @@ about 160 TFLOP in all.
 
 import ml_collections
 
+from experiments import variants
 from experiments.seqgan import recipe
 from jaxrlgen import schema
 
@@ -58,10 +59,5 @@ VARIANTS = {'smoke': smoke}
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """The paper's setup; `arg` lists variants to apply, comma-separated."""
-  config = schema.to_config(recipe.SeqGANConfig())
-  for name in filter(None, (a.strip() for a in arg.split(','))):
-    if name not in VARIANTS:
-      raise ValueError(f'Unknown variant {name!r} of the SeqGAN config; '
-                       f'known: {sorted(VARIANTS)}.')
-    VARIANTS[name](config)
-  return config
+  return variants.apply(schema.to_config(recipe.SeqGANConfig()), arg,
+                        VARIANTS, 'SeqGAN')

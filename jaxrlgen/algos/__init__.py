@@ -37,7 +37,7 @@ class Entry(NamedTuple):
   make: Callable[..., Algorithm]  # config_cls instance -> Algorithm.
 
 
-ALGORITHMS: Registry[Entry] = Registry('algorithm', 'config.algo.name')
+ALGORITHMS: Registry[Entry] = Registry('algorithm', 'config.algo.name', Entry)
 ALGORITHMS.register('impala', Entry(impala.IMPALAConfig, impala.make))
 ALGORITHMS.register('grpo', Entry(grpo.GRPOConfig, grpo.make))
 ALGORITHMS.register('dr_grpo', Entry(grpo.DrGRPOConfig, grpo.make))
@@ -63,20 +63,12 @@ ALGORITHMS.register('sac', Entry(sac.SACConfig, sac.make))
 ALGORITHMS.register('ilql', Entry(ilql.ILQLConfig, ilql.make))
 
 
-def _entry(name: str) -> Entry:
-  entry = ALGORITHMS.get(name)
-  if not isinstance(entry, Entry):
-    raise ValueError(f'config.algo.name={name!r} is a {type(entry).__name__}, '
-                     'not a jaxrlgen.algos.Entry.')
-  return entry
-
-
 def default_config(name: str) -> ml_collections.ConfigDict:
   """`config.algo` for algorithm `name` with every field at its default."""
-  return base.config_dict(_entry(name).config_cls, name)
+  return base.config_dict(ALGORITHMS.get(name).config_cls, name)
 
 
 def make(algo_config: ml_collections.ConfigDict) -> Algorithm:
   """Builds the algorithm that `config.algo` describes."""
-  entry = _entry(algo_config.name)
+  entry = ALGORITHMS.get(algo_config.name)
   return entry.make(base.make_config(entry.config_cls, algo_config))

@@ -116,3 +116,13 @@ def unroll_segments(step: StepFn, state, key: jax.Array, num_steps: int, *,
                                        fill)
     pieces.append(transitions)
   return state, jax.tree.map(lambda *x: jnp.concatenate(x, axis=1), *pieces)
+
+
+def score(reward_fn, rollout, batch) -> tuple[jax.Array, jax.Array]:
+  """(rewards f32[B], failed bool[B]) of any reward `(rollout, batch) ->
+  f32[B]`: a host reward (one with `with_failures`) reports the items that
+  failed and got their penalty; a pure one never fails."""
+  if hasattr(reward_fn, 'with_failures'):
+    return reward_fn.with_failures(rollout, batch)
+  rewards = reward_fn(rollout, batch)
+  return rewards, jnp.zeros(rewards.shape, jnp.bool_)

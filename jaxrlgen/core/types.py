@@ -44,6 +44,28 @@ class Rollout:
 
 
 @flax.struct.dataclass
+class Acted:
+  """What an actor hands the learner: a scored rollout of one batch.
+
+  Every actor — sampling the policy, searching with it (MCTS), reading a
+  stored dataset — returns this, so one learner step serves them all.
+
+  Attributes:
+    rollout: B = N * G sequences.
+    rewards: f32[B] their rewards.
+    batch: the N prompts' own data (leading axis N) the rollout came from;
+      algorithms that score other rollouts of the same prompts read it.
+    failed: bool[B], true where a host reward item failed and got its
+      penalty (all false for a pure reward).
+  """
+
+  rollout: Rollout
+  rewards: jax.Array
+  batch: PyTree
+  failed: jax.Array
+
+
+@flax.struct.dataclass
 class PolicyOutputs:
   """What a teacher-forced pass of a policy over a stored rollout returns.
 

@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import mctx
 
+from jaxrlgen.core import rollout as rollout_lib
+from jaxrlgen.core.types import Acted
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
@@ -385,19 +387,20 @@ class MCTSSampler:
                    mask=steps.valid)
 
 
-def actor_step(params: Params, batch, key: jax.Array, *,
-               sampler: MCTSSampler,
-               reward_fn: RewardFn) -> tuple[Rollout, jax.Array]:
-  """`train.step.actor_step` with MCTS decoding: (rollout, rewards f32[B]).
+def actor(params: Params, batch, key: jax.Array, *, sampler: MCTSSampler,
+          reward_fn: RewardFn) -> Acted:
+  """The MCTS actor of `train.step.rl_step`: every token of the batch's
+  completions chosen by a search, then scored.
 
-  The key is split as there (first of three), so `learner_step` with the
-  same key uses the same prepare / update keys as `rl_step`.
+  The key is split as `train.step.sample` splits it (first of three), so the
+  learner uses the same prepare / update keys as with sampling.
   """
   rollout_key, _, _ = jax.random.split(key, 3)
   rollout = sampler.rollout(params, batch, rollout_key, reward_fn)
-  rows = jax.tree.map(
-      lambda x: jnp.repeat(x, sampler.env.num_samples, axis=0), batch)
-  return rollout, reward_fn(rollout, rows)
+  rewards, failed = rollout_lib.score(
+      reward_fn, rollout,
+      rollout_lib.repeat_batch(batch, sampler.env.num_samples))
+  return Acted(rollout=rollout, rewards=rewards, batch=batch, failed=failed)
 
 
 def greedy_eval_step(params: Params, batch, *, sampler: MCTSSampler,

@@ -218,10 +218,7 @@ _OTHER_SECTIONS = ('model', 'algo', 'task', 'offline', 'mcts', 'mesh',
 
 def parse(config: ml_collections.ConfigDict) -> Settings:
   """Reads every section through its schema; errors name the field."""
-  top = {k: v for k, v in config.items()
-         if k not in _SECTIONS and k not in _OTHER_SECTIONS}
-  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
-              for name, cls in _SECTIONS.items()}
+  top, sections = schema.parse_sections(config, _SECTIONS, _OTHER_SECTIONS)
   task_name, task = tasks.parse(config.get('task'))
   rl = sections['rl']
   offline = (schema.parse(OfflineConfig, config.get('offline'),
@@ -453,15 +450,6 @@ def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
   return evaluate
 
 
-def mcts_rl_step(state, batch, key, *, sampler, env, reward_fn, algo, tx):
-  """`step_lib.rl_step` with rollouts decoded by MCTS."""
-  rollout, rewards = search.actor_step(algo.policy_params(state.params),
-                                       batch, key, sampler=sampler,
-                                       reward_fn=reward_fn)
-  return step_lib.learner_step(state, rollout, rewards, batch, key, env=env,
-                               reward_fn=reward_fn, algo=algo, tx=tx)
-
-
 def _hf_overrides(model: ml_collections.ConfigDict) -> dict:
   # The fields of an HF config's `model` section beside `path`.
   return {k: v for k, v in model.items() if k != 'path'}
@@ -597,38 +585,11 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   # Restored arrays take the shardings of `state`'s: a checkpoint written on
   # one mesh restores onto another.
   state, resume_step = checkpointer.restore_or(state)
-  step_kwargs = dict(env=env, reward_fn=reward_fn, algo=algo, tx=tx)
-  batch_fn = lambda s: layout.batch(task.rl_fields(task.batch(s,
-                                                              rl.num_prompts)))
-  if offline is not None:  # The learner step alone, on the stored samples.
-    g = settings.offline.samples_per_prompt
-    step = functools.partial(step_lib.offline_step, **{
-        **step_kwargs, 'env': dataclasses.replace(env, num_samples=g)})
-    batch_fn = lambda s: layout.batch(offline_batch(
-        offline, s, rl.batch_size // g, run_cfg.seed))
-  elif sampler is not None:  # Searches decode; the learner step is the same.
-    step = functools.partial(mcts_rl_step, sampler=sampler, **step_kwargs)
-  else:
-    step = functools.partial(step_lib.rl_step, **step_kwargs)
-  fit = functools.partial(loop.fit, step_fn=layout.jit_step(step, state))
-  if run_cfg.loop == 'async':  # The actor lags the learner (IMPALA).
-    fit = functools.partial(
-        async_loop.fit, max_staleness=config.algo.get('max_staleness', 1),
-        steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
-    batch_fn = lambda s: task.rl_fields(task.batch(s, rl.num_prompts))
-  env = algo.decoding_env(env)  # Held-out decoding: the algorithm's policy.
-  eval_batches = task.eval_batches(settings.eval.num_examples,
-                                   settings.eval.batch_size)
-  evaluate = make_evaluator(env, reward_fn, eval_batches, algo.policy_params,
-                            layout, fields=task.rl_fields)
-  if sampler is not None:  # The same examples decoded by noise-free MCTS.
-    mcts_eval = make_evaluator(
-        env, reward_fn, eval_batches, algo.policy_params, layout,
-        fields=task.rl_fields, prefix='mcts_',
-        decode=functools.partial(search.greedy_eval_step, sampler=sampler,
-                                 reward_fn=reward_fn))
-    greedy_eval = evaluate
-    evaluate = lambda state: {**greedy_eval(state), **mcts_eval(state)}
+  fit, batch_fn = _fit_and_batches(
+      settings, config.algo.get('max_staleness', 1), state, env, reward_fn,
+      algo, tx, sampler, offline, task, layout)
+  evaluate = _evaluator(settings.eval, algo.decoding_env(env), reward_fn,
+                        algo, sampler, task, layout)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,
@@ -642,11 +603,8 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
   if config.model.get('path'):  # The trained policy, for other tools to serve.
-    export = str(workdir / 'hf_model')
-    hf.save(export, model_cfg, algo.policy_params(state.params),
-            hf_config=hf.read_config(config.model.path))
-    if parallel.is_primary():
-      hf.copy_tokenizer(config.model.path, export)
+    _export(config.model.path, str(workdir / 'hf_model'), model_cfg,
+            algo.policy_params(state.params))
   summary = writers.summarize(writers.read_metrics(str(workdir)),
                               time.time() - start_time, ('accuracy',))
   summary['mesh'] = dict(layout.mesh.shape)
@@ -659,6 +617,63 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
                        title=f'{algo.name} on {settings.task_name}')
     writers.write_summary(str(workdir), summary)
   return summary
+
+
+def _fit_and_batches(settings: Settings, max_staleness: int, state, env,
+                     reward_fn, algo, tx, sampler, offline, task: Task,
+                     layout: parallel.Layout):
+  """The training loop (sync or async) with its step, and `batch_fn`.
+
+  The step is one of a family: the actor samples the policy, searches with
+  it (MCTS) or replays the offline dataset; the learner is the same.
+  """
+  rl, seed = settings.rl, settings.run.seed
+  step_kwargs = dict(env=env, reward_fn=reward_fn, algo=algo, tx=tx)
+  batch_fn = lambda s: layout.batch(task.rl_fields(task.batch(s,
+                                                              rl.num_prompts)))
+  if offline is not None:  # The learner step alone, on the stored samples.
+    g = settings.offline.samples_per_prompt
+    step = functools.partial(step_lib.rl_step, actor=step_lib.replay, **{
+        **step_kwargs, 'env': dataclasses.replace(env, num_samples=g)})
+    batch_fn = lambda s: layout.batch(offline_batch(
+        offline, s, rl.batch_size // g, seed))
+  elif sampler is not None:  # Searches decode; the learner step is the same.
+    step = functools.partial(step_lib.rl_step, actor=functools.partial(
+        search.actor, sampler=sampler, reward_fn=reward_fn), **step_kwargs)
+  else:
+    step = functools.partial(step_lib.rl_step, **step_kwargs)
+  if settings.run.loop == 'async':  # The actor lags the learner (IMPALA).
+    fit = functools.partial(
+        async_loop.fit, max_staleness=max_staleness,
+        steps=async_loop.rl_actor_learner(env, reward_fn, algo, tx))
+    return fit, lambda s: task.rl_fields(task.batch(s, rl.num_prompts))
+  return functools.partial(loop.fit, step_fn=layout.jit_step(step, state)), \
+      batch_fn
+
+
+def _evaluator(eval_cfg: EvalConfig, env: TextEnv, reward_fn, algo, sampler,
+               task: Task, layout: parallel.Layout):
+  """Held-out evaluation of greedy decoding with `env` (the algorithm's
+  decoding policy) and, with a search sampler, of noise-free MCTS too."""
+  eval_batches = task.eval_batches(eval_cfg.num_examples, eval_cfg.batch_size)
+  evaluate = make_evaluator(env, reward_fn, eval_batches, algo.policy_params,
+                            layout, fields=task.rl_fields)
+  if sampler is None:
+    return evaluate
+  mcts_eval = make_evaluator(
+      env, reward_fn, eval_batches, algo.policy_params, layout,
+      fields=task.rl_fields, prefix='mcts_',
+      decode=functools.partial(search.greedy_eval_step, sampler=sampler,
+                               reward_fn=reward_fn))
+  return lambda state: {**evaluate(state), **mcts_eval(state)}
+
+
+def _export(source: str, export: str, model_cfg, params) -> None:
+  """The trained policy as a Hugging Face checkpoint beside its source's
+  tokenizer."""
+  hf.save(export, model_cfg, params, hf_config=hf.read_config(source))
+  if parallel.is_primary():
+    hf.copy_tokenizer(source, export)
 
 
 def memory_report(state: TrainState, env: TextEnv, num_prompts: int,

@@ -15,17 +15,13 @@ from jaxrlgen.tasks.base import collate
 from jaxrlgen.tasks.base import Splits
 from jaxrlgen.tasks.base import TaskSpec
 
-TASKS: Registry[TaskSpec] = Registry('task', 'config.task.name')
+TASKS: Registry[TaskSpec] = Registry('task', 'config.task.name', TaskSpec)
 TASKS.register('arithmetic', arithmetic.SPEC)
 
 
 def get(name: str) -> TaskSpec:
   """The registered task `name`, or the TaskSpec an import path names."""
-  spec = TASKS.get(name)
-  if not isinstance(spec, TaskSpec):
-    raise ValueError(f'config.task.name={name!r} is a {type(spec).__name__}, '
-                     'not a jaxrlgen.tasks.TaskSpec.')
-  return spec
+  return TASKS.get(name)
 
 
 def parse(section, path: str = 'config.task') -> tuple[str, Any]:

@@ -4,8 +4,8 @@ The synchronous step (`step.rl_step`) generates batch k with the parameters
 that update k - 1 produced, so generation and learning alternate. Here the
 step is split in two jitted functions,
 
-  actor(actor_params, batch, key) -> (rollout, rewards)
-  learner(state, rollout, rewards, batch, key) -> (state, metrics),
+  actor(actor_params, batch, key) -> Acted (a scored rollout)
+  learner(state, acted, key) -> (state, metrics),
 
 and batch k is generated with the learner's parameters of `max_staleness`
 updates earlier (version max(k - max_staleness, start)). The rollouts of the
@@ -48,7 +48,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from jaxrlgen.algos import base as algo_base
-from jaxrlgen.core.types import Rollout
+from jaxrlgen.core.types import Acted
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
@@ -56,7 +56,7 @@ from jaxrlgen.train import step as step_lib
 from jaxrlgen.train import writers
 
 PyTree = Any
-ActorFn = Callable[[PyTree, Any, jax.Array], tuple[Rollout, jax.Array]]
+ActorFn = Callable[[PyTree, Any, jax.Array], Acted]
 LearnerFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
 
 
@@ -68,8 +68,8 @@ class ActorLearner(NamedTuple):
   """The two halves of an RL step (pure, not yet jitted).
 
   Attributes:
-    actor: (actor_params, batch, key) -> (rollout, rewards f32[B]).
-    learner: (state, rollout, rewards, batch, key) -> (state, metrics).
+    actor: (actor_params, batch, key) -> Acted.
+    learner: (state, acted, key) -> (state, metrics).
     policy_params: the learner's trainable parameters -> the actor's.
   """
 
@@ -78,9 +78,6 @@ class ActorLearner(NamedTuple):
   policy_params: Callable[[PyTree], PyTree] = _identity
 
 
-# The two halves of `step.rl_step`, run by different devices here.
-actor_step = step_lib.actor_step
-learner_step = step_lib.learner_step
 
 
 def rl_actor_learner(env, reward_fn: step_lib.RewardFn,
@@ -88,8 +85,9 @@ def rl_actor_learner(env, reward_fn: step_lib.RewardFn,
                      tx: optax.GradientTransformation) -> ActorLearner:
   """`rl_step` split into actor and learner for the asynchronous loop."""
   return ActorLearner(
-      actor=functools.partial(actor_step, env=env, reward_fn=reward_fn),
-      learner=functools.partial(learner_step, env=env, reward_fn=reward_fn,
+      actor=functools.partial(step_lib.sample, env=env, reward_fn=reward_fn),
+      learner=functools.partial(step_lib.learner_step, env=env,
+                                reward_fn=reward_fn,
                                 algo=algo, tx=tx),
       policy_params=algo.policy_params)
 
@@ -134,9 +132,7 @@ class _Generated(NamedTuple):
 
   step: int
   version: int  # The learner step whose parameters generated it.
-  rollout: Rollout
-  rewards: jax.Array
-  batch: Any
+  acted: Acted
 
 
 class Pipeline:
@@ -182,7 +178,7 @@ class Pipeline:
                           out_shardings=a.data)
     self._learner = jax.jit(
         steps.learner,
-        in_shardings=(l.replicated, l.data, l.data, l.data, l.replicated),
+        in_shardings=(l.replicated, l.data, l.replicated),
         out_shardings=l.replicated, donate_argnums=0)
     self._queue: collections.deque[_Generated] = collections.deque()
     self._next = None  # The next batch to generate.
@@ -196,13 +192,12 @@ class Pipeline:
     """Dispatches the actor on `[(step, host batch)]`, in order."""
     a, l = self.actor_group, self.learner_group
     for j, batch in batches:
-      rollout, rewards = self._actor(
+      acted = self._actor(
           self.actor_params, jax.device_put(batch, a.data),
           jax.device_put(jax.random.fold_in(self._key, j), a.replicated))
       # A no-op on one device; a device-to-device copy between groups.
-      rollout, rewards, batch = jax.device_put((rollout, rewards, batch),
-                                               l.data)
-      self._queue.append(_Generated(j, version, rollout, rewards, batch))
+      self._queue.append(_Generated(j, version,
+                                    jax.device_put(acted, l.data)))
 
   def __call__(self, state: TrainState, step: int, key: jax.Array):
     if self._next is None:
@@ -224,8 +219,7 @@ class Pipeline:
       raise ValueError(f'The pipeline holds batch {item.step} at step {step}: '
                        'steps must be consecutive.')
     state, metrics = self._learner(
-        state, item.rollout, item.rewards, item.batch,
-        jax.device_put(key, self.learner_group.replicated))
+        state, item.acted, jax.device_put(key, self.learner_group.replicated))
     # Dispatched before anyone blocks on the update above: with a lag, these
     # batches need only the parameters the update started from.
     self._generate([b for b in batches if b[0] > step], version=step)

@@ -1,14 +1,11 @@
-"""RL steps with a host reward (`jaxrlgen.rewards.host.TextReward`).
+"""The RL step as two programs with a host reward between them.
 
-Both give `step.rl_step`'s numbers (same keys, same rewards, same update) and
-add the metric `reward/host_failures`, the number of items of the batch whose
-reward function raised or timed out:
-
-  * `host_rl_step`: one jitted step; the reward is a `jax.pure_callback`
-    inside it.
-  * `make_split_step`: two jitted halves, generate then learn, with the reward
-    computed in plain Python between them, for backends or reward functions
-    that should not run inside a callback.
+`step.rl_step` already takes a host reward (`jaxrlgen.rewards.host`): it runs
+as a `jax.pure_callback` inside the one jitted step, and its failures are
+logged as `reward/host_failures`. `make_split_step` gives the same numbers
+(same keys, rewards, update and metrics) with the reward computed in plain
+Python between a jitted generation and a jitted learner step, for backends
+or reward functions that should not run inside a callback.
 """
 
 import functools
@@ -19,12 +16,9 @@ import numpy as np
 import optax
 
 from jaxrlgen.algos import base as algo_base
-from jaxrlgen.core import rollout as rollout_lib
-from jaxrlgen.core.types import TrainState
+from jaxrlgen.core.types import Acted
 from jaxrlgen.rewards.host import TextReward
 from jaxrlgen.train import step as step_lib
-
-FAILURES_METRIC = 'reward/host_failures'
 
 
 def _rollout_half(params, batch, key: jax.Array, *, env):
@@ -32,27 +26,6 @@ def _rollout_half(params, batch, key: jax.Array, *, env):
   rollout_key, _, _ = jax.random.split(key, 3)
   return env.rollout(params, batch['prompt'], batch['prompt_mask'],
                      rollout_key)
-
-
-def host_rl_step(state: TrainState, batch, key: jax.Array, *, env,
-                 reward: TextReward, algo: algo_base.Algorithm,
-                 tx: optax.GradientTransformation):
-  """`step.rl_step` with a host reward, also reporting its failures.
-
-  Args: as `rl_step`, with `reward` a TextReward or any reward with its
-    `with_failures(rollout, batch) -> (f32[B], bool[B])` (e.g.
-    `rewards.image.ImageReward`). Jit it like `rl_step`.
-  Returns:
-    (new_state, rl_step's metrics plus `reward/host_failures`).
-  """
-  rollout = _rollout_half(algo.policy_params(state.params), batch, key, env=env)
-  rewards, failed = reward.with_failures(
-      rollout, rollout_lib.repeat_batch(batch, env.num_samples))
-  state, metrics = step_lib.learner_step(state, rollout, rewards, batch, key,
-                                         env=env, reward_fn=reward, algo=algo,
-                                         tx=tx)
-  return state, {**metrics,
-                 FAILURES_METRIC: jnp.sum(failed, dtype=jnp.float32)}
 
 
 def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
@@ -78,7 +51,8 @@ def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
     per_sequence = jax.tree.map(
         lambda x: np.repeat(np.asarray(x), env.num_samples, axis=0), batch)
     rewards, failed = reward.host(rollout, per_sequence)
-    state, metrics = learn(state, rollout, jnp.asarray(rewards), batch, key)
-    return state, {**metrics, FAILURES_METRIC: np.float32(failed.sum())}
+    acted = Acted(rollout=rollout, rewards=jnp.asarray(rewards), batch=batch,
+                  failed=jnp.asarray(failed))
+    return learn(state, acted, key)
 
   return step_fn

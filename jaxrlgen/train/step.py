@@ -1,12 +1,20 @@
 """One training iteration as one pure function, jitted once.
 
-  rollout -> reward -> algo.prepare (advantages, targets, reference log-probs)
-  -> algo.loss minimised over epochs x minibatches (one lax.scan).
+  actor: rollout -> reward                  (`sample`, `replay`, a search)
+  learner: algo.prepare (advantages, targets, reference log-probs)
+    -> algo.loss minimised over epochs x minibatches (one lax.scan).
+
+One family of steps: `rl_step` is an actor then `learner_step`; the actor is
+a strategy (sampling the policy, MCTS, an offline dataset), the reward may
+run on the host (its failures are counted), and the asynchronous loop runs
+the same two halves on different devices. `host_step.make_split_step` runs
+them as two programs with the host reward between.
 
 The step's randomness comes from its `key` argument (the loop folds the step
 number into the run's key), so a resumed run repeats an uninterrupted one.
 """
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -16,11 +24,13 @@ import optax
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen.algos import sft
 from jaxrlgen.core import rollout as rollout_lib
+from jaxrlgen.core.types import Acted
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import scored
 
 RewardFn = Callable[[Rollout, Any], jax.Array]
+Actor = Callable[[Any, Any, jax.Array], Acted]
 
 
 def check_reward(reward_fn: RewardFn, rollout: Rollout, batch) -> None:
@@ -49,39 +59,62 @@ def rollout_metrics(rollout: Rollout, rewards: jax.Array,
   return metrics
 
 
-def actor_step(params, batch, key: jax.Array, *, env,
-               reward_fn: RewardFn) -> tuple[Rollout, jax.Array]:
-  """Generates and scores one batch: `rl_step`'s first half.
+FAILURES_METRIC = 'reward/host_failures'
+
+
+def uses_host(reward_fn: RewardFn) -> bool:
+  """Whether some of the reward runs on the host (and can fail per item)."""
+  return getattr(reward_fn, 'uses_host', hasattr(reward_fn, 'with_failures'))
+
+
+def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
+           ) -> Acted:
+  """The default actor: samples the policy on the batch's prompts and scores
+  the completions.
 
   Args:
     params: the policy parameters the actor holds (possibly stale).
     batch: per-prompt data, leading axis N (`prompt`, `prompt_mask`, ...).
-    key: the step's key; its first of three splits is used, as in `rl_step`.
+    key: the step's key; the first of its three splits drives the rollout
+      (the learner uses the other two), whatever the actor.
   Returns:
-    (rollout of B = N * G sequences, rewards f32[B]).
+    Acted with B = N * G sequences.
   """
   rollout_key, _, _ = jax.random.split(key, 3)
   rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
                         rollout_key)
-  rewards = reward_fn(rollout, rollout_lib.repeat_batch(batch, env.num_samples))
-  return rollout, rewards
+  rewards, failed = rollout_lib.score(
+      reward_fn, rollout, rollout_lib.repeat_batch(batch, env.num_samples))
+  return Acted(rollout=rollout, rewards=rewards, batch=batch, failed=failed)
 
 
-def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
-                 batch, key: jax.Array, *, env, reward_fn: RewardFn,
-                 algo: algo_base.Algorithm, tx: optax.GradientTransformation):
-  """Prepares and learns from one generated batch: `rl_step`'s second half.
+def replay(params, batch, key: jax.Array) -> Acted:
+  """The offline actor: the batch is N prompts of a dataset of scored
+  sequences (`jaxrlgen.data.scored`: per-prompt fields and `completion`,
+  `completion_mask`, `logp` [N, G, T], `reward` [N, G]); nothing is
+  generated, `reward/mean` is the stored reward. env.num_samples must be G."""
+  del params, key
+  rollout, rewards, per_prompt = scored.split(batch)
+  return Acted(rollout=rollout, rewards=rewards, batch=per_prompt,
+               failed=jnp.zeros(rewards.shape, jnp.bool_))
+
+
+def learner_step(state: TrainState, acted: Acted, key: jax.Array, *, env,
+                 reward_fn: RewardFn, algo: algo_base.Algorithm,
+                 tx: optax.GradientTransformation):
+  """Prepares and learns from one actor's output: `rl_step`'s second half.
 
   With actor params equal to the learner's (no lag) and the same key,
-  `learner_step(state, *actor_step(params, batch, key), batch, key)` is
-  `rl_step(state, batch, key)`. `reward_fn` and `batch` reach `algo.prepare`
-  only as its `score` (`Algorithm.needs_score`): the reward of another
-  rollout of the batch's prompts.
+  `learner_step(state, actor(params, batch, key), key)` is `rl_step(state,
+  batch, key, actor=actor)`. `reward_fn` and `acted.batch` reach
+  `algo.prepare` only as its `score` (`Algorithm.needs_score`): the reward
+  of another rollout of the batch's prompts.
 
   Returns:
     (new_state, metrics) with `rl_step`'s metrics.
   """
   _, prepare_key, update_key = jax.random.split(key, 3)
+  rollout, rewards, batch = acted.rollout, acted.rewards, acted.batch
   extra = ({'score': lambda other: reward_fn(other, batch)}
            if algo.needs_score else {})
   experience, algo_state, prep_metrics = algo.prepare(
@@ -95,12 +128,15 @@ def learner_step(state: TrainState, rollout: Rollout, rewards: jax.Array,
   metrics = {
       **rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
       **prep_metrics, **loss_metrics}
+  if uses_host(reward_fn):
+    metrics[FAILURES_METRIC] = jnp.sum(acted.failed, dtype=jnp.float32)
   return state, metrics
 
 
 def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardFn,
-            algo: algo_base.Algorithm, tx: optax.GradientTransformation):
-  """One RL iteration: `actor_step` with the current policy, then `learner_step`.
+            algo: algo_base.Algorithm, tx: optax.GradientTransformation,
+            actor: Actor | None = None):
+  """One RL iteration: an actor with the current policy, then `learner_step`.
 
   Args:
     state: the training state (donate it).
@@ -108,31 +144,17 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
       bool[N, P], and whatever the reward reads (e.g. `answer` i32[N]).
     key: this step's PRNG key.
     env, reward_fn, algo, tx: static pieces (closed over by the caller's jit).
+    actor: `(policy_params, batch, key) -> Acted`, how the batch is acted
+      on: `sample` (the default: sample the policy), `replay` (an offline
+      dataset), or a search (`envs.search.actor`).
   Returns:
-    (new_state, metrics) with scalar metrics.
+    (new_state, metrics) with scalar metrics; `reward/host_failures` when
+    the reward runs on the host.
   """
-  rollout, rewards = actor_step(algo.policy_params(state.params), batch, key,
-                                env=env, reward_fn=reward_fn)
-  return learner_step(state, rollout, rewards, batch, key, env=env,
-                      reward_fn=reward_fn, algo=algo, tx=tx)
-
-
-def offline_step(state: TrainState, batch, key: jax.Array, *, env,
-                 reward_fn: RewardFn, algo: algo_base.Algorithm,
-                 tx: optax.GradientTransformation):
-  """`learner_step` on a batch of an offline dataset of scored sequences.
-
-  Args:
-    batch: N prompts of the dataset (`jaxrlgen.data.scored`): per-prompt
-      fields and `completion`, `completion_mask`, `logp` [N, G, T],
-      `reward` [N, G]; env.num_samples must be G.
-  Returns:
-    `rl_step`'s (new_state, metrics); `reward/mean` is the batch's stored
-    reward.
-  """
-  rollout, rewards, per_prompt = scored.split(batch)
-  return learner_step(state, rollout, rewards, per_prompt, key, env=env,
-                      reward_fn=reward_fn, algo=algo, tx=tx)
+  actor = actor or functools.partial(sample, env=env, reward_fn=reward_fn)
+  acted = actor(algo.policy_params(state.params), batch, key)
+  return learner_step(state, acted, key, env=env, reward_fn=reward_fn,
+                      algo=algo, tx=tx)
 
 
 def supervised_rollout(batch) -> Rollout:

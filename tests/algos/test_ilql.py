@@ -14,6 +14,7 @@ import optax
 from jaxrlgen import algos
 from jaxrlgen.algos import ilql
 from jaxrlgen.algos import qlearning
+from jaxrlgen.core.types import Acted
 from jaxrlgen.train import step as step_lib
 from tests.algos import toy
 
@@ -175,8 +176,9 @@ def test_ilql_improves_on_its_offline_data():
                                    reward_fn=toy.fives_reward, algo=algo,
                                    tx=tx), donate_argnums=0)
   for i in range(60):
-    state, metrics = step(state, dataset[i % 4], scores[i % 4], batch,
-                          jax.random.key(i))
+    acted = Acted(rollout=dataset[i % 4], rewards=scores[i % 4], batch=batch,
+                  failed=jnp.zeros_like(scores[i % 4], bool))
+    state, metrics = step(state, acted, jax.random.key(i))
   decoded = jax.jit(ilql.decoding_env(env, config.beta).rollout)(
       algo.policy_params(state.params), batch['prompt'], batch['prompt_mask'],
       jax.random.key(7))

@@ -101,12 +101,10 @@ def test_expert_iteration_raises_greedy_reward_on_toy_task():
   state = toy.train_state(algo, env, params, batch, tx)
   reward_fn = toy.fives_reward
 
-  @jax.jit
-  def rl_step(state, key):
-    rollout, rewards = search.actor_step(state.params, batch, key,
-                                         sampler=sampler, reward_fn=reward_fn)
-    return step_lib.learner_step(state, rollout, rewards, batch, key, env=env,
-                                 reward_fn=reward_fn, algo=algo, tx=tx)
+  rl_step = jax.jit(lambda state, key: step_lib.rl_step(
+      state, batch, key, env=env, reward_fn=reward_fn, algo=algo, tx=tx,
+      actor=functools.partial(search.actor, sampler=sampler,
+                              reward_fn=reward_fn)))
 
   @jax.jit
   def greedy_reward(params):

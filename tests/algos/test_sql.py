@@ -153,9 +153,10 @@ def test_sql_learns_from_a_fixed_offline_dataset():
   algo = algos.make(config)
   tx = optax.adam(3e-3)
   state = toy.train_state(algo, env, params, batch, tx)
-  step = jax.jit(functools.partial(step_lib.offline_step, env=behaviour,
+  step = jax.jit(functools.partial(step_lib.rl_step, env=behaviour,
                                    reward_fn=toy.fives_reward, algo=algo,
-                                   tx=tx), donate_argnums=0)
+                                   tx=tx, actor=step_lib.replay),
+                 donate_argnums=0)
   data = {k: jnp.asarray(v) for k, v in dataset.items()}
   for i in range(150):
     # Two of the four prompts' groups per step, as text_rl iterates them.

@@ -92,9 +92,9 @@ def run_rl(algo_name: str, mesh_shape):
   if mesh_shape is None:
     state = jax.jit(build)(key)
     new_state, metrics = jax.jit(step)(state, batch, jax.random.key(1))
-    rollout, _ = jax.jit(functools.partial(
-        step_lib.actor_step, env=env, reward_fn=even_reward))(
-            algo.policy_params(state.params), batch, jax.random.key(1))
+    rollout = jax.jit(functools.partial(
+        step_lib.sample, env=env, reward_fn=even_reward))(
+            algo.policy_params(state.params), batch, jax.random.key(1)).rollout
   else:
     mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(
         zip(parallel.AXES, mesh_shape))), jax.devices()[:np.prod(mesh_shape)])
@@ -105,9 +105,10 @@ def run_rl(algo_name: str, mesh_shape):
           shardings=lambda t: parallel.tree_shardings(t, mesh, specs))
       state_shardings = jax.tree.map(lambda x: x.sharding, state)
       gbatch = parallel.Layout(mesh, specs).batch(batch)
-      rollout, _ = jax.jit(functools.partial(
-          step_lib.actor_step, env=env, reward_fn=even_reward))(
-              algo.policy_params(state.params), gbatch, jax.random.key(1))
+      rollout = jax.jit(functools.partial(
+          step_lib.sample, env=env, reward_fn=even_reward))(
+              algo.policy_params(state.params), gbatch,
+              jax.random.key(1)).rollout
       sharded_step = parallel.jit_step(step, mesh, state_shardings)
       new_state, metrics = sharded_step(state, gbatch, jax.random.key(1))
   return jax.device_get((rollout.actions, metrics, new_state.params))

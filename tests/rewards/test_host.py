@@ -167,8 +167,8 @@ def test_host_steps_agree_and_count_failures():
 
   reward = host.text_reward(recording, TOK, fields=('answer',), penalty=-1.0)
   key = jax.random.key(3)
-  one_jit = jax.jit(functools.partial(host_step.host_rl_step, env=env,
-                                      reward=reward, algo=algo, tx=tx))
+  one_jit = jax.jit(functools.partial(step_lib.rl_step, env=env,
+                                      reward_fn=reward, algo=algo, tx=tx))
   split = host_step.make_split_step(env=env, reward=reward, algo=algo, tx=tx,
                                     donate=False)
   want_state, want = one_jit(state, batch, key)
@@ -179,7 +179,7 @@ def test_host_steps_agree_and_count_failures():
   assert sorted(a for _, a in seen) == [2, 2, 9, 9]
   direct = [odd_bytes(t, answer=a) if a != 9 else -1.0 for t, a in seen]
   np.testing.assert_allclose(got['reward/mean'], np.mean(direct), rtol=1e-5)
-  assert float(got[host_step.FAILURES_METRIC]) == 2.0
+  assert float(got[step_lib.FAILURES_METRIC]) == 2.0
   assert set(got) == set(want)
   for name, value in want.items():
     np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6,

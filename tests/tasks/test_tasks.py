@@ -95,7 +95,7 @@ def test_registry_names_and_import_paths():
   assert tasks.get('jaxrlgen.tasks.arithmetic:SPEC') is arithmetic.SPEC
   with pytest.raises(ValueError, match=r"config\.task\.name='nope'.*arithmetic"):
     tasks.get('nope')
-  with pytest.raises(ValueError, match='not a jaxrlgen.tasks.TaskSpec'):
+  with pytest.raises(ValueError, match='not a jaxrlgen.tasks.base.TaskSpec'):
     tasks.get('jaxrlgen.tasks.arithmetic:load')
 
 

@@ -19,6 +19,7 @@ import pytest
 from experiments.arithmetic import config as arithmetic
 from jaxrlgen import algos
 from jaxrlgen import recipes
+from jaxrlgen.core.types import Acted
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
@@ -43,16 +44,17 @@ def toy_actor(params, batch, key):
   b = batch['id'].shape[0]
   rollout = Rollout(context={}, actions=jnp.zeros((b, 1), jnp.int32),
                     logp=jnp.full((b, 1), draw), mask=jnp.ones((b, 1), bool))
-  return rollout, jnp.full((b,), params['w'])
+  return Acted(rollout=rollout, rewards=jnp.full((b,), params['w']),
+               batch=batch, failed=jnp.zeros((b,), bool))
 
 
-def toy_learner(state, rollout, rewards, batch, key):
+def toy_learner(state, acted, key):
   del key
   state = state.replace(step=state.step + 1,
                         params={'w': state.params['w'] + 1.0})
-  return state, {'generated_by': jnp.mean(rewards),
-                 'batch_id': jnp.mean(batch['id']),
-                 'actor_draw': jnp.mean(rollout.logp)}
+  return state, {'generated_by': jnp.mean(acted.rewards),
+                 'batch_id': jnp.mean(acted.batch['id']),
+                 'actor_draw': jnp.mean(acted.rollout.logp)}
 
 
 TOY = async_loop.ActorLearner(toy_actor, toy_learner)
@@ -266,7 +268,7 @@ def mesh_main():
     # The next batch, generated on the actor group, waits split over the
     # learner group.
     for item in pipeline._queue:  # pylint: disable=protected-access
-      tokens = item.rollout.actions
+      tokens = item.acted.rollout.actions
       assert tokens.sharding.device_set == learner
       assert not tokens.sharding.is_fully_replicated
       seen.append(step)
