@@ -30,6 +30,7 @@ def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp('data')
 
 
+@pytest.mark.slow  # Every stage, twice (~30 s on 2 cores).
 def test_run_writes_outputs_and_resumes(tmp_path, data_dir):
   workdir = tmp_path / 'run'
   summary = recipes.run(smoke_config(data_dir), str(workdir))

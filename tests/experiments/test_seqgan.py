@@ -28,6 +28,7 @@ def strip_timing(records):
           for r in records]
 
 
+@pytest.mark.slow  # The whole study, every phase (~70 s on 2 cores).
 def test_run_writes_outputs_and_learns(finished):
   workdir, summary = finished
   for name in ('summary.json', 'nll_oracle.png'):
@@ -61,6 +62,7 @@ def test_run_writes_outputs_and_learns(finished):
     assert first['nll_oracle'] == pytest.approx(pretrain[-1]['nll_oracle'])
 
 
+@pytest.mark.slow  # The whole study, every phase (~70 s on 2 cores).
 def test_resumed_run_equals_uninterrupted(finished, tmp_path):
   workdir, summary = finished
   cut = tmp_path / 'cut'

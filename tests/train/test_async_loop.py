@@ -289,6 +289,7 @@ def mesh_main():
   print('mesh OK')
 
 
+@pytest.mark.slow  # A subprocess on 4 devices (~40 s).
 def test_one_device_and_two_plus_two_devices():
   # One subprocess does both, so the one-device actor and learner compile once.
   env = {**os.environ,
