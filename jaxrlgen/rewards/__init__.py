@@ -48,7 +48,6 @@ REWARDS.register('exact_match', _exact_match)
 REWARDS.register('target_match', lambda **unused: text.target_match)
 REWARDS.register('format', _format)
 REWARDS.register('length_penalty', _length_penalty)
-TEXT_REWARDS = ('exact_match', 'target_match', 'format', 'length_penalty')
 
-__all__ = ['REWARDS', 'TEXT_REWARDS', 'Terms', 'Weighted', 'check_terms', 'host',
+__all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'host',
            'image', 'make', 'text']
