@@ -44,7 +44,6 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 
@@ -68,13 +67,10 @@ from jaxrlgen.rewards import learned
 from jaxrlgen.rewards import text as text_rewards
 from jaxrlgen.train import loop
 from jaxrlgen.train import optim
+from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
-
-matplotlib.use('Agg')  # Headless, as in train/plots.py.
-# pylint: disable-next=g-import-not-at-top,wrong-import-position
-import matplotlib.pyplot as plt
 
 METHODS = ('ppo', 'grpo', 'dpo')
 # The config field that holds each method's KL coefficients, and the
@@ -716,7 +712,7 @@ def _eval_records(run_dir) -> list[dict]:
 def plot_gold_vs_kl(curves: dict, sft: dict, path) -> None:
   """Gold and proxy reward against sqrt(KL), a row per method run."""
   methods = [m for m in METHODS if any(n.startswith(m + '_') for n in curves)]
-  fig, axes = plt.subplots(len(methods), 2, figsize=(10, 3.2 * len(methods)),
+  fig, axes = plots.plt.subplots(len(methods), 2, figsize=(10, 3.2 * len(methods)),
                            squeeze=False)
   try:
     for row, method in enumerate(methods):
@@ -741,7 +737,7 @@ def plot_gold_vs_kl(curves: dict, sft: dict, path) -> None:
     with path.open('wb') as f:
       fig.savefig(f, format='png', dpi=100)
   finally:
-    plt.close(fig)
+    plots.plt.close(fig)
 
 
 def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
@@ -774,10 +770,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole study; returns the summary."""
   start_time = time.time()
   settings = parse(config)
-  workdir = workdir_lib.prepare_workdir(workdir)
   tokenizer = ByteTokenizer()
   mesh = parallel.make_mesh(config.mesh)
   validate(settings, tokenizer, mesh)
+  workdir = workdir_lib.prepare_workdir(workdir)
   with parallel.activate(mesh):
     return _run(settings, workdir, tokenizer,
                 parallel.Layout(mesh,

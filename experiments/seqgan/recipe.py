@@ -46,7 +46,6 @@ files would only add a host-side pipeline between two device computations.
 import dataclasses
 import functools
 import time
-import typing
 from typing import Any
 
 from etils import epath
@@ -276,14 +275,7 @@ class SeqGANConfig:
 def parse_config(
     config: ml_collections.ConfigDict | SeqGANConfig) -> SeqGANConfig:
   """The config as a SeqGANConfig; errors name the field (`config.a.b`)."""
-  if isinstance(config, SeqGANConfig):
-    return config
-  # Each section is parsed under its own path, so its messages carry it.
-  hints = typing.get_type_hints(SeqGANConfig)
-  sections = {name: schema.parse(cls, config.get(name), f'config.{name}')
-              for name, cls in hints.items() if dataclasses.is_dataclass(cls)}
-  return schema.parse(SeqGANConfig, {**dict(config.items()), **sections},
-                      'config')
+  return schema.parse(SeqGANConfig, config, 'config')
 
 
 # ----------------------------------------------------------------------------

@@ -119,5 +119,5 @@ def make(cfg: A2CConfig) -> base.Algorithm:
     return value + reg, {**metrics, **reg_metrics}
 
   return base.Algorithm(name='a2c', prepare=prepare, loss=loss,
-                        env_requires=('hidden_states',),
+                        env_requires=('value',),
                         uses_reference=cfg.kl_coef > 0)

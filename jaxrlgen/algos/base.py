@@ -78,10 +78,10 @@ class Algorithm(NamedTuple):
       policy from `policy_params(params)` (default: `env` itself; ILQL:
       advantage-weighted decoding). Evaluation decodes with it.
     env_requires: what `prepare` / `loss` use of the environment beyond
-      `rollout` and `evaluate`, as its attribute names (`hidden_states` for
-      a critic or Q heads, `action_logits`, `greedy`, `logits_fn`,
-      `transitions`, ...); recipes check them with `check_env` before
-      computing.
+      `rollout` and `evaluate`, as its attribute names (`value` for a
+      critic on the trunk, `hidden_states` for Q heads, `action_logits`,
+      `greedy`, `transitions`, ...); recipes check them with `check_env`
+      before computing.
   """
 
   name: str

@@ -167,7 +167,7 @@ def make(cfg: IMPALAConfig) -> base.Algorithm:
     return value + reg, {**metrics, **reg_metrics}
 
   return base.Algorithm(name='impala', prepare=prepare, loss=loss,
-                        env_requires=('hidden_states',),
+                        env_requires=('value',),
                         uses_reference=cfg.kl_coef > 0,
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

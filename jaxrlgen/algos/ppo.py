@@ -230,8 +230,7 @@ def make(cfg: PPOConfig) -> base.Algorithm:
                   'init_params': lambda env, params, key: {
                       'policy': params,
                       'critic': env.init_critic(params, key)},
-                  'env_requires': ('hidden_states', 'with_value_head',
-                                   'init_critic')}
+                  'env_requires': ('with_value_head', 'init_critic')}
 
     def values_of(env, params, rollout):
       return env.with_value_head().evaluate(params['critic'], rollout,
@@ -242,7 +241,7 @@ def make(cfg: PPOConfig) -> base.Algorithm:
       return out, values_of(env, params, rollout)
   else:
     policy_params = lambda params: params
-    params_fns = {'env_requires': ('hidden_states',)}
+    params_fns = {'env_requires': ('value',)}
 
     def values_of(env, params, rollout):
       return env.evaluate(params, rollout, with_values=True).values

@@ -57,7 +57,6 @@ from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
 from jaxrlgen.envs.text import Transition
-from jaxrlgen.models import transformer as tfm
 
 Params = Any
 RewardFn = Callable[[Rollout, Any], jax.Array]
@@ -215,8 +214,7 @@ class MCTSSampler:
   def _value(self, params, hidden: jax.Array) -> jax.Array:
     if self.config.value == 'zero':
       return jnp.zeros(hidden.shape[:-1], jnp.float32)
-    return self.env.model.apply({'params': params}, hidden,
-                                method=tfm.Transformer.value)
+    return self.env.value(params, hidden)
 
   def root(self, params: Params, prompt: jax.Array,
            prompt_mask: jax.Array) -> Node:

@@ -517,10 +517,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   settings = parse(config)
   algo = algos.make(config.algo)
-  workdir = workdir_lib.prepare_workdir(workdir)
   tokenizer, model_cfg = model_and_tokenizer(config.model)
   mesh = parallel.make_mesh(config.mesh)
   validate(settings, algo, tokenizer, model_cfg, mesh)
+  workdir = workdir_lib.prepare_workdir(workdir)
   # The async loop places its actor and learner on device groups of its own;
   # the sync loop's activations follow the mesh.
   context = (parallel.activate(mesh) if settings.run.loop == 'sync'

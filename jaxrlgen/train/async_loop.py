@@ -56,12 +56,7 @@ from jaxrlgen.train import step as step_lib
 from jaxrlgen.train import writers
 
 PyTree = Any
-ActorFn = Callable[[PyTree, Any, jax.Array], Acted]
 LearnerFn = Callable[..., tuple[TrainState, dict[str, jax.Array]]]
-
-
-def _identity(params):
-  return params
 
 
 class ActorLearner(NamedTuple):
@@ -73,11 +68,9 @@ class ActorLearner(NamedTuple):
     policy_params: the learner's trainable parameters -> the actor's.
   """
 
-  actor: ActorFn
+  actor: step_lib.Actor
   learner: LearnerFn
-  policy_params: Callable[[PyTree], PyTree] = _identity
-
-
+  policy_params: Callable[[PyTree], PyTree] = lambda params: params
 
 
 def rl_actor_learner(env, reward_fn: step_lib.RewardFn,

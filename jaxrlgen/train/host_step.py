@@ -12,20 +12,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from jaxrlgen.algos import base as algo_base
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Acted
 from jaxrlgen.rewards.host import TextReward
 from jaxrlgen.train import step as step_lib
-
-
-def _rollout_half(params, batch, key: jax.Array, *, env):
-  # The first of rl_step's three key splits drives the rollout there too.
-  rollout_key, _, _ = jax.random.split(key, 3)
-  return env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                     rollout_key)
 
 
 def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
@@ -41,16 +34,15 @@ def make_split_step(*, env, reward: TextReward, algo: algo_base.Algorithm,
     `prepare` (SCST, ReMax: `Algorithm.needs_score`) reaches the reward
     there through its callback.
   """
-  generate = jax.jit(functools.partial(_rollout_half, env=env))
+  generate = jax.jit(functools.partial(step_lib.generate, env=env))
   learn = jax.jit(functools.partial(step_lib.learner_step, env=env,
                                     reward_fn=reward, algo=algo, tx=tx),
                   donate_argnums=(0,) if donate else ())
 
   def step_fn(state, batch, key):
     rollout = generate(algo.policy_params(state.params), batch, key)
-    per_sequence = jax.tree.map(
-        lambda x: np.repeat(np.asarray(x), env.num_samples, axis=0), batch)
-    rewards, failed = reward.host(rollout, per_sequence)
+    rewards, failed = reward.host(
+        rollout, rollout_lib.repeat_batch(batch, env.num_samples))
     acted = Acted(rollout=rollout, rewards=jnp.asarray(rewards), batch=batch,
                   failed=jnp.asarray(failed))
     return learn(state, acted, key)

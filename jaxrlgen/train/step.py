@@ -67,6 +67,14 @@ def uses_host(reward_fn: RewardFn) -> bool:
   return getattr(reward_fn, 'uses_host', hasattr(reward_fn, 'with_failures'))
 
 
+def generate(params, batch, key: jax.Array, *, env) -> Rollout:
+  """The rollout of `sample`: the batch's prompts, G samples each. The
+  first of the key's three splits drives it; the learner uses the others."""
+  rollout_key, _, _ = jax.random.split(key, 3)
+  return env.rollout(params, batch['prompt'], batch['prompt_mask'],
+                     rollout_key)
+
+
 def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
            ) -> Acted:
   """The default actor: samples the policy on the batch's prompts and scores
@@ -80,9 +88,7 @@ def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
   Returns:
     Acted with B = N * G sequences.
   """
-  rollout_key, _, _ = jax.random.split(key, 3)
-  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                        rollout_key)
+  rollout = generate(params, batch, key, env=env)
   rewards, failed = rollout_lib.score(
       reward_fn, rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   return Acted(rollout=rollout, rewards=rewards, batch=batch, failed=failed)

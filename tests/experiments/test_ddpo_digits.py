@@ -16,6 +16,7 @@ from jaxrlgen import algos
 from jaxrlgen import recipes
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.models import classifier
+from jaxrlgen.train import plots
 from jaxrlgen.train import writers
 
 
@@ -49,7 +50,6 @@ def test_run_writes_outputs_and_resumes(tmp_path, data_dir):
       summary['eval/reward_after']
   # PNG sizes of 8x8 images: negative byte counts, tens to hundreds.
   assert -400 < summary['eval/reward_before'] < -30
-  assert 0 <= summary['eval/class_accuracy_after'] <= 1
   records = writers.read_metrics(str(workdir))
   train_lines = [r for r in records if 'reward/mean' in r]
   assert [r['step'] for r in train_lines] == [1, 2, 3]
@@ -74,7 +74,8 @@ def test_eval_labels_and_grid(tmp_path):
   np.testing.assert_array_equal(labels[:7], [0, 0, 0, 1, 1, 1, 2])
   images = np.linspace(-1, 1, 30 * 64).reshape(30, 8, 8, 1)
   ddpo.save_grid(images, tmp_path / 'grid.png', columns=2, title='t')
-  assert (tmp_path / 'grid.png').stat().st_size > 0
+  grid = plots.plt.imread(tmp_path / 'grid.png')
+  assert grid.ndim == 3 and len(np.unique(grid)) > 10  # The images, drawn.
 
 
 def test_classifier_step_learns_the_digits():
