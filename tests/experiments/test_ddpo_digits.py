@@ -178,7 +178,7 @@ def test_unknown_field_fails_listing_the_known_ones(tmp_path):
 
 
 @pytest.mark.parametrize('name, missing', [
-    ('ppo', 'hidden_states'), ('scst', 'greedy'), ('sql', 'action_logits'),
+    ('ppo', 'value'), ('scst', 'greedy'), ('sql', 'action_logits'),
     ('ilql', 'hidden_states'), ('mcts_expert_iteration', 'hidden_states')])
 def test_algorithms_needing_a_text_env_fail_before_compute(
     tmp_path, monkeypatch, name, missing):
