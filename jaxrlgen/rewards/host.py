@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrlgen.core.types import Rollout
+from jaxrlgen.rewards import fields as fields_lib
 
 
 def _as_reward(value) -> float:
@@ -167,10 +168,11 @@ class TextReward:
   """A host reward over decoded completions: `(rollout, batch) -> f32[B]`.
 
   `fn(text, **kwargs)` is called per completion with `text` the decoded
-  completion (up to EOS), `kwargs` the named `fields` of `batch` (NumPy
-  item i of each, e.g. `answer=np.int32(12)`) and, with `with_prompt`,
-  `prompt=` the decoded prompt. Calling the object gives the rewards;
-  `with_failures` also gives which items failed.
+  completion (up to EOS), `kwargs` the named `fields` of `batch` (item i of
+  each: a Python number for a numeric field, e.g. `answer=12`, the string
+  for a text field (`rewards.fields`), else the NumPy slice) and, with
+  `with_prompt`, `prompt=` the decoded prompt. Calling the object gives the
+  rewards; `with_failures` also gives which items failed.
   """
 
   def __init__(self, fn: Callable[..., Any], tokenizer, *,
@@ -187,7 +189,7 @@ class TextReward:
 
   def _item(self, actions, mask, prompt, prompt_mask, *values):
     text = self.tokenizer.decode(actions[mask])
-    kwargs = dict(zip(self.fields, values))
+    kwargs = {f: fields_lib.item_value(v) for f, v in zip(self.fields, values)}
     if self.with_prompt:
       kwargs['prompt'] = self.tokenizer.decode(prompt[prompt_mask])
     return self.fn(text, **kwargs)

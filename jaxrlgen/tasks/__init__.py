@@ -11,12 +11,15 @@ from typing import Any
 from jaxrlgen import schema
 from jaxrlgen.registry import Registry
 from jaxrlgen.tasks import arithmetic
+from jaxrlgen.tasks import files
 from jaxrlgen.tasks.base import collate
+from jaxrlgen.tasks.base import open_splits
 from jaxrlgen.tasks.base import Splits
 from jaxrlgen.tasks.base import TaskSpec
 
 TASKS: Registry[TaskSpec] = Registry('task', 'config.task.name', TaskSpec)
 TASKS.register('arithmetic', arithmetic.SPEC)
+TASKS.register('files', files.SPEC)
 
 
 def get(name: str) -> TaskSpec:
@@ -35,4 +38,5 @@ def parse(section, path: str = 'config.task') -> tuple[str, Any]:
   return name, schema.parse(get(name).config_cls, fields, path)
 
 
-__all__ = ['TASKS', 'Splits', 'TaskSpec', 'collate', 'get', 'parse']
+__all__ = ['TASKS', 'Splits', 'TaskSpec', 'collate', 'get', 'open_splits',
+           'parse']

@@ -9,15 +9,24 @@ its `Splits`. Records are dicts with at least
                  start's target; rewards may compare against it);
 
 and whatever other fields the reward reads (`TaskSpec.fields`, e.g. the
-integer 'answer' of arithmetic). `collate` turns records into fixed-shape
-arrays; the recipe repeats each prompt's fields over its group of samples, so
-a reward `(rollout, batch) -> f32[B]` reads `batch[field]` per sequence.
+integer 'answer' of arithmetic, or `Splits.fields` when a task finds them in
+its data). `collate` turns records into fixed-shape arrays: numbers into
+int32 / float32 / bool arrays, strings into text fields (`i16[N, L]` of UTF-8
+bytes padded with -1, `jaxrlgen.rewards.fields`, L fixed per dataset by
+`Splits.text_lengths`), which host rewards get back as the exact strings.
+The recipe repeats each prompt's fields over its group of samples, so a
+reward `(rollout, batch) -> f32[B]` reads `batch[field]` per sequence.
+
+`open_splits` is what a recipe calls: the task's `load`, then its `prepare`
+(which needs the tokenizer: chat templates, prompt lengths).
 """
 
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from jaxrlgen.rewards import fields as fields_lib
 
 Record = Mapping[str, Any]
 # The arrays every collated batch has; `fields` add to them.
@@ -28,10 +37,28 @@ TARGET_KEYS = ('target', 'target_mask')
 @dataclasses.dataclass(frozen=True)
 class Splits:
   """Random-access sources of records (`len`, `source[i]`, and optionally
-  `source.__getitems__(indices)`, as TFDS array_record sources have)."""
+  `source.__getitems__(indices)`, as TFDS array_record sources have), and
+  what a task learnt about them at load.
+
+  Attributes:
+    train, test: the record sources.
+    fields: the record fields the reward reads, when the task finds them in
+      its data (None: `TaskSpec.fields`).
+    text_lengths: width L (UTF-8 bytes) of each text field, the longest in
+      either split, so every batch has one shape.
+    has_completion: whether records carry a reference completion (a
+      supervised warm start needs one).
+    report: lines for the run's log (records read, prompts left out).
+    stats: numbers for the run's summary (e.g. 'train/long_prompts').
+  """
 
   train: Sequence[Record]
   test: Sequence[Record]
+  fields: tuple[str, ...] | None = None
+  text_lengths: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  has_completion: bool = True
+  report: str = ''
+  stats: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +74,10 @@ class TaskSpec:
       reference completion).
     reward: the default `config.reward.terms` (reward name -> weight).
     description: one line, shown by `--help`-like listings.
+    prepare: optional (task config, Splits, tokenizer, max_prompt_len,
+      max_target_len) -> Splits, run after `load` by `open_splits`: what
+      needs the tokenizer (a chat template, leaving out prompts that do not
+      fit).
   """
 
   config_cls: type
@@ -55,6 +86,21 @@ class TaskSpec:
   reward: Mapping[str, float] = dataclasses.field(
       default_factory=lambda: {'target_match': 1.0})
   description: str = ''
+  prepare: Callable[[Any, Splits, Any, int, int], Splits] | None = None
+
+
+def open_splits(spec: TaskSpec, task_cfg, data_dir: str, tokenizer,
+                max_prompt_len: int, max_target_len: int) -> Splits:
+  """The task's splits, ready for `collate`: `spec.load`, then
+  `spec.prepare`; `fields` filled from `spec.fields` when the task did not
+  find its own."""
+  splits = spec.load(task_cfg, data_dir)
+  if spec.prepare is not None:
+    splits = spec.prepare(task_cfg, splits, tokenizer, max_prompt_len,
+                          max_target_len)
+  if splits.fields is None:
+    splits = dataclasses.replace(splits, fields=tuple(spec.fields))
+  return splits
 
 
 def _text(value: str | bytes) -> str:
@@ -63,7 +109,8 @@ def _text(value: str | bytes) -> str:
 
 
 def collate(records: Sequence[Record], tokenizer, max_prompt_len: int,
-            max_target_len: int, fields: Sequence[str] = ()
+            max_target_len: int, fields: Sequence[str] = (),
+            text_lengths: Mapping[str, int] | None = None
             ) -> dict[str, np.ndarray]:
   """Fixed-shape arrays of N records.
 
@@ -77,7 +124,11 @@ def collate(records: Sequence[Record], tokenizer, max_prompt_len: int,
     max_prompt_len: P (`config.data.max_prompt_len`).
     max_target_len: T (`config.data.max_target_len`), EOS included.
     fields: further record fields, each stacked into an array with leading
-      axis N (integers as int32, floats as float32).
+      axis N (integers as int32, floats as float32, booleans as bool,
+      strings as a text field i16[N, L], see `jaxrlgen.rewards.fields`).
+    text_lengths: L of each text field (`Splits.text_lengths`); a text
+      field without one is as wide as this batch's longest string, so its
+      shape changes from batch to batch.
   Returns:
     `prompt` i32[N, P], `prompt_mask` bool[N, P], `target` i32[N, T],
     `target_mask` bool[N, T], and each field.
@@ -115,13 +166,21 @@ def collate(records: Sequence[Record], tokenizer, max_prompt_len: int,
   for key in fields:
     if key in out:
       continue
-    values = np.asarray([r[key] for r in records])
+    raw = [r[key] for r in records]
+    if raw and all(isinstance(v, (str, bytes)) for v in raw):
+      width = (text_lengths or {}).get(key)
+      if width is None:
+        width = max(len(fields_lib.utf8(v)) for v in raw)
+      out[key] = fields_lib.encode_texts(raw, max(width, 1), key)
+      continue
+    values = np.asarray(raw)
     if values.dtype.kind in 'iub':
       values = values.astype(np.int32 if values.dtype.kind != 'b' else bool)
     elif values.dtype.kind == 'f':
       values = values.astype(np.float32)
     else:
       raise ValueError(f'Field {key!r} holds {values.dtype} values; a reward '
-                       'field must be numeric (decode text on the host).')
+                       'field must be numbers, booleans or strings (all of '
+                       'one kind).')
     out[key] = values
   return out

@@ -86,8 +86,11 @@ def test_collate_fields_and_missing_field():
   with pytest.raises(ValueError, match="Record 1 has no field 'score'"):
     tasks.collate([records[0], {'prompt': 'c=', 'completion': 'c'}], tok, 4,
                   3, fields=('score',))
+  # Strings become text fields (tests/tasks/test_files.py); a field that
+  # mixes strings and numbers is an error.
   with pytest.raises(ValueError, match="'name' holds"):
-    tasks.collate([{**records[0], 'name': 'x'}], tok, 4, 3, fields=('name',))
+    tasks.collate([{**records[0], 'name': 'x'}, {**records[1], 'name': 3}],
+                  tok, 4, 3, fields=('name',))
 
 
 def test_registry_names_and_import_paths():
