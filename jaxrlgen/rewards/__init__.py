@@ -6,15 +6,24 @@ model's tokenizer (`byte_level` False), `exact_match` and `format` parse the
 decoded text on the host (`host`). Image rewards (`image`) read the final
 image of a denoising rollout. `make(terms, **context)` builds the weighted
 sum that `config.reward.terms` ((name, weight) pairs) describes.
+
+Verifiers (`verifiers`: `exact_string`, `numeric_answer`, `math_answer`,
+`regex_format`) check the decoded completion against a field of its record
+on the host. A term may also be the import path of a per-item Python
+function `fn(completion, **fields) -> float`, a JAX reward or a factory
+(`functions`); text fields reach host rewards as strings (`fields`).
 """
 
 import functools
 
 import jax.numpy as jnp
 
+from jaxrlgen.rewards import fields
+from jaxrlgen.rewards import functions
 from jaxrlgen.rewards import host
 from jaxrlgen.rewards import image
 from jaxrlgen.rewards import text
+from jaxrlgen.rewards import verifiers
 from jaxrlgen.rewards.base import check_terms
 from jaxrlgen.rewards.base import make
 from jaxrlgen.rewards.base import REWARDS
@@ -48,6 +57,8 @@ REWARDS.register('exact_match', _exact_match)
 REWARDS.register('target_match', lambda **unused: text.target_match)
 REWARDS.register('format', _format)
 REWARDS.register('length_penalty', _length_penalty)
+for _name, _factory in verifiers.FACTORIES.items():
+  REWARDS.register(_name, _factory)
 
-__all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'host',
-           'image', 'make', 'text']
+__all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'fields',
+           'functions', 'host', 'image', 'make', 'text', 'verifiers']

@@ -8,10 +8,12 @@ A reward that runs Python on the host (decoded text, image encoders) also has
 timed out and got their penalty.
 
 `REWARDS` maps a name to a factory `(**context) -> reward`; the context is
-what the run has (`tokenizer=` for text, `classifier_model=` /
-`classifier_params=` for images, and options such as `target_length=`), and a
-factory takes the keywords it needs. A config names a reward by its name or
-by the import path of a factory (`'my_package.rewards:make_score'`).
+what the run has (`tokenizer=` for text, `fields=` the task's reward fields,
+`classifier_model=` / `classifier_params=` for images, and options such as
+`target_length=`, `answer_field=`, `penalty=`), and a factory takes the
+keywords it needs. A config names a reward by its name or by an import path
+of a factory, a JAX reward or a per-item Python function
+`fn(completion, **fields) -> float` (`jaxrlgen.rewards.functions`).
 """
 
 from typing import Any, Callable, Mapping, Sequence
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.registry import Registry
+from jaxrlgen.rewards import functions
 
 RewardFn = Callable[[Rollout, Any], jax.Array]
 RewardFactory = Callable[..., RewardFn]
@@ -68,13 +71,17 @@ class Weighted:
 
 
 def check_terms(terms: Terms | Mapping[str, float],
-                names: Sequence[str] | None = None) -> None:
-  """Fails, naming config.reward.terms, on no terms or an unknown name.
+                names: Sequence[str] | None = None,
+                context_keys: Sequence[str] | None = None) -> None:
+  """Fails, naming config.reward.terms, on no terms, an unknown name, an
+  import path that does not import or names a function of none of the
+  accepted signatures (`functions.kind`).
 
   Args:
-    terms: (reward name or factory import path, weight) pairs, or a mapping.
+    terms: (reward name or import path, weight) pairs, or a mapping.
     names: the registered names allowed here (e.g. the image rewards for a
       denoising environment); None: every registered name.
+    context_keys: the keys of the run's context, when known.
   """
   allowed = sorted(REWARDS.names() if names is None else names)
   if not terms:
@@ -84,7 +91,16 @@ def check_terms(terms: Terms | Mapping[str, float],
     if name in REWARDS and name not in allowed:
       raise ValueError(f'config.reward.terms names {name!r}, which does not '
                        f'apply here; known: {allowed}.')
-    REWARDS.get(name)  # An unknown name or a bad import path fails here.
+    value = REWARDS.get(name)  # An unknown name or a bad path fails here.
+    if name not in REWARDS:
+      functions.kind(value, name, context_keys)
+
+
+def build(name: str, context: Mapping[str, Any]) -> RewardFn:
+  """The reward a registered name or an import path gives in `context`."""
+  if name in REWARDS:
+    return REWARDS.get(name)(**context)
+  return functions.from_object(REWARDS.get(name), name, context)
 
 
 def make(terms: Terms | Mapping[str, float],
@@ -92,10 +108,12 @@ def make(terms: Terms | Mapping[str, float],
   """The weighted sum `config.reward.terms` describes.
 
   Args:
-    terms: (reward name or factory import path, weight) pairs, or a mapping.
+    terms: (reward name or import path, weight) pairs, or a mapping.
     names: the registered names allowed here (None: all).
-    **context: what factories read (tokenizer, classifier, options).
+    **context: what factories read (tokenizer, the task's reward `fields`,
+      classifier, options); `penalty`, `timeout_s` and `max_workers` set
+      the host bridge of per-item functions and verifiers.
   """
-  check_terms(terms, names)
-  return Weighted([(float(weight), name, REWARDS.get(name)(**context))
+  check_terms(terms, names, tuple(context))
+  return Weighted([(float(weight), name, build(name, context))
                    for name, weight in dict(terms).items()])
