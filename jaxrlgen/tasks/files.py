@@ -205,10 +205,12 @@ def _read_tfds(entry: str, default_split: str, data_dir: str,
     source = tfds.data_source(name, split=split, data_dir=data_dir or None,
                               download=False)
   except Exception as e:  # Not prepared, unknown name or split.
+    # TFDS's message may list every dataset it knows; its first line says it.
+    first = (str(e).strip().splitlines() or [''])[0]
     raise ValueError(f'{flag}: {entry!r} does not open as the {split!r} '
                      f'split of the TFDS dataset {name!r} in data_dir '
-                     f'{data_dir!r} (config.data.data_dir): '
-                     f'{type(e).__name__}: {e}') from e
+                     f'{data_dir!r} (config.data.data_dir; prepare it there '
+                     f'first): {type(e).__name__}: {first}') from e
   for n in range(len(source)):
     yield Row(_plain(source[n]), f'{entry} record {n}')
 

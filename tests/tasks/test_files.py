@@ -211,3 +211,23 @@ def test_text_fields_reach_a_host_reward_exactly_inside_jit():
       got, [1 + i if j == 0 else i for i in range(4) for j in range(group)])
   assert sorted({s[1] for s in seen}) == sorted(answers)
   assert {(s[2], s[3]) for s in seen} == {(i, f'p{i}') for i in range(4)}
+
+
+def test_tfds_source_reads_the_prepared_dataset_in_order(tmp_path):
+  from jaxrlgen.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+  built = tasks.get('arithmetic').load(
+      arithmetic.ArithmeticConfig(num_train=16, num_test=4), str(tmp_path))
+  version = next((tmp_path / 'arithmetic').glob('*/*'))
+  name = f'tfds:arithmetic/{version.parent.name}:{version.name}'
+  cfg = files.FilesConfig(train_files=name, eval_files=name + ':test')
+  splits = tasks.open_splits(SPEC, cfg, str(tmp_path), TOK, 8, 4)
+  assert splits.fields == ('a', 'answer', 'b')
+  assert [r['prompt'] for r in splits.test] == [
+      r['prompt'].decode() for r in built.test]
+  assert [r['answer'] for r in splits.train] == [
+      int(r['answer']) for r in built.train]
+  with pytest.raises(ValueError, match=r"train_files: 'tfds:nope' does not "
+                     "open .*config.data.data_dir"):
+    tasks.open_splits(SPEC, files.FilesConfig(train_files='tfds:nope',
+                                              eval_size=1),
+                      str(tmp_path), TOK, 8, 4)
