@@ -5,8 +5,10 @@
 otherwise `tokenizer.model` through SentencePiece. The special tokens come
 from the directory's `generation_config.json`, `config.json` and
 `tokenizer_config.json` (in that order of precedence for EOS, which is what
-generation stops on). It has the methods of `ByteTokenizer`, so the data
-pipeline, the environment and the rewards take either.
+generation stops on). `HFTokenizer.from_gguf(path)` builds the same from a
+GGUF file's tokenizer metadata (`models.gguf`). It has the methods of
+`ByteTokenizer`, so the data pipeline, the environment and the rewards take
+either.
 """
 
 import json
@@ -46,17 +48,37 @@ class HFTokenizer(Batching):
     pad_id, bos_id, eos_id: special ids; bos_id may be None (Qwen has none).
       A model without a pad token pads with EOS, which is never attended to
       (masks carry validity).
+    chat_template: the model's Jinja chat template (transformers'
+      `chat_template`), or None.
   """
 
   def __init__(self, *, encode: Callable[[str], list[int]],
                decode: Callable[[list[int]], str], vocab_size: int,
                eos_id: int, pad_id: int | None = None,
-               bos_id: int | None = None):
+               bos_id: int | None = None, chat_template: str | None = None):
     self._encode, self._decode = encode, decode
     self.vocab_size = vocab_size
     self.eos_id = eos_id
     self.pad_id = eos_id if pad_id is None else pad_id
     self.bos_id = bos_id
+    self.chat_template = chat_template
+
+  @classmethod
+  def from_gguf(cls, path: str | os.PathLike[str]) -> 'HFTokenizer':
+    """The tokenizer stored in a GGUF file's metadata (byte-level BPE)."""
+    from jaxrlgen.models import gguf  # pylint: disable=g-import-not-at-top
+    file = gguf.open_file(path)
+    tok = file.tokenizer()
+    info = file.tokenizer_info()
+    if info['eos_id'] is None:
+      raise ValueError(f'No EOS token in {os.fspath(path)}: its metadata has '
+                       'no tokenizer.ggml.eos_token_id.')
+    return cls(encode=lambda text: tok.encode(text,
+                                              add_special_tokens=False).ids,
+               decode=lambda ids: tok.decode(ids, skip_special_tokens=False),
+               vocab_size=tok.get_vocab_size(with_added_tokens=True),
+               eos_id=info['eos_id'], pad_id=info['pad_id'],
+               bos_id=info['bos_id'], chat_template=info['chat_template'])
 
   @classmethod
   def from_dir(cls, path: str | os.PathLike[str]) -> 'HFTokenizer':
@@ -103,7 +125,13 @@ class HFTokenizer(Batching):
     if eos is None:
       raise ValueError(f'No EOS token in {path}: set eos_token_id in its '
                        'config.json or eos_token in tokenizer_config.json.')
-    return cls(encode=encode, decode=decode, vocab_size=vocab_size,
+    template = tok_config.get('chat_template')
+    template_file = os.path.join(path, 'chat_template.jinja')
+    if template is None and os.path.exists(template_file):
+      with open(template_file) as f:
+        template = f.read()
+    return cls(chat_template=template if isinstance(template, str) else None,
+               encode=encode, decode=decode, vocab_size=vocab_size,
                eos_id=eos,
                pad_id=pick(token_id('pad_token'),
                            _first_id(gen_config.get('pad_token_id')),

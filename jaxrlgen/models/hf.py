@@ -377,11 +377,11 @@ def load(path: str | os.PathLike[str], *, param_dtype: str = 'float32',
          dtype: str | None = None, max_seq_len: int | None = None,
          shardings: PyTree | Callable[[PyTree], PyTree] | None = None,
          **overrides) -> tuple[tfm.TransformerConfig, PyTree]:
-  """Loads a Hugging Face checkpoint directory.
+  """Loads a Hugging Face checkpoint directory (or a GGUF file).
 
   Args:
     path: directory with config.json and model.safetensors (or shards with
-      model.safetensors.index.json).
+      model.safetensors.index.json), or a `.gguf` file (`models.gguf.load`).
     param_dtype: dtype the parameters are cast to ('float32', 'bfloat16').
     dtype: compute dtype (default: param_dtype).
     max_seq_len: KV-cache length (default: the model's positions, at most
@@ -396,19 +396,53 @@ def load(path: str | os.PathLike[str], *, param_dtype: str = 'float32',
     ValueError: unsupported architecture, or a tensor of the wrong shape.
     KeyError: a tensor the architecture needs is missing (named).
   """
+  from jaxrlgen.models import gguf  # pylint: disable=g-import-not-at-top
+  if gguf.is_gguf(path):
+    return gguf.load(path, param_dtype=param_dtype, dtype=dtype,
+                     max_seq_len=max_seq_len, shardings=shardings, **overrides)
   path = os.fspath(path)
   hf_config = read_config(path)
   arch = architecture(hf_config)
+  config = model_config(hf_config, **config_fields(
+      param_dtype, dtype, max_seq_len, overrides))
+  params = load_tensors(arch, config, _Reader(path), param_dtype=param_dtype,
+                        shardings=shardings)
+  return config, params
+
+
+def config_fields(param_dtype: str, dtype: str | None,
+                  max_seq_len: int | None, overrides: dict) -> dict:
+  """`load`'s arguments as TransformerConfig fields."""
   fields = dict(param_dtype=param_dtype, dtype=dtype or param_dtype,
                 **overrides)
   if max_seq_len is not None:
     fields['max_seq_len'] = max_seq_len
-  config = model_config(hf_config, **fields)
+  return fields
+
+
+def load_tensors(arch: str, config: tfm.TransformerConfig,
+                 read: Callable[[str, Path], np.ndarray], *,
+                 param_dtype: str = 'float32',
+                 shardings: PyTree | Callable[[PyTree], PyTree] | None = None,
+                 source: str = 'config.json') -> PyTree:
+  """Reads, converts and places every tensor of `arch`'s table, one at a time.
+
+  Args:
+    arch: a key of ARCHITECTURES.
+    config: the model's TransformerConfig.
+    read: `(hf tensor name, our parameter path) -> array` in Hugging Face's
+      layout (torch's [out, in] for a linear layer).
+    param_dtype: dtype the parameters are cast to.
+    shardings: as for `load`.
+    source: what the config came from, for the shape error.
+  Returns:
+    The parameters in jaxrlgen's layout; a value head (absent from
+    checkpoints) starts at zero.
+  """
   abstract = jax.eval_shape(
       lambda: tfm.init_params(config, jax.random.key(0)))
   if callable(shardings):
     shardings = shardings(abstract)
-  read = _Reader(path)
   params: dict = {}
   target = np.dtype(jnp.dtype(param_dtype))
   for tensor in ARCHITECTURES[arch].tensors(config):
@@ -418,7 +452,7 @@ def load(path: str | os.PathLike[str], *, param_dtype: str = 'float32',
       if array.shape != want.shape:
         raise ValueError(
             f'Tensor {tensor.hf} gives parameter {"/".join(our_path)} the '
-            f'shape {array.shape}, but config.json implies {want.shape}.')
+            f'shape {array.shape}, but {source} implies {want.shape}.')
       array = np.asarray(array).astype(target)
       sharding = None if shardings is None else _get(shardings, our_path)
       _set(params, our_path, jax.device_put(array, sharding))
@@ -434,7 +468,7 @@ def load(path: str | os.PathLike[str], *, param_dtype: str = 'float32',
       sharding = None if shardings is None else _get(shardings, our_path)
       _set(params, our_path, jax.device_put(
           np.zeros(want.shape, want.dtype), sharding))
-  return config, params
+  return params
 
 
 def _leaf_paths(tree, prefix=()) -> list[Path]:

@@ -1,0 +1,79 @@
+"""Writes any checkpoint jaxrlgen loads as a Hugging Face directory.
+
+  python -m jaxrlgen.export --model=SmolLM2-135M-Instruct.Q4_1.gguf \
+      --out=/tmp/smollm2 [--dtype=float32]
+
+MODEL is a Hugging Face directory or a `.gguf` file. The output holds
+`model.safetensors` (`hf.save`), `config.json`, and the tokenizer:
+`tokenizer.json`, `tokenizer_config.json` (with the chat template, BOS and
+EOS), `special_tokens_map.json` and `generation_config.json`, so that
+`transformers.AutoModelForCausalLM.from_pretrained(OUT)` and
+`AutoTokenizer.from_pretrained(OUT)` load it. A GGUF file's quantized
+weights are written dequantized, in `dtype`.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+from jaxrlgen.models import gguf
+from jaxrlgen.models import hf
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+def export(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
+           dtype: str = 'float32') -> str:
+  """Writes the checkpoint at `model_path` as a Hugging Face directory.
+
+  Args:
+    model_path: a Hugging Face checkpoint directory or a GGUF file.
+    out: the output directory (created; files in it are overwritten).
+    dtype: dtype of the written tensors: 'float32', 'bfloat16' or 'float16'.
+  Returns:
+    `out`.
+  Raises:
+    FileNotFoundError: `model_path` does not exist.
+    ValueError: an unknown dtype, or a checkpoint jaxrlgen cannot load.
+  """
+  model_path, out = os.fspath(model_path), os.fspath(out)
+  if dtype not in DTYPES:
+    raise ValueError(f'--dtype={dtype!r}; known: {DTYPES}.')
+  if not os.path.exists(model_path):
+    raise FileNotFoundError(f'--model={model_path} does not exist: give a '
+                            'Hugging Face directory or a .gguf file.')
+  if os.path.realpath(model_path) == os.path.realpath(out):
+    raise ValueError(f'--out={out} is the model itself; write elsewhere.')
+  # Parameters are loaded in float32 (or bfloat16 when that is what is
+  # written) and cast as they are written.
+  load_dtype = 'bfloat16' if dtype == 'bfloat16' else 'float32'
+  if gguf.is_gguf(model_path):
+    file = gguf.open_file(model_path)
+    hf_config = file.hf_config()
+    config, params = file.load(param_dtype=load_dtype)
+    hf.save(out, config, params, hf_config=hf_config, dtype=dtype)
+    file.save_tokenizer(out)
+  else:
+    hf_config = hf.read_config(model_path)
+    config, params = hf.load(model_path, param_dtype=load_dtype)
+    hf.save(out, config, params, hf_config=hf_config, dtype=dtype)
+    hf.copy_tokenizer(model_path, out)
+  return out
+
+
+_MODEL = flags.DEFINE_string(
+    'model', None, 'A Hugging Face checkpoint directory or a .gguf file.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', DTYPES,
+                           'dtype of the written tensors.')
+
+
+def main(argv):
+  del argv
+  print(export(_MODEL.value, _OUT.value, _DTYPE.value))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['model', 'out'])
+  app.run(main)
