@@ -52,7 +52,7 @@ from jaxrlgen.rewards import fields as fields_lib
 from jaxrlgen.tasks import base
 
 # Batch keys a record field may not take.
-RESERVED = ('prompt', 'prompt_mask', 'target', 'target_mask', 'completion')
+RESERVED = ('prompt', 'prompt_mask', 'target', 'target_mask')
 _INT32 = np.iinfo(np.int32)
 _VERSION = re.compile(r'\d+\.\d+\.(\d+|\*)')
 
@@ -319,8 +319,12 @@ def check_rows(rows: Sequence[Row], cfg: FilesConfig, flag: str,
 
 
 def _reward_fields(names: Sequence[str], cfg: FilesConfig) -> tuple[str, ...]:
+  # A field named 'completion' that is not the reference (completion_field
+  # '') is left out too: a reward function's `completion` is what the model
+  # wrote.
   out = tuple(n for n in names if n not in (cfg.prompt_field,
-                                             cfg.completion_field))
+                                             cfg.completion_field,
+                                             'completion'))
   clash = [n for n in out if n in RESERVED]
   if clash:
     raise ValueError(f'Record field(s) {clash} collide with the batch\'s own '
@@ -437,7 +441,9 @@ def _fit(records: list[dict], split: str, tokenizer, limit: int, key: str,
   line = (f'files task, {split}: {len(long)} of {len(records)} {what} are '
           f'longer than {flag}={limit} tokens (the longest has {max(long)}); '
           f'those records are left out. Raise {flag} to {max(long)} to keep '
-          'them.')
+          'them' + ('.' if key == 'prompt' else
+                    ", or set config.task.completion_field='' if no warm "
+                    'start reads them.'))
   if not kept:
     raise ValueError(f'No {split} record fits: ' + line)
   return kept, len(long), line
