@@ -85,7 +85,7 @@ def test_long_prompts_are_left_out_and_reported(tmp_path):
   records = _records(6)
   records[1]['prompt'] = 'x' * 12
   records[4]['prompt'] = 'y' * 9
-  records[3]['completion'] = 'a long one'
+  records[3]['completion'] = 'a long'
   _write_jsonl(tmp_path / 'train.jsonl', records)
   splits = _open(tmp_path, train_files=str(tmp_path / 'train.jsonl'),
                  eval_size=1)
@@ -100,14 +100,16 @@ def test_long_prompts_are_left_out_and_reported(tmp_path):
           train_files=str(tmp_path / 'train.jsonl'), eval_size=1)
   # Reference completions too long for the warm start are left out as well,
   # unless the task is told to ignore them.
+  test = _write_jsonl(tmp_path / 'test.jsonl', _records(2))
   splits = _open(tmp_path, max_target_len=3, max_prompt_len=12,
-                 train_files=str(tmp_path / 'train.jsonl'), eval_size=1)
-  assert len(splits.train) + len(splits.test) == 5
+                 train_files=str(tmp_path / 'train.jsonl'),
+                 eval_files=str(test))
+  assert len(splits.train) == 5 and len(splits.test) == 2
   assert 'config.data.max_target_len=3' in splits.report
   splits = _open(tmp_path, max_target_len=3, max_prompt_len=12,
-                 train_files=str(tmp_path / 'train.jsonl'), eval_size=1,
-                 completion_field='')
-  assert len(splits.train) + len(splits.test) == 6
+                 train_files=str(tmp_path / 'train.jsonl'),
+                 eval_files=str(test), completion_field='')
+  assert len(splits.train) == 6
   assert not splits.has_completion and 'completion' not in splits.fields
 
 
