@@ -1,5 +1,7 @@
 """Tasks: prompts with their fields in train and held-out splits, and a
-default reward; `TASKS` is their registry (`config.task.name`).
+default reward; `TASKS` is their registry (`config.task.name`): `arithmetic`,
+and `files` (prompts and reward fields from JSONL / JSON / Parquet /
+datasets / TFDS files, `tasks/files.py`).
 
 A task of your own is one file: a config dataclass, a `load` function and a
 `TaskSpec`, named in a config by import path
