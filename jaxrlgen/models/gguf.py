@@ -48,9 +48,11 @@ SUPPORTED_TYPES = ('F32', 'F16', 'BF16', 'Q4_0', 'Q4_1', 'Q5_0', 'Q5_1',
                    'Q8_0', 'Q2_K', 'Q3_K', 'Q4_K', 'Q5_K', 'Q6_K')
 # general.architecture -> the Hugging Face architecture of the same model.
 ARCHITECTURES = {'llama': 'LlamaForCausalLM'}
-# tokenizer.ggml.pre values whose text split is GPT-2's regex; 'smollm' (and
-# the like) first cut every digit off on its own, as their tokenizer.json does.
-GPT2_SPLITS = ('default', 'gpt2', 'gpt-2')
+# tokenizer.ggml.pre values (llama.cpp's names) whose text split is GPT-2's
+# regex; 'smollm' and the like first cut every digit off on its own, as their
+# tokenizer.json does. (llama.cpp's 'default' is neither.) The tests check
+# each against llama.cpp.
+GPT2_SPLITS = ('gpt-2',)
 DIGIT_SPLITS = ('smollm', 'starcoder', 'refact')
 
 # token_type values (llama.cpp's llama_token_attr).
@@ -89,15 +91,14 @@ def _hf_tensor_names(num_layers: int) -> dict[str, str]:
           'post_attention_layernorm': 'ffn_norm'}
   for i in range(num_layers):
     for theirs, name in ours.items():
-      for leaf in ('weight', 'bias'):
-        out[f'model.layers.{i}.{theirs}.{leaf}'] = f'blk.{i}.{name}.{leaf}'
+      out[f'model.layers.{i}.{theirs}.weight'] = f'blk.{i}.{name}.weight'
   return out
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
   """Undoes llama.cpp's q/k row order: in each head, rows (D/2, 2) -> (2, D/2).
 
-  w: [heads * D, ...] as stored in the GGUF file (a weight or a bias).
+  w: [heads * D, E] as stored in the GGUF file.
   """
   half = w.shape[0] // heads // 2
   return (w.reshape(heads, half, 2, *w.shape[1:]).swapaxes(1, 2)
@@ -148,7 +149,8 @@ class GGUFFile:
       raise ValueError(
           f'{self.path}: tensors {unknown[:5]} are not part of a plain '
           f'{self.arch} model (e.g. rope_freqs.weight: Llama 3.1+ rope '
-          'scaling stored as a tensor), which this loader does not support.')
+          'scaling stored as a tensor; attention biases), which this loader '
+          'does not support.')
 
   def get(self, key: str, default: Any = None) -> Any:
     """The metadata value of `key` (a Python scalar, str or list)."""
@@ -179,13 +181,10 @@ class GGUFFile:
                        f'not the head size {head_dim}; partial rotary '
                        'embeddings are not supported.')
     scaling = self.get(f'{a}.rope.scaling.type', 'none')
-    rope: dict[str, Any] = {'rope_type': 'default'}
-    if scaling == 'linear':
-      rope = {'rope_type': 'linear',
-              'factor': float(self.get(f'{a}.rope.scaling.factor'))}
-    elif scaling != 'none':
+    if scaling != 'none':
       raise ValueError(f'{self.path}: {a}.rope.scaling.type={scaling!r}; '
-                       "supported: 'none', 'linear'.")
+                       "only unscaled rotary embeddings ('none') are "
+                       'supported.')
     embed = self.tensors['token_embd.weight']
     vocab = int(self.get(f'{a}.vocab_size', self._num_tokens
                          or int(embed.shape[-1])))
@@ -204,11 +203,10 @@ class GGUFFile:
             f'{a}.attention.layer_norm_rms_epsilon', 1e-5)),
         'max_position_embeddings': int(self.get(f'{a}.context_length',
                                                 2048)),
-        'rope_theta': theta, 'rope_parameters': {**rope, 'rope_theta': theta},
-        'rope_scaling': None if scaling == 'none' else rope,
+        'rope_theta': theta,
+        'rope_parameters': {'rope_type': 'default', 'rope_theta': theta},
         'tie_word_embeddings': 'output.weight' not in self.tensors,
-        'attention_bias': 'blk.0.attn_q.bias' in self.tensors,
-        'mlp_bias': 'blk.0.ffn_up.bias' in self.tensors,
+        'attention_bias': False, 'mlp_bias': False,
         'hidden_act': 'silu',
         **{k: int(v) for k, v in ids.items() if v is not None},
     }

@@ -82,7 +82,8 @@ def _encode(x: np.ndarray, kind: str, rng) -> np.ndarray:
 
 def write_tiny(path: str, *, arch: str = 'llama', tied: bool = False,
                bad_type: str | None = None, extra_tensor: str | None = None,
-               tokenizer: str = 'gpt2', pre: str = 'gpt2') -> dict:
+               tokenizer: str = 'gpt2', pre: str = 'gpt-2',
+               rope_scaling: str | None = None) -> dict:
   """Writes a tiny random Llama GGUF; returns the original float arrays of
   the tensors stored in a quantizable type, by GGUF name."""
   rng = np.random.default_rng(0)
@@ -97,6 +98,9 @@ def write_tiny(path: str, *, arch: str = 'llama', tied: bool = False,
   writer.add_rope_freq_base(50_000.0)
   writer.add_layer_norm_rms_eps(1e-5)
   writer.add_rope_dimension_count(HEAD_DIM)
+  if rope_scaling:
+    writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+    writer.add_rope_scaling_factor(2.0)
   writer.add_tokenizer_model(tokenizer)
   writer.add_tokenizer_pre(pre)
   writer.add_token_list(TOKENS)
@@ -240,6 +244,8 @@ def test_tiny_tokenizer_matches_transformers(tiny):
     (dict(arch='mamba'), "architecture 'mamba'"),
     (dict(bad_type='Q8_1'), "'blk.0.attn_q.bias' has quantization type Q8_1"),
     (dict(extra_tensor='rope_freqs.weight'), 'rope_freqs.weight'),
+    (dict(extra_tensor='blk.0.attn_q.bias'), 'blk.0.attn_q.bias'),
+    (dict(rope_scaling='linear'), "llama.rope.scaling.type='linear'"),
 ])
 def test_unsupported_files_fail_before_dequantizing(tmp_path, monkeypatch,
                                                     kwargs, message):
@@ -260,8 +266,8 @@ def test_unsupported_tokenizer_and_bad_files(tmp_path):
   with pytest.raises(ValueError, match="tokenizer.ggml.model='llama'"):
     HFTokenizer.from_gguf(path)
   path = str(tmp_path / 'pre.gguf')
-  write_tiny(path, pre='qwen2')
-  with pytest.raises(ValueError, match="tokenizer.ggml.pre='qwen2'"):
+  write_tiny(path, pre='default')  # llama.cpp's 'default' is not GPT-2's.
+  with pytest.raises(ValueError, match="tokenizer.ggml.pre='default'"):
     HFTokenizer.from_gguf(path)
   with pytest.raises(FileNotFoundError, match='missing.gguf'):
     hf.load(str(tmp_path / 'missing.gguf'))
@@ -271,6 +277,22 @@ def test_unsupported_tokenizer_and_bad_files(tmp_path):
     gguf_lib.load(junk)
   with pytest.raises(ValueError, match='--dtype'):
     export_lib.export(junk, tmp_path / 'out', dtype='int8')
+
+
+@pytest.mark.parametrize('pre', gguf_lib.GPT2_SPLITS + gguf_lib.DIGIT_SPLITS)
+def test_tokenizer_text_splits_match_llama_cpp(tmp_path, pre):
+  llama_cpp = pytest.importorskip('llama_cpp')
+  path = str(tmp_path / f'{pre}.gguf')
+  write_tiny(path, pre=pre)
+  ours = HFTokenizer.from_gguf(path)
+  reference = llama_cpp.Llama(path, vocab_only=True, verbose=False)
+  rng = random.Random(0)
+  pieces = ['the', ' the', '12', ' 1', '   ', '\n\n', '  3', 'in', 'é', '$$',
+            "it's", '<think>', '<|im_end|>', 'x1y22', '\t\t9', '１２']
+  for _ in range(100):
+    text = ''.join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+    assert ours.encode(text) == reference.tokenize(
+        text.encode('utf-8'), add_bos=False, special=True), text
 
 
 def test_export_round_trip(tiny, tmp_path):
