@@ -15,7 +15,8 @@ heads as their own axis).
 
 Loading reads one tensor at a time (memory-mapped), casts it and places it
 with its sharding, so a model larger than one device loads straight into its
-shards; the host holds at most one layer's tensor at once.
+shards; the host holds at most one layer's tensor at once. `load` also takes
+a `.gguf` file (`models.gguf`), through the same tensor tables.
 """
 
 import json

@@ -11,6 +11,8 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -277,6 +279,42 @@ def test_unsupported_tokenizer_and_bad_files(tmp_path):
     gguf_lib.load(junk)
   with pytest.raises(ValueError, match='--dtype'):
     export_lib.export(junk, tmp_path / 'out', dtype='int8')
+
+
+SHARDED_LOAD = '''
+import json, sys
+import jax, ml_collections, numpy as np
+from jaxrlgen import parallel
+from jaxrlgen.models import hf, transformer as tfm
+config, params = hf.load(sys.argv[1], max_seq_len=32)
+mesh = parallel.make_mesh(ml_collections.ConfigDict(
+    dict(data=1, fsdp=2, tensor=2)))
+layout = parallel.Layout(mesh, tfm.logical_axes(config))
+_, sharded = hf.load(sys.argv[1], max_seq_len=32, shardings=layout.shardings)
+kernel = sharded['block_0']['mlp']['up']['kernel']
+diff = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b))
+                                       .max()), sharded, params)
+print(json.dumps({'diff': max(jax.tree.leaves(diff)),
+                  'devices': len(kernel.sharding.device_set),
+                  'shard': list(kernel.addressable_shards[0].data.shape)}))
+'''
+
+
+def test_sharded_load_equals_one_device(tiny):
+  """On 4 simulated devices (fsdp 2 x tensor 2), in a process of its own."""
+  path, _ = tiny
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))))
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'PYTHONPATH': repo + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  result = subprocess.run([sys.executable, '-c', SHARDED_LOAD, path], env=env,
+                          cwd=repo, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out['diff'] == 0.0
+  assert out['devices'] == 4 and out['shard'] != [E, MLP], out
 
 
 @pytest.mark.parametrize('pre', gguf_lib.GPT2_SPLITS + gguf_lib.DIGIT_SPLITS)
