@@ -20,6 +20,7 @@ import numpy as np
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 
 
 # Rollout settings the benchmarks run with. Both are exact and off by
@@ -66,8 +67,8 @@ class Workload:
                   num_samples=self.group_size, suppress_eos=True, **FAST)
     fields.update(overrides)
     model_overrides = fields.pop('model_overrides', {})
-    return TextEnv(tfm.Transformer(self.model_config(**model_overrides)),
-                   **fields)
+    model = tfm.Transformer(self.model_config(**model_overrides))
+    return TextEnv(LMPolicy(model), **fields)
 
   def prompts(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)

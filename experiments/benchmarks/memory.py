@@ -74,10 +74,12 @@ def main(argv):
   env = w.env()
   params = jax.eval_shape(functools.partial(tfm.init_params, w.model_config()),
                           jax.random.key(0))
-  prompt = jax.ShapeDtypeStruct((w.num_prompts, w.prompt_len), jnp.int32)
-  mask = jax.ShapeDtypeStruct((w.num_prompts, w.prompt_len), jnp.bool_)
+  batch = {
+      'prompt': jax.ShapeDtypeStruct((w.num_prompts, w.prompt_len), jnp.int32),
+      'prompt_mask': jax.ShapeDtypeStruct((w.num_prompts, w.prompt_len),
+                                          jnp.bool_)}
   key = jax.eval_shape(lambda: jax.random.key(0))
-  rollout = peak_bytes(env.rollout, params, prompt, mask, key)
+  rollout = peak_bytes(env.rollout, params, batch, key)
   cache = jax.eval_shape(functools.partial(
       tfm.init_cache, w.model_config(), w.batch, w.prompt_len + w.new_tokens))
   cache_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))

@@ -38,8 +38,10 @@ _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per measurement.')
 
 
 def rollout_fn(w: common.Workload, **env_overrides):
+  """jit((params, prompt, mask, key) -> Rollout) of W's environment, and it."""
   env = w.env(**env_overrides)
-  return jax.jit(env.rollout), env
+  return jax.jit(lambda params, prompt, mask, key: env.rollout(
+      params, {'prompt': prompt, 'prompt_mask': mask}, key)), env
 
 
 def time_rollout(w: common.Workload, params, repeats: int,

@@ -25,7 +25,6 @@ import optax
 from experiments.benchmarks import common
 from jaxrlgen import algos
 from jaxrlgen.core.types import TrainState
-from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import loop
 from jaxrlgen.train import step as step_lib
 
@@ -49,7 +48,7 @@ def setup(w: common.Workload, algo_name: str, **env_overrides):
     env_overrides['model_overrides'] = {'value_head': True}
   env = w.env(**env_overrides)
   tx = optax.adam(1e-5)
-  params = tfm.init_params(env.model.config, jax.random.key(0))
+  params = env.policy.init_params(jax.random.key(0))
   if w.dtype != 'float32':
     params = jax.tree.map(lambda x: x.astype(w.dtype), params)
   state = TrainState.create(

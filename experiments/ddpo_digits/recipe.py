@@ -38,6 +38,7 @@ from jaxrlgen.data import pipeline
 from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
 from jaxrlgen.models import unet as unet_lib
+from jaxrlgen.policies import DenoiserPolicy
 from jaxrlgen.rewards import image as image_rewards
 from jaxrlgen.train import loop
 from jaxrlgen.train import optim
@@ -53,7 +54,8 @@ PLOT_KEYS = ('reward/mean', 'eval/reward', 'eval/class_accuracy', 'kl',
 def make_env(env: config_lib.EnvConfig, model: unet_lib.UNetConfig,
              group_size: int) -> diffusion.DiffusionEnv:
   """The denoising MDP of `model`, `group_size` samples per condition."""
-  return diffusion.DiffusionEnv(unet_lib.UNet(model), schedule=env.schedule(),
+  return diffusion.DiffusionEnv(DenoiserPolicy(unet_lib.UNet(model)),
+                                schedule=env.schedule(),
                                 sampler=env.strategy(), num_samples=group_size)
 
 
@@ -164,10 +166,10 @@ def pretrain_denoiser(cfg: config_lib.PretrainConfig, seed: int, workdir,
   Outside a scan XLA's native convolution is the fast one, so pretraining
   runs the denoiser with `im2col=False` (the parameters are the same).
   """
-  env = dataclasses.replace(env, model=unet_lib.UNet(dataclasses.replace(
-      env.model.config, im2col=False)))
+  env = dataclasses.replace(env, policy=DenoiserPolicy(unet_lib.UNet(
+      dataclasses.replace(env.policy.config, im2col=False))))
   key = jax.random.key(seed + 20)
-  params = unet_lib.init_params(env.model.config, key)
+  params = env.policy.init_params(key)
   tx = optim.make(cfg.optimizer, cfg.steps)
   state = TrainState.create(params, tx,
                             algo_state={'ema': jax.tree.map(jnp.copy, params)})
@@ -196,8 +198,9 @@ def make_sampler(env: diffusion.DiffusionEnv, reward_fn, classifier_model,
   one_each = dataclasses.replace(env, num_samples=1)
 
   def sample(params, labels, key):
-    rollout = one_each.rollout(params, labels, jnp.ones_like(labels, bool),
-                               key)
+    rollout = one_each.rollout(
+        params, {'prompt': labels, 'prompt_mask': jnp.ones_like(labels, bool)},
+        key)
     images = diffusion.final_images(rollout)
     rewards = reward_fn(rollout, {'prompt': labels,
                                   'prompt_mask': jnp.ones_like(labels, bool)})

@@ -423,8 +423,7 @@ def make_pairs(pairs: PairsConfig, seed: int, workdir: epath.Path,
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
   def sample(params, batch, key):
-    rollout = pair_env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                               key)
+    rollout = pair_env.rollout(params, batch, key)
     gold = gold_fn(rollout, rollout_lib.repeat_batch(batch, 2))
     return rollout.actions, rollout.mask, gold
 
@@ -608,8 +607,7 @@ def make_evaluator(cfg: EvalConfig, seed: int, task: text_rl.Task,
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
   def measure(params, ref_params, batch, key):
-    rollout = eval_env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                               key)
+    rollout = eval_env.rollout(params, batch, key)
     per_seq = rollout_lib.repeat_batch(batch, eval_env.num_samples)
     ref_logp = eval_env.evaluate(ref_params, rollout).logp
     # Samples at temperature 1 carry pi's own log-probs: sum_t log pi -

@@ -60,10 +60,12 @@ from jaxrlgen.algos import base
 from jaxrlgen.algos import reinforce
 from jaxrlgen.algos import sft
 from jaxrlgen.core.types import TrainState
+from jaxrlgen.envs import recurrent
 from jaxrlgen.envs.recurrent import RecurrentEnv
 from jaxrlgen.envs.recurrent import supervised_rollout
 from jaxrlgen.models import discriminator as disc_lib
 from jaxrlgen.models import lstm
+from jaxrlgen.policies import RecurrentPolicy
 from jaxrlgen.rewards import bleu as bleu_lib
 from jaxrlgen.rewards import montecarlo
 from jaxrlgen.train import loop
@@ -317,7 +319,8 @@ def generator_step(state: TrainState, key: jax.Array, *, env: RecurrentEnv,
   rewards as advantages, then moves the delayed copy towards the generator.
   """
   sample_key, reward_key, update_key = jax.random.split(key, 3)
-  rollout = env.rollout(state.params, batch_size, sample_key)
+  rollout = env.rollout(state.params, recurrent.unconditional(batch_size),
+                        sample_key)
   copy = state.algo_state['rollout_params']
   rewards = montecarlo.monte_carlo_rewards(
       env, copy, rollout.actions, rollout.mask, score_fn, num_rollouts,
@@ -442,7 +445,7 @@ def seqgan_epoch(state: TrainState, batch, key: jax.Array, *,
       **metrics, **jax.tree.map(jnp.mean, round_metrics)}
 
 
-def oracle_nll(oracle: lstm.LSTM, oracle_params, tokens: jax.Array, *,
+def oracle_nll(oracle: RecurrentPolicy, oracle_params, tokens: jax.Array, *,
                chunk: int, time_chunk: int) -> jax.Array:
   """f32[] the oracle's mean per-token NLL of tokens i32[N, T], `chunk`
   sequences at a time."""
@@ -451,14 +454,15 @@ def oracle_nll(oracle: lstm.LSTM, oracle_params, tokens: jax.Array, *,
   num_chunks = -(-n // chunk)
   padded = jnp.pad(tokens, ((0, num_chunks * chunk - n), (0, 0)))
   logp = jax.lax.map(
-      lambda x: lstm.token_logprobs(oracle, oracle_params, x,
-                                    chunk_size=time_chunk)[0],
+      lambda x: oracle.token_logprobs(oracle_params, x,
+                                      chunk_size=time_chunk)[0],
       padded.reshape(num_chunks, chunk, t))
   return -jnp.mean(logp.reshape(-1, t)[:n])
 
 
 def sample_nll_oracle(params, oracle_params, key: jax.Array, *,
-                      env: RecurrentEnv, oracle: lstm.LSTM, num_samples: int,
+                      env: RecurrentEnv, oracle: RecurrentPolicy,
+                      num_samples: int,
                       chunk: int, time_chunk: int) -> jax.Array:
   """NLL-oracle of `num_samples` fresh samples of the policy `params`."""
   samples = env.sample(params, num_samples, key, chunk=chunk)
@@ -521,10 +525,11 @@ def run(config: ml_collections.ConfigDict | SeqGANConfig,
   disc_cfg = discriminator_config(cfg.discriminator, vocab_size=cfg.vocab_size,
                                   length=cfg.length)
   workdir = workdir_lib.prepare_workdir(workdir)
-  env = RecurrentEnv(lstm.LSTM(gen_cfg), cfg.length,
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(gen_cfg)), cfg.length,
                      sample_block=cfg.generator.sample_block,
                      logprob_chunk=cfg.generator.logprob_chunk)
-  oracle_env = RecurrentEnv(lstm.LSTM(oracle_cfg), cfg.length,
+  oracle_env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(oracle_cfg)),
+                            cfg.length,
                             sample_block=cfg.generator.sample_block)
   disc_model = disc_lib.Discriminator(disc_cfg)
   # Rewards need only the forward pass, which may run at another precision.
@@ -540,7 +545,7 @@ def run(config: ml_collections.ConfigDict | SeqGANConfig,
                  static_argnums=1)(oracle_params, cfg.oracle.num_samples,
                                    keys['data'])
   nll_fn = lambda policy_env: jax.jit(functools.partial(
-      sample_nll_oracle, env=policy_env, oracle=oracle_env.model,
+      sample_nll_oracle, env=policy_env, oracle=oracle_env.policy,
       num_samples=ev.num_samples, chunk=ev.chunk, time_chunk=1))
   # The reference point: the oracle's NLL of its own samples (its entropy).
   reference = {f'{NLL_KEY}/oracle_data': float(nll_fn(oracle_env)(

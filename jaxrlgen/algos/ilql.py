@@ -40,6 +40,7 @@ sequences; the algorithm itself only sees `Rollout`s and rewards.
 
 import dataclasses
 import functools
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -118,15 +119,16 @@ def _dense(key, fan_in: int, fan_out: int, dtype):
   return nn.initializers.lecun_normal()(key, (fan_in, fan_out), dtype)
 
 
-def init_heads(policy_params, key: jax.Array, hidden_mult: int = 2):
+def init_heads(dims: tuple[int, int, Any], key: jax.Array,
+               hidden_mult: int = 2):
   """Q1, Q2 and V heads: E -> hidden_mult * E (ReLU) -> V or 1, zero outputs.
 
-  The width E and vocabulary V are read off the policy's parameters. Output
-  layers are named `unembed` / `value_proj` so sharding by path suffix
-  treats them like the LM's own output layers.
+  `dims` is (vocabulary V, width E, dtype), as the policy reads them off its
+  parameters (`LMPolicy.dims`). Output layers are named `unembed` /
+  `value_proj` so sharding by path suffix treats them like the LM's own
+  output layers.
   """
-  vocab, width = policy_params['embed']['embedding'].shape
-  dtype = policy_params['final_norm']['scale'].dtype
+  vocab, width, dtype = dims
   hidden = hidden_mult * width
   keys = jax.random.split(key, len(Q_HEADS) + 1)
   heads = {}
@@ -251,9 +253,10 @@ def make(cfg: ILQLConfig) -> base.Algorithm:
   """
 
   def init_params(env, policy_params, key):
-    del env  # The heads' shapes are read off the policy's parameters.
+    # The heads' shapes are read off the policy's parameters.
     return {'policy': policy_params,
-            'heads': init_heads(policy_params, key, cfg.head_hidden_mult)}
+            'heads': init_heads(env.policy.dims(policy_params), key,
+                                cfg.head_hidden_mult)}
 
   def policy_params(params):
     return {**params['policy'], HEADS_KEY: params['heads']}

@@ -293,8 +293,9 @@ def greedy_rewards(env, score, params, rollout: Rollout,
     key: PRNG key of the decode.
   """
   g = env.num_samples
-  greedy = env.greedy().rollout(params, rollout.context['tokens'][::g],
-                                rollout.context['mask'][::g], key)
+  prompts = {'prompt': rollout.context['tokens'][::g],
+             'prompt_mask': rollout.context['mask'][::g]}
+  greedy = env.greedy().rollout(params, prompts, key)
   return jax.lax.stop_gradient(score(greedy))
 
 

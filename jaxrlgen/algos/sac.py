@@ -249,7 +249,7 @@ class SACConfig:
     return self.kl_coef > 0 or self.prior == 'reference'
 
 
-def init_critic_params(policy_params, *, logit_scale: float = 0.0):
+def init_critic_params(policy, policy_params, *, logit_scale: float = 0.0):
   """A critic: the policy's trunk (copied) and an [E, V] Q head.
 
   The head starts at `logit_scale` times the LM's output layer, i.e.
@@ -257,18 +257,14 @@ def init_critic_params(policy_params, *, logit_scale: float = 0.0):
   Q-function whose Boltzmann policy softmax(Q / alpha) is the LM itself (at
   sampling temperature 1), so the actor starts at its own optimum instead
   of being pulled towards uniform. The width E and vocabulary V are read off
-  the policy's parameters. The head is named `unembed` so that sharding by
-  path suffix splits it like the LM's output layer.
+  the policy's parameters (`policy`: the env's `LMPolicy`). The head is
+  named `unembed` so that sharding by path suffix splits it like the LM's
+  output layer.
   """
-  vocab, width = policy_params['embed']['embedding'].shape
-  dtype = policy_params['final_norm']['scale'].dtype
+  vocab, _, dtype = policy.dims(policy_params)
   # The LM's output layers are not the critic's: it has its own head.
-  trunk = jax.tree.map(jnp.copy, {k: v for k, v in policy_params.items()
-                                  if k not in ('unembed', 'value_proj')})
-  if 'unembed' in policy_params:
-    lm_head = policy_params['unembed']['kernel']
-  else:  # Tied embeddings: logits = hidden @ embedding^T.
-    lm_head = policy_params['embed']['embedding'].T
+  trunk = jax.tree.map(jnp.copy, policy.trunk(policy_params))
+  lm_head = policy.lm_head(policy_params)
   kernel = (logit_scale * lm_head.astype(jnp.float32)).astype(dtype)
   return {'trunk': trunk, 'unembed': {'kernel': kernel},
           'q_bias': jnp.zeros((vocab,), jnp.float32)}
@@ -319,9 +315,9 @@ def make(cfg: SACConfig) -> base.Algorithm:
   def init_params(env, policy_params, key):
     # The critics are deterministic copies of the trunk, their heads' shapes
     # read off the policy's parameters.
-    del env, key
+    del key
     params = {'policy': policy_params,
-              **{name: init_critic_params(policy_params,
+              **{name: init_critic_params(env.policy, policy_params,
                                           logit_scale=logit_scale)
                  for name in CRITICS}}
     params['log_alpha'] = jnp.asarray(

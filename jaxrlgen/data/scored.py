@@ -42,7 +42,7 @@ def sample_and_score(params, batch, key: jax.Array, *, env, reward_fn):
   Returns:
     dict of the SCORED_FIELDS with leading axes [N, G].
   """
-  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'], key)
+  rollout = env.rollout(params, batch, key)
   rewards = reward_fn(rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   n, g = batch['prompt'].shape[0], env.num_samples
   group = lambda x: x.reshape(n, g, *x.shape[1:])

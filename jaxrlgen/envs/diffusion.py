@@ -51,7 +51,7 @@ import numpy as np
 from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.core.types import Rollout
-from jaxrlgen.models import unet as unet_lib
+from jaxrlgen.policies.denoiser import DenoiserPolicy
 
 Params = Any
 BETA_SCHEDULES = ('linear', 'cosine')
@@ -208,13 +208,13 @@ class DiffusionEnv:
   """Static description of the denoising environment (hashable).
 
   Attributes:
-    model: the denoiser eps_theta(x_t, t, label).
+    policy: the denoiser eps_theta(x_t, t, label) (`policies.DenoiserPolicy`).
     schedule: the forward process.
     sampler: the reverse process the policy samples from.
     num_samples: G, samples per condition.
   """
 
-  model: unet_lib.UNet
+  policy: DenoiserPolicy
   schedule: NoiseSchedule = NoiseSchedule()
   sampler: Sampler = Sampler()
   num_samples: int = 1
@@ -226,8 +226,7 @@ class DiffusionEnv:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    cfg = self.model.config
-    return (cfg.image_size, cfg.image_size, cfg.channels)
+    return self.policy.image_shape
 
   @property
   def num_steps(self) -> int:
@@ -256,11 +255,11 @@ class DiffusionEnv:
     Args: x_t f32[B, H, W, C], t i32[B], label i32[B].
     Returns: f32[B, H, W, C].
     """
-    apply = lambda x, tt, y: self.model.apply({'params': params}, x, tt, y)
+    apply = lambda x, tt, y: self.policy.eps(params, x, tt, y)
     w = self.sampler.guidance_scale
     if w == 1.0:
       return apply(x_t, t, label)
-    null = jnp.full_like(label, self.model.config.null_label)
+    null = jnp.full_like(label, self.policy.null_label)
     # One forward pass over [conditional; unconditional].
     both = apply(jnp.concatenate([x_t, x_t]), jnp.concatenate([t, t]),
                  jnp.concatenate([label, null]))
@@ -302,24 +301,24 @@ class DiffusionEnv:
     `prompt_mask` is false)."""
     chex.assert_rank([prompt, prompt_mask], 1)
     chex.assert_equal_shape([prompt, prompt_mask])
-    label = jnp.where(prompt_mask, prompt, self.model.config.null_label)
+    label = jnp.where(prompt_mask, prompt, self.policy.null_label)
     return jnp.repeat(label.astype(jnp.int32), self.num_samples)
 
-  def rollout(self, params: Params, prompt: jax.Array, prompt_mask: jax.Array,
-              key: jax.Array) -> Rollout:
+  def rollout(self, params: Params, batch, key: jax.Array) -> Rollout:
     """Denoises G samples of each of N conditions from pure noise.
 
     Args:
       params: denoiser parameters.
-      prompt: i32[N] class of each condition.
-      prompt_mask: bool[N]; false: unconditional (the null label).
+      batch: per-condition data with `prompt` i32[N] (each condition's
+        class) and `prompt_mask` bool[N] (false: unconditional, the null
+        label); other fields are not read.
       key: PRNG key.
     Returns:
       A Rollout of B = N * G samples and T = K steps: `context = {'label':
       i32[B]}`, `actions` a DenoisingAction, `logp` f32[B, K], `mask` all
       true. The final images are `final_images(rollout)`.
     """
-    label = self.conditions(prompt, prompt_mask)
+    label = self.conditions(batch['prompt'], batch['prompt_mask'])
     b = label.shape[0]
     noise_key, scan_key = jax.random.split(key)
     x_start = jax.random.normal(noise_key, (b, *self.image_shape), jnp.float32)
@@ -393,8 +392,8 @@ class DiffusionEnv:
     noise = jax.random.normal(noise_key, images.shape, jnp.float32)
     x_t = jnp.sqrt(abar) * images + jnp.sqrt(1 - abar) * noise
     drop = jax.random.bernoulli(drop_key, label_dropout, (b,))
-    labels = jnp.where(drop, self.model.config.null_label, labels)
-    eps = self.model.apply({'params': params}, x_t, t, labels)
+    labels = jnp.where(drop, self.policy.null_label, labels)
+    eps = self.policy.eps(params, x_t, t, labels)
     loss = jnp.mean(jnp.square(eps - noise))
     return loss, {'loss': loss}
 

@@ -25,7 +25,8 @@ from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core import sampling
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.core.types import Rollout
-from jaxrlgen.models import lstm
+from jaxrlgen.policies.recurrent import RecurrentPolicy
+from jaxrlgen.policies.recurrent import State
 
 Params = Any
 
@@ -43,14 +44,14 @@ class RecurrentEnv:
   """Static description of fixed-length LSTM generation (hashable).
 
   Attributes:
-    model: the policy's LSTM module.
+    policy: the LSTM that acts (`policies.RecurrentPolicy`).
     length: T, tokens per sequence.
     sample_block: block size of `core.sampling.sample_categorical`.
     logprob_chunk: time steps per chunk in `evaluate` (bounds the [B, c, V]
       logits that exist at once).
   """
 
-  model: lstm.LSTM
+  policy: RecurrentPolicy
   length: int
   sample_block: int = 128
   logprob_chunk: int = 128
@@ -59,31 +60,32 @@ class RecurrentEnv:
     if self.length < 1:
       raise ValueError(f'RecurrentEnv.length={self.length} must be >= 1.')
 
-  def reset(self, params: Params, batch_size: int) -> lstm.LSTMState:
+  def reset(self, params: Params, batch_size: int) -> State:
     """The state after the start token, for `batch_size` sequences."""
-    return self.model.apply({'params': params}, batch_size,
-                            method=lstm.LSTM.initial_state)
+    return self.policy.initial_state(params, batch_size)
 
-  def step(self, params: Params, state: lstm.LSTMState,
-           key: jax.Array) -> tuple[lstm.LSTMState, Transition]:
+  def step(self, params: Params, state: State,
+           key: jax.Array) -> tuple[State, Transition]:
     """Samples the next token from `state` and feeds it back in."""
-    apply = lambda method, *args: self.model.apply({'params': params}, *args,
-                                                   method=method)
-    logits = apply(lstm.LSTM.logits, state.h)
+    logits = self.policy.logits(params, state.h)
     token, logp = sampling.sample_categorical(
         key, logits, block_size=self.sample_block)
-    state = apply(lstm.LSTM.cell, state, apply(lstm.LSTM.embed, token))
-    return state, Transition(token=token, logp=logp)
+    return (self.policy.advance(params, state, token),
+            Transition(token=token, logp=logp))
 
-  def rollout(self, params: Params, batch_size: int,
-              key: jax.Array) -> Rollout:
-    """Samples `batch_size` sequences of `length` tokens.
+  def rollout(self, params: Params, batch, key: jax.Array) -> Rollout:
+    """Samples one sequence of `length` tokens per row of `batch`.
 
+    Args:
+      params: policy parameters.
+      batch: per-sequence data; generation is unconditional, so only the
+        leading axis B of `batch['prompt']` is read (`unconditional(B)`).
+      key: PRNG key.
     Returns:
       A Rollout with `actions` i32[B, T], `logp` f32[B, T], an all-true
-      `mask` and an empty `context` (generation is unconditional).
+      `mask` and an empty `context`.
     """
-    state = self.reset(params, batch_size)
+    state = self.reset(params, batch['prompt'].shape[0])
     _, transitions = rollout_lib.unroll(
         lambda s, k: self.step(params, s, k), state, key, self.length)
     return Rollout(context={}, actions=transitions.token,
@@ -100,23 +102,30 @@ class RecurrentEnv:
     chunk = min(chunk, num_samples)
     num_chunks = -(-num_samples // chunk)
     keys = jax.random.split(key, num_chunks)
-    tokens = jax.lax.map(lambda k: self.rollout(params, chunk, k).actions,
+    batch = unconditional(chunk)
+    tokens = jax.lax.map(lambda k: self.rollout(params, batch, k).actions,
                          keys)
     return tokens.reshape(num_chunks * chunk, self.length)[:num_samples]
 
   def evaluate(self, params: Params, rollout: Rollout) -> PolicyOutputs:
     """Teacher-forced log-probs and entropies f32[B, T] of stored actions."""
     chex.assert_rank(rollout.actions, 2)
-    logp, entropy = lstm.token_logprobs(self.model, params, rollout.actions,
-                                        chunk_size=self.logprob_chunk)
+    logp, entropy = self.policy.token_logprobs(
+        params, rollout.actions, chunk_size=self.logprob_chunk)
     return PolicyOutputs(logp=logp, entropy=entropy)
 
-  def prefix_states(self, params: Params, tokens: jax.Array) -> lstm.LSTMState:
+  def prefix_states(self, params: Params, tokens: jax.Array) -> State:
     """States after every prefix: leaves f32[B, T, H], index t holding the
     state after the start token and tokens[:, :t] (the one that samples
     position t)."""
-    return self.model.apply({'params': params}, tokens,
-                            method=lstm.LSTM.states)
+    return self.policy.prefix_states(params, tokens)
+
+
+def unconditional(batch_size: int) -> dict[str, jax.Array]:
+  """The batch of `batch_size` unconditional sequences: empty prompts
+  (`prompt` i32[B, 0], `prompt_mask` bool[B, 0])."""
+  return {'prompt': jnp.zeros((batch_size, 0), jnp.int32),
+          'prompt_mask': jnp.zeros((batch_size, 0), jnp.bool_)}
 
 
 def supervised_rollout(tokens: jax.Array) -> Rollout:

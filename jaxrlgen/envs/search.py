@@ -51,8 +51,6 @@ import jax
 import jax.numpy as jnp
 import mctx
 
-from jaxrlgen.core import rollout as rollout_lib
-from jaxrlgen.core.types import Acted
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
@@ -188,16 +186,23 @@ def _drop_batch(state: TextState) -> TextState:
 class MCTSSampler:
   """Decodes with one mctx search per token (see the module docstring).
 
+  A sampling strategy of the text environment: its `rollout(params, batch,
+  key)` is `TextEnv.rollout`'s, so it stands in for the environment wherever
+  completions are drawn (`train.step.sample`, greedy evaluation).
+
   Attributes:
-    env: the text environment (model, budget T, EOS / pad, G samples).
+    env: the text environment (policy, budget T, EOS / pad, G samples).
+    reward_fn: (rollout, per-sequence batch) -> f32[B], the run's reward,
+      which scores the search's finished nodes.
     config: the search.
   """
 
   env: TextEnv
+  reward_fn: RewardFn
   config: MCTSConfig = MCTSConfig()
 
   def __post_init__(self):
-    if self.config.value == 'head' and not self.env.model.config.value_head:
+    if self.config.value == 'head' and not self.env.policy.has_value_head:
       raise ValueError("config.mcts.value='head' needs a model with a value "
                        "head: set config.model.value_head=True, or "
                        "config.mcts.value='zero'.")
@@ -208,6 +213,7 @@ class MCTSSampler:
   def greedy(self) -> 'MCTSSampler':
     """This sampler acting by the largest search weight, noise-free, G = 1."""
     return MCTSSampler(env=dataclasses.replace(self.env, num_samples=1),
+                       reward_fn=self.reward_fn,
                        config=dataclasses.replace(
                            self.config, greedy=True, dirichlet_fraction=0.0))
 
@@ -335,8 +341,11 @@ class MCTSSampler:
                       weights=weights,
                       value=out.search_tree.node_values[:, 0])
 
-  def rollout(self, params: Params, batch, key: jax.Array,
-              reward_fn: RewardFn) -> Rollout:
+  @property
+  def num_samples(self) -> int:
+    return self.env.num_samples
+
+  def rollout(self, params: Params, batch, key: jax.Array) -> Rollout:
     """Generates G completions of each of N prompts, one search per token.
 
     Args:
@@ -344,7 +353,6 @@ class MCTSSampler:
       batch: per-prompt data, leading axis N: `prompt` i32[N, P],
         `prompt_mask` bool[N, P], and whatever `reward_fn` reads.
       key: PRNG key.
-      reward_fn: (rollout, per-sequence batch) -> f32[B], the run's reward.
     Returns:
       TextEnv.rollout's Rollout (B = N * G, T = max_new_tokens), `logp` the
       log-probs of the search's acting distribution, and in `context` also
@@ -356,7 +364,7 @@ class MCTSSampler:
     g = self.env.num_samples
     rows = jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), batch)
     context = {'tokens': rows['prompt'], 'mask': rows['prompt_mask']}
-    recurrent_fn = self.recurrent_fn(params, reward_fn, context, rows)
+    recurrent_fn = self.recurrent_fn(params, self.reward_fn, context, rows)
     node = self.root(params, prompt, prompt_mask)
     budget = self.env.max_new_tokens
     b, v = node.state.logits.shape
@@ -384,26 +392,3 @@ class MCTSSampler:
     return Rollout(context=context, actions=steps.token, logp=steps.logp,
                    mask=steps.valid)
 
-
-def actor(params: Params, batch, key: jax.Array, *, sampler: MCTSSampler,
-          reward_fn: RewardFn) -> Acted:
-  """The MCTS actor of `train.step.rl_step`: every token of the batch's
-  completions chosen by a search, then scored.
-
-  The key is split as `train.step.sample` splits it (first of three), so the
-  learner uses the same prepare / update keys as with sampling.
-  """
-  rollout_key, _, _ = jax.random.split(key, 3)
-  rollout = sampler.rollout(params, batch, rollout_key, reward_fn)
-  rewards, failed = rollout_lib.score(
-      reward_fn, rollout,
-      rollout_lib.repeat_batch(batch, sampler.env.num_samples))
-  return Acted(rollout=rollout, rewards=rewards, batch=batch, failed=failed)
-
-
-def greedy_eval_step(params: Params, batch, *, sampler: MCTSSampler,
-                     reward_fn: RewardFn):
-  """Per-example rewards f32[N] of noise-free MCTS completions, and them."""
-  sampler = sampler.greedy()
-  rollout = sampler.rollout(params, batch, jax.random.key(0), reward_fn)
-  return reward_fn(rollout, batch), rollout

@@ -23,7 +23,8 @@ from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core import sampling as sampling_lib
 from jaxrlgen.core.types import PolicyOutputs
 from jaxrlgen.core.types import Rollout
-from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies.lm import KVCache
+from jaxrlgen.policies.lm import LMPolicy
 
 Params = Any
 
@@ -108,7 +109,7 @@ class TextState:
       and searches read it).
   """
 
-  cache: tfm.KVCache
+  cache: KVCache
   logits: jax.Array
   position: jax.Array
   done: jax.Array
@@ -129,7 +130,7 @@ class TextEnv:
   """Static description of the generation environment (hashable).
 
   Attributes:
-    model: the policy's Flax module.
+    policy: the language model that acts (`policies.LMPolicy`).
     max_new_tokens: T, completion length (sequences that end earlier are
       padded with `pad_id` and masked).
     sampling: how tokens are drawn.
@@ -154,7 +155,7 @@ class TextEnv:
       logits. `evaluate` and `action_logits` always read the LM's.
   """
 
-  model: tfm.Transformer
+  policy: LMPolicy
   max_new_tokens: int
   sampling: Sampling = Sampling()
   eos_id: int = 258
@@ -177,36 +178,22 @@ class TextEnv:
                                num_samples=1)
 
   def with_value_head(self) -> 'TextEnv':
-    """This environment with a value head on its model: a critic's."""
-    config = dataclasses.replace(self.model.config, value_head=True)
-    return dataclasses.replace(self, model=tfm.Transformer(config))
+    """This environment with a value head on its policy: a critic's."""
+    return dataclasses.replace(self, policy=self.policy.with_value_head())
 
   def init_critic(self, params: Params, key: jax.Array) -> Params:
     """A critic's parameters (`with_value_head`): a copy of the policy's
-    `params` with a fresh value head.
-
-    The head's shape and initialiser are the Transformer's own, taken from a
-    head-only model of the policy's width (width and dtype read off the
-    parameters' final norm, so loaded parameters of another dtype match).
-    """
-    scale = params['final_norm']['scale']
-    head_only = tfm.TransformerConfig(
-        vocab_size=1, hidden_dim=scale.shape[-1], mlp_dim=1, num_layers=0,
-        num_heads=1, num_kv_heads=1, head_dim=2, value_head=True,
-        param_dtype=jnp.dtype(scale.dtype).name)
-    head = tfm.init_params(head_only, key)['value_proj']
-    return {**jax.tree.map(jnp.copy, params), 'value_proj': head}
+    `params` with a fresh value head."""
+    return self.policy.init_critic(params, key)
 
   def lm_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """[..., V] the LM head's logits (the model's dtype) at decoder states
     hidden [..., E], whatever `logits_fn` samples from."""
-    return self.model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.logits)
+    return self.policy.logits(params, hidden)
 
   def value(self, params: Params, hidden: jax.Array) -> jax.Array:
     """f32[...] the value head at decoder states hidden [..., E]."""
-    return self.model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.value)
+    return self.policy.value(params, hidden)
 
   def _next_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """The logits sampled from at decoder states hidden [N, E]."""
@@ -234,18 +221,16 @@ class TextEnv:
     chex.assert_rank([prompt, prompt_mask], 2)
     chex.assert_equal_shape([prompt, prompt_mask])
     n, _ = prompt.shape
-    cache = tfm.init_cache(self.model.config, n, slots)
-    positions = tfm.positions_from_mask(prompt_mask)
-    hidden, cache = self.model.apply({'params': params}, prompt, positions,
-                                     prompt_mask, cache)
-    logits = self._next_logits(params, hidden[:, -1])
+    hidden, cache = self.policy.prefill(params, prompt, prompt_mask,
+                                        self.policy.init_cache(n, slots))
+    logits = self._next_logits(params, hidden)
     g = self.num_samples
     return TextState(
-        cache=tfm.repeat_cache(cache, g),
+        cache=self.policy.repeat_cache(cache, g),
         logits=jnp.repeat(logits, g, axis=0),
         position=jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), g),
         done=jnp.zeros((n * g,), jnp.bool_),
-        hidden=jnp.repeat(hidden[:, -1], g, axis=0))
+        hidden=jnp.repeat(hidden, g, axis=0))
 
   def choose(self, state: TextState, key: jax.Array) -> Transition:
     """Samples the next token of every sequence from `state.logits`."""
@@ -268,34 +253,32 @@ class TextEnv:
   def advance(self, params: Params, state: TextState,
               transition: Transition) -> TextState:
     """Feeds the chosen tokens through one cached decode step."""
-    token = transition.token[:, None]
-    hidden, cache = self.model.apply(
-        {'params': params}, token, state.position[:, None],
-        jnp.ones_like(token, jnp.bool_), state.cache)
-    logits = self._next_logits(params, hidden[:, 0])
+    hidden, cache = self.policy.decode(params, transition.token,
+                                       state.position, state.cache)
+    logits = self._next_logits(params, hidden)
     done = state.done | (transition.token == self.eos_id)
     return TextState(cache=cache, logits=logits, position=state.position + 1,
-                     done=done, hidden=hidden[:, 0])
+                     done=done, hidden=hidden)
 
   def step(self, params: Params, state: TextState,
            key: jax.Array) -> tuple[TextState, Transition]:
     transition = self.choose(state, key)
     return self.advance(params, state, transition), transition
 
-  def rollout(self, params: Params, prompt: jax.Array, prompt_mask: jax.Array,
-              key: jax.Array) -> Rollout:
+  def rollout(self, params: Params, batch, key: jax.Array) -> Rollout:
     """Generates G completions of each of N prompts.
 
     Args:
       params: policy parameters.
-      prompt: i32[N, P] left-padded prompts.
-      prompt_mask: bool[N, P].
+      batch: per-prompt data with `prompt` i32[N, P] (left-padded) and
+        `prompt_mask` bool[N, P]; other fields are not read.
       key: PRNG key.
     Returns:
       A Rollout of B = N * G sequences and T = max_new_tokens steps, with
       `context = {'tokens': i32[B, P], 'mask': bool[B, P]}` and `actions`
       i32[B, T].
     """
+    prompt, prompt_mask = batch['prompt'], batch['prompt_mask']
     last_key, scan_key = jax.random.split(key)
     # The last token needs no decode step after it: T - 1 full steps, then a
     # final choice.
@@ -317,7 +300,8 @@ class TextEnv:
                         valid=jnp.zeros((b,), jnp.bool_))
     if segments > 1:
       bounds = [round(j * num_steps / segments) for j in range(segments + 1)]
-      grow = lambda s, end: s.replace(cache=tfm.grow_cache(s.cache, p + end))
+      grow = lambda s, end: s.replace(
+          cache=self.policy.grow_cache(s.cache, p + end))
       state, transitions = rollout_lib.unroll_segments(
           step, state, scan_key, num_steps, bounds=bounds, grow=grow,
           stop=stop, fill=fill)
@@ -352,9 +336,7 @@ class TextEnv:
     # marking them real keeps this pass identical to the cached one.
     mask = jnp.concatenate([prompt_mask, jnp.ones_like(actions, jnp.bool_)],
                            axis=1)
-    hidden, _ = self.model.apply({'params': params}, tokens,
-                                 tfm.positions_from_mask(mask), mask)
-    return hidden[:, p - 1:-1]
+    return self.policy.hidden_states(params, tokens, mask)[:, p - 1:-1]
 
   def action_logits(self, params: Params, rollout: Rollout) -> jax.Array:
     """f32[B, T, V]: the LM's logits over every action at every step.

@@ -43,6 +43,7 @@ from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
@@ -416,25 +417,24 @@ def reward_terms(settings: Settings) -> dict[str, float]:
   return dict(settings.reward.terms or tasks.get(settings.task_name).reward)
 
 
-def make_evaluator(env: TextEnv, reward_fn, batches, policy_params,
-                   layout: parallel.Layout | None = None, *, fields=None,
-                   decode=None, prefix: str = ''):
+def make_evaluator(env, reward_fn, batches, policy_params,
+                   layout: parallel.Layout, *, fields=None, prefix: str = ''):
   """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions.
 
-  `batches` are this process's shares of the evaluation batches (`fields`
-  of each are kept: default, all); sums are reduced on the devices, so every
-  process gets the global figures. `decode` ((params, batch) -> (rewards
-  f32[N], rollout); default: greedy decoding of `env`) and `prefix` (of the
-  metric names, e.g. 'mcts_') give the same figures for another decoder.
+  `env` is the text environment or a sampling strategy of it (a search):
+  anything with `greedy()` and `rollout(params, batch, key)`. `batches` are
+  this process's shares of the evaluation batches (`fields` of each are
+  kept: default, all); sums are reduced on the devices, so every process
+  gets the global figures. `prefix` (of the metric names, e.g. 'mcts_')
+  tells decoders apart.
   """
-  decode = decode or functools.partial(
-      step_lib.greedy_eval_step, env=env.greedy(), reward_fn=reward_fn)
+  decode = functools.partial(step_lib.greedy_eval_step, env=env.greedy(),
+                             reward_fn=reward_fn)
 
   def sums(params, batch):
     reward, rollout = decode(params, batch)
     return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
 
-  layout = layout or default_layout(env.model.config)
   eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
   batches = [layout.batch(fields(b) if fields else b) for b in batches]
 
@@ -484,7 +484,7 @@ def model_logical_axes(model_cfg: tfm.TransformerConfig):
 def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
                params, layout: parallel.Layout | None = None):
   """Supervised warm start as its own run under `workdir/sft`; its params."""
-  layout = layout or default_layout(env.model.config)
+  layout = layout or default_layout(env.policy.config)
   tx = optim.make(sft.optimizer, sft.steps)
   state = layout.init(
       lambda p: TrainState.create(p, tx), params)
@@ -506,9 +506,10 @@ def make_env(rl: RLConfig, model: tfm.Transformer, tokenizer) -> TextEnv:
   """The sampling environment of `config.rl`."""
   sampling = Sampling(temperature=rl.temperature, top_k=rl.top_k,
                       top_p=rl.top_p, method=rl.sampling_method)
-  return TextEnv(model, max_new_tokens=rl.max_new_tokens, sampling=sampling,
-                 eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                 num_samples=rl.group_size, logprob_chunk=rl.logprob_chunk,
+  return TextEnv(LMPolicy(model), max_new_tokens=rl.max_new_tokens,
+                 sampling=sampling, eos_id=tokenizer.eos_id,
+                 pad_id=tokenizer.pad_id, num_samples=rl.group_size,
+                 logprob_chunk=rl.logprob_chunk,
                  cache_segments=rl.cache_segments)
 
 
@@ -541,7 +542,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   spec = tasks.get(settings.task_name)
   _check_reward_shape(reward_fn, env, rl.num_prompts, settings.data,
                       spec.fields)
-  sampler = (search.MCTSSampler(env, settings.mcts)
+  sampler = (search.MCTSSampler(env, reward_fn, settings.mcts)
              if settings.mcts is not None else None)
 
   task = load_task(settings.task_name, settings.task, settings.data,
@@ -639,7 +640,7 @@ def _fit_and_batches(settings: Settings, max_staleness: int, state, env,
         offline, s, rl.batch_size // g, seed))
   elif sampler is not None:  # Searches decode; the learner step is the same.
     step = functools.partial(step_lib.rl_step, actor=functools.partial(
-        search.actor, sampler=sampler, reward_fn=reward_fn), **step_kwargs)
+        step_lib.sample, env=sampler, reward_fn=reward_fn), **step_kwargs)
   else:
     step = functools.partial(step_lib.rl_step, **step_kwargs)
   if settings.run.loop == 'async':  # The actor lags the learner (IMPALA).
@@ -660,11 +661,9 @@ def _evaluator(eval_cfg: EvalConfig, env: TextEnv, reward_fn, algo, sampler,
                             layout, fields=task.rl_fields)
   if sampler is None:
     return evaluate
-  mcts_eval = make_evaluator(
-      env, reward_fn, eval_batches, algo.policy_params, layout,
-      fields=task.rl_fields, prefix='mcts_',
-      decode=functools.partial(search.greedy_eval_step, sampler=sampler,
-                               reward_fn=reward_fn))
+  mcts_eval = make_evaluator(sampler, reward_fn, eval_batches,
+                             algo.policy_params, layout,
+                             fields=task.rl_fields, prefix='mcts_')
   return lambda state: {**evaluate(state), **mcts_eval(state)}
 
 
@@ -680,7 +679,7 @@ def memory_report(state: TrainState, env: TextEnv, num_prompts: int,
                   max_prompt_len: int, layout: parallel.Layout) -> str:
   """Bytes per device of parameters, optimizer state, reference model and
   the rollout's KV cache, on the run's mesh."""
-  model_cfg = env.model.config
+  model_cfg = env.policy.config
   cache = jax.eval_shape(functools.partial(
       tfm.init_cache, model_cfg, num_prompts * env.num_samples,
       max_prompt_len + env.max_new_tokens))

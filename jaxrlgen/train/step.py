@@ -71,8 +71,7 @@ def generate(params, batch, key: jax.Array, *, env) -> Rollout:
   """The rollout of `sample`: the batch's prompts, G samples each. The
   first of the key's three splits drives it; the learner uses the others."""
   rollout_key, _, _ = jax.random.split(key, 3)
-  return env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                     rollout_key)
+  return env.rollout(params, batch, rollout_key)
 
 
 def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
@@ -152,7 +151,7 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
     env, reward_fn, algo, tx: static pieces (closed over by the caller's jit).
     actor: `(policy_params, batch, key) -> Acted`, how the batch is acted
       on: `sample` (the default: sample the policy), `replay` (an offline
-      dataset), or a search (`envs.search.actor`).
+      dataset); a search is `sample` with the sampler as `env`.
   Returns:
     (new_state, metrics) with scalar metrics; `reward/host_failures` when
     the reward runs on the host.
@@ -184,6 +183,5 @@ def sft_step(state: TrainState, batch, key: jax.Array, *, env,
 
 def greedy_eval_step(params, batch, *, env, reward_fn: RewardFn):
   """Per-example rewards of greedy completions: f32[N] (one per prompt)."""
-  rollout = env.rollout(params, batch['prompt'], batch['prompt_mask'],
-                        jax.random.key(0))
+  rollout = env.rollout(params, batch, jax.random.key(0))
   return reward_fn(rollout, batch), rollout

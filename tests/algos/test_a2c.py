@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Three sequences of three steps; the second ends at step 1, the third at 0.
@@ -49,8 +50,11 @@ def np_n_step_targets(scores, values, mask, n):
 TOY_CFG = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
                                 num_layers=1, num_heads=2, num_kv_heads=2,
                                 max_seq_len=12, value_head=True)
-TOY_ENV = TextEnv(tfm.Transformer(TOY_CFG), max_new_tokens=6, eos_id=1,
-                  pad_id=0, num_samples=8)
+TOY_ENV = TextEnv(LMPolicy(tfm.Transformer(TOY_CFG)),
+                  max_new_tokens=6,
+                  eos_id=1,
+                  pad_id=0,
+                  num_samples=8)
 TOY_BATCH = {'prompt': jnp.full((4, 3), 7, jnp.int32),
              'prompt_mask': jnp.ones((4, 3), bool)}
 

@@ -17,6 +17,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs import diffusion
 from jaxrlgen.rewards import image
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import DenoiserPolicy
 from tests.envs import test_diffusion as env_tests
 
 # --- The per-condition reward statistics. ---
@@ -76,7 +77,8 @@ def test_stat_tracker_matches_a_python_reference():
 # Without clipping of the x0-prediction: the untrained model's predictions
 # lie far outside [-1, 1], where clipping would stop every gradient.
 ENV = diffusion.DiffusionEnv(
-    env_tests.ToyDenoiser(), schedule=diffusion.NoiseSchedule(num_timesteps=100),
+    DenoiserPolicy(env_tests.ToyDenoiser()),
+    schedule=diffusion.NoiseSchedule(num_timesteps=100),
     sampler=diffusion.Sampler(num_steps=4, eta=1.0, clip_denoised=False),
     num_samples=4)
 PROMPTS = {'prompt': jnp.array([1, 2, 3, 4], jnp.int32),
@@ -109,8 +111,7 @@ def _state(algo, params=REF):
 
 @pytest.fixture(scope='module')
 def rollout():
-  return jax.jit(ENV.rollout)(REF, PROMPTS['prompt'], PROMPTS['prompt_mask'],
-                              jax.random.key(3))
+  return jax.jit(ENV.rollout)(REF, PROMPTS, jax.random.key(3))
 
 
 def test_losses_against_numpy(rollout):

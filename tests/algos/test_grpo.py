@@ -15,6 +15,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Two groups of two sequences, three steps; the last sequence ends early.
@@ -118,7 +119,10 @@ def test_grpo_raises_reward_on_toy_task():
                               num_layers=1, num_heads=2, num_kv_heads=2,
                               max_seq_len=12)
   params = tfm.init_params(cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)),
+                max_new_tokens=6,
+                eos_id=1,
+                pad_id=0,
                 num_samples=8)
 
   reward_fn = toy.fives_reward

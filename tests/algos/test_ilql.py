@@ -122,20 +122,21 @@ def test_decoding_samples_from_the_formula():
   trainable = algo.init_params(env, params, jax.random.key(1))
   prompt = jnp.full((2, 3), 7, jnp.int32)
   prompt_mask = jnp.ones((2, 3), bool).at[0, 0].set(False)
+  prompts = {'prompt': prompt, 'prompt_mask': prompt_mask}
   key = jax.random.key(3)
   beta = 1.7
   decoding = ilql.decoding_env(env, beta)
   decode = jax.jit(decoding.rollout)
   # At the start (zero heads) the perturbed policy is pi_beta itself: the
   # sampled log-probs are the LM's teacher-forced ones.
-  start = decode(algo.policy_params(trainable), prompt, prompt_mask, key)
+  start = decode(algo.policy_params(trainable), prompts, key)
   lm_logp = jax.jit(env.evaluate)(params, start).logp
   np.testing.assert_allclose(jnp.where(start.mask, start.logp, 0.0),
                              jnp.where(start.mask, lm_logp, 0.0), atol=1e-5)
   # With random heads, the rollout's log-probs are those of the formula
   # recomputed from a teacher-forced pass.
   trainable['heads'] = _random_heads(trainable['heads'], jax.random.key(4))
-  rollout = decode(algo.policy_params(trainable), prompt, prompt_mask, key)
+  rollout = decode(algo.policy_params(trainable), prompts, key)
 
   @jax.jit
   def formula(params, heads, rollout):
@@ -151,8 +152,9 @@ def test_decoding_samples_from_the_formula():
   np.testing.assert_allclose(jnp.where(rollout.mask, rollout.logp, 0.0),
                              jnp.where(rollout.mask, want, 0.0), atol=1e-4)
   # Greedy evaluation decodes the argmax of the same logits.
-  greedy = jax.jit(decoding.greedy().rollout)(
-      algo.policy_params(trainable), prompt, prompt_mask, key)
+  prompts = {'prompt': prompt, 'prompt_mask': prompt_mask}
+  greedy = jax.jit(decoding.greedy().rollout)(algo.policy_params(trainable),
+                                              prompts, key)
   first = jnp.argmax(logits[:, 0], axis=-1)
   np.testing.assert_array_equal(greedy.actions[:, 0], first[::2])
 
@@ -167,8 +169,7 @@ def test_ilql_improves_on_its_offline_data():
   algo = algos.make(config)
   tx = optax.adam(3e-3)
   sample = jax.jit(env.rollout)
-  dataset = [sample(params, batch['prompt'], batch['prompt_mask'],
-                    jax.random.key(100 + i)) for i in range(4)]
+  dataset = [sample(params, batch, jax.random.key(100 + i)) for i in range(4)]
   scores = [toy.fives_reward(r, None) for r in dataset]
   data_reward = float(np.mean(scores))
   state = toy.train_state(algo, env, params, batch, tx)
@@ -180,8 +181,7 @@ def test_ilql_improves_on_its_offline_data():
                   failed=jnp.zeros_like(scores[i % 4], bool))
     state, metrics = step(state, acted, jax.random.key(i))
   decoded = jax.jit(ilql.decoding_env(env, config.beta).rollout)(
-      algo.policy_params(state.params), batch['prompt'], batch['prompt_mask'],
-      jax.random.key(7))
+      algo.policy_params(state.params), batch, jax.random.key(7))
   reward = float(jnp.mean(toy.fives_reward(decoded, None)))
   assert data_reward < 0.15
   assert reward > data_reward + 0.12, (reward, data_reward)

@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import async_loop
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Four sequences, three steps; the last two end early.
@@ -135,7 +136,10 @@ def toy_task():
   cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
                               num_layers=1, num_heads=2, num_kv_heads=2,
                               max_seq_len=12, value_head=True)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=6, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)),
+                max_new_tokens=6,
+                eos_id=1,
+                pad_id=0,
                 num_samples=8)
 
   reward_fn = toy.fives_reward

@@ -1,11 +1,19 @@
-"""algos/ sees models and environments only through the env it is given."""
+"""The layers see each other only through narrow interfaces: algos/ sees
+models and environments only through the env it is given, and envs/ sees a
+model only through the policy it holds."""
 
 import ast
 import pathlib
 
-import jaxrlgen.algos
+import pytest
 
-FORBIDDEN = ('jaxrlgen.models', 'jaxrlgen.envs')
+import jaxrlgen
+
+# package -> packages it must not import.
+FORBIDDEN = {
+    'algos': ('jaxrlgen.models', 'jaxrlgen.envs', 'jaxrlgen.policies'),
+    'envs': ('jaxrlgen.models',),
+}
 
 
 def _imported_modules(tree: ast.AST):
@@ -18,12 +26,14 @@ def _imported_modules(tree: ast.AST):
       yield from (f'{node.module}.{alias.name}' for alias in node.names)
 
 
-def test_algos_import_neither_models_nor_envs():
-  root = pathlib.Path(jaxrlgen.algos.__file__).parent
+@pytest.mark.parametrize('package', sorted(FORBIDDEN))
+def test_layer_imports(package):
+  root = pathlib.Path(jaxrlgen.__file__).parent / package
   files = sorted(root.glob('*.py'))
-  assert len(files) > 10, files
+  assert len(files) >= 4, files
+  forbidden = FORBIDDEN[package]
   offending = sorted(
       f'{path.name}: {name}' for path in files
       for name in _imported_modules(ast.parse(path.read_text()))
-      if any(name == f or name.startswith(f + '.') for f in FORBIDDEN))
+      if any(name == f or name.startswith(f + '.') for f in forbidden))
   assert not offending, offending

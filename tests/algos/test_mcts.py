@@ -94,22 +94,21 @@ def test_expert_iteration_raises_greedy_reward_on_toy_task():
   +0.4 reward (it starts at 1/3, the optimum is 1)."""
   env, params, batch = toy.setup(num_samples=1, num_prompts=8,
                                  max_new_tokens=3, value_head=True)
-  sampler = search.MCTSSampler(env, search.MCTSConfig(
+  reward_fn = toy.fives_reward
+  sampler = search.MCTSSampler(env, reward_fn, search.MCTSConfig(
       policy='gumbel_muzero', num_simulations=8, max_num_considered_actions=4))
   algo = algos.make(algos.default_config('mcts_expert_iteration'))
   tx = optax.adam(3e-3)
   state = toy.train_state(algo, env, params, batch, tx)
-  reward_fn = toy.fives_reward
 
   rl_step = jax.jit(lambda state, key: step_lib.rl_step(
       state, batch, key, env=env, reward_fn=reward_fn, algo=algo, tx=tx,
-      actor=functools.partial(search.actor, sampler=sampler,
+      actor=functools.partial(step_lib.sample, env=sampler,
                               reward_fn=reward_fn)))
 
   @jax.jit
   def greedy_reward(params):
-    rollout = env.greedy().rollout(params, batch['prompt'],
-                                   batch['prompt_mask'], jax.random.key(0))
+    rollout = env.greedy().rollout(params, batch, jax.random.key(0))
     return jnp.mean(reward_fn(rollout, batch))
 
   before = float(greedy_reward(state.params))

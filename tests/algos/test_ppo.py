@@ -17,6 +17,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Three sequences of three steps; the second ends at step 1, the third at 0.
@@ -176,8 +177,11 @@ def constant_reward(rollout, batch):
 def toy_setup(algo_config, value_head, reward_fn=toy_reward, lr=3e-3):
   model_cfg = dataclasses.replace(TOY_CFG, value_head=value_head)
   policy = tfm.init_params(model_cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(model_cfg), max_new_tokens=6, eos_id=1,
-                pad_id=0, num_samples=8)
+  env = TextEnv(LMPolicy(tfm.Transformer(model_cfg)),
+                max_new_tokens=6,
+                eos_id=1,
+                pad_id=0,
+                num_samples=8)
   algo = algos.make(algo_config)
   tx = optax.adam(lr)
   params = algo.init_params(env, policy, jax.random.key(1))
@@ -231,8 +235,11 @@ def test_prepare_gae_of_kl_penalized_rewards_and_controller():
                 whiten_advantages=False, reward_norm='batch')
   algo = algos.make(config)
   model_cfg = dataclasses.replace(TOY_CFG, value_head=True)
-  env = TextEnv(tfm.Transformer(model_cfg), max_new_tokens=6, eos_id=1,
-                pad_id=0, num_samples=8)
+  env = TextEnv(LMPolicy(tfm.Transformer(model_cfg)),
+                max_new_tokens=6,
+                eos_id=1,
+                pad_id=0,
+                num_samples=8)
   params = tfm.init_params(model_cfg, jax.random.key(0))
   params['value_proj'] = {'kernel': jnp.linspace(-1.0, 1.0, 32)[:, None],
                           'bias': jnp.full((1,), 0.3)}

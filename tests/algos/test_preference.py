@@ -14,6 +14,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Four pairs of log-prob sums (policy and reference) and lengths.
@@ -144,7 +145,10 @@ def _state(tx, with_ref=True):
 
 def test_offline_dpo_step_prefers_chosen():
   """Chosen = all 5s, rejected = all 9s: the policy's preference flips."""
-  env = TextEnv(tfm.Transformer(CFG), max_new_tokens=3, eos_id=1, pad_id=0)
+  env = TextEnv(LMPolicy(tfm.Transformer(CFG)),
+                max_new_tokens=3,
+                eos_id=1,
+                pad_id=0)
   cfg = preference.PreferenceConfig(loss='dpo', beta=0.5)
   tx = optax.adam(1e-2)
   state = _state(tx, with_ref=cfg.uses_reference)
@@ -168,7 +172,10 @@ def test_offline_dpo_step_prefers_chosen():
 def test_online_dpo_raises_reward_on_toy_task():
   """Best-vs-worst pairs of 4 samples; margin: mean reward +0.3."""
   params = tfm.init_params(CFG, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(CFG), max_new_tokens=4, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(CFG)),
+                max_new_tokens=4,
+                eos_id=1,
+                pad_id=0,
                 num_samples=4)
   config = algos.default_config('online_dpo')
   config.beta = 0.5

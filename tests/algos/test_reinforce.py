@@ -18,6 +18,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Two prompts with two samples each, three steps; the last sequence ends early.
@@ -154,7 +155,10 @@ hit_rate = toy.fives_reward
 
 def toy_setup(name, num_samples, **overrides):
   params = tfm.init_params(CFG, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(CFG), max_new_tokens=4, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(CFG)),
+                max_new_tokens=4,
+                eos_id=1,
+                pad_id=0,
                 num_samples=num_samples)
   config = algos.default_config(name)
   config.update(overrides)
@@ -180,8 +184,9 @@ class PromptEchoEnv:
   def greedy(self):
     return dataclasses.replace(self, num_samples=1)
 
-  def rollout(self, params, prompt, prompt_mask, key):
+  def rollout(self, params, batch, key):
     del params, key
+    prompt, prompt_mask = batch['prompt'], batch['prompt_mask']
     self.greedy_calls.append(prompt.shape)
     return Rollout(context={}, actions=prompt,
                    logp=jnp.zeros(prompt.shape), mask=prompt_mask)

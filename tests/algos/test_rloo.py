@@ -16,6 +16,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 # Two groups of three sequences, three steps; some sequences end early.
@@ -96,7 +97,10 @@ hit_rate = toy.fives_reward
 
 def make_step(num_samples, **overrides):
   params = tfm.init_params(CFG, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(CFG), max_new_tokens=4, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(CFG)),
+                max_new_tokens=4,
+                eos_id=1,
+                pad_id=0,
                 num_samples=num_samples)
   config = algos.default_config('rloo')
   config.update(overrides)

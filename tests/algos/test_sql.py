@@ -165,8 +165,7 @@ def test_sql_learns_from_a_fixed_offline_dataset():
                           jax.random.key(i))
   # The data are fixed: the batch reward stays the near-uniform policy's.
   assert float(metrics['reward/mean']) < 0.2
-  rollout = behaviour.rollout(state.params, batch['prompt'],
-                              batch['prompt_mask'], jax.random.key(99))
+  rollout = behaviour.rollout(state.params, batch, jax.random.key(99))
   learned = float(jnp.mean(toy.fives_reward(rollout, batch)))
   assert learned > float(dataset['reward'].mean()) + 0.1, (
       learned, dataset['reward'].mean())

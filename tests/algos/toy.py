@@ -18,6 +18,7 @@ from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 
 TARGET = 5
 EOS, PAD = 1, 0
@@ -34,7 +35,7 @@ def setup(*, num_samples: int = 8, num_prompts: int = 4,
   cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
                               num_layers=1, num_heads=2, num_kv_heads=2,
                               max_seq_len=12, **model_overrides)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=max_new_tokens,
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)), max_new_tokens=max_new_tokens,
                 eos_id=EOS, pad_id=PAD, num_samples=num_samples)
   batch = {'prompt': jnp.full((num_prompts, 3), 7, jnp.int32),
            'prompt_mask': jnp.ones((num_prompts, 3), bool)}
@@ -48,8 +49,7 @@ def train_state(algo, env, params, batch, tx) -> TrainState:
   (target networks, replay sized from an example rollout's shapes)."""
   trainable = algo.init_params(env, jax.tree.map(jnp.copy, params),
                                jax.random.key(1))
-  example = jax.eval_shape(env.rollout, params, batch['prompt'],
-                           batch['prompt_mask'], jax.random.key(0))
+  example = jax.eval_shape(env.rollout, params, batch, jax.random.key(0))
   return TrainState.create(
       trainable, tx,
       ref_params=(jax.tree.map(jnp.copy, params) if algo.uses_reference

@@ -9,6 +9,7 @@ from jaxrlgen.data import scored
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 from tests.algos import toy
 
 
@@ -17,8 +18,12 @@ def _setup(num_samples=3):
                               num_layers=1, num_heads=2, num_kv_heads=2,
                               max_seq_len=10)
   params = tfm.init_params(cfg, jax.random.key(0))
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=5, eos_id=1, pad_id=0,
-                num_samples=num_samples, sampling=Sampling(temperature=1.5))
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)),
+                max_new_tokens=5,
+                eos_id=1,
+                pad_id=0,
+                num_samples=num_samples,
+                sampling=Sampling(temperature=1.5))
   prompts = {'prompt': np.array([[0, 7, 8], [9, 9, 9], [0, 0, 4], [3, 2, 5]],
                                 np.int32),
              'prompt_mask': np.array([[0, 1, 1], [1, 1, 1], [0, 0, 1],

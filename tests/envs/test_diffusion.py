@@ -12,6 +12,7 @@ import pytest
 
 from jaxrlgen.envs import diffusion
 from jaxrlgen.models import unet
+from jaxrlgen.policies import DenoiserPolicy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,7 @@ PARAMS = _params()
 
 def _env(**sampler):
   sampler = {'num_steps': 6, 'eta': 0.7, **sampler}
-  return diffusion.DiffusionEnv(MODEL, schedule=SCHEDULE,
+  return diffusion.DiffusionEnv(DenoiserPolicy(MODEL), schedule=SCHEDULE,
                                 sampler=diffusion.Sampler(**sampler),
                                 num_samples=2)
 
@@ -155,11 +156,12 @@ def sampled():
   """(env, rollout, its evaluation, its step Gaussians) under PARAMS, with
   guidance (two model passes per step) and an unconditional prompt."""
   env = _env(guidance_scale=2.0)
-  prompt, prompt_mask = jnp.array([4, 7, 1]), jnp.array([True, True, False])
+  batch = {'prompt': jnp.array([4, 7, 1]),
+           'prompt_mask': jnp.array([True, True, False])}
 
   @jax.jit
   def run(key):
-    rollout = env.rollout(PARAMS, prompt, prompt_mask, key)
+    rollout = env.rollout(PARAMS, batch, key)
     dist = env.transitions(PARAMS, rollout)
     return rollout, env.evaluate(PARAMS, rollout), dist
 
@@ -265,4 +267,3 @@ def test_bad_settings_name_the_field(sampler, schedule, message):
 def test_no_value_function():
   with pytest.raises(ValueError, match='no value function'):
     _env().evaluate(PARAMS, None, with_values=True)
-

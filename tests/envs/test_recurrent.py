@@ -11,10 +11,13 @@ from jaxrlgen.algos import reinforce
 from jaxrlgen.core import sampling
 from jaxrlgen.envs import recurrent
 from jaxrlgen.models import lstm
+from jaxrlgen.policies import RecurrentPolicy
 
 _CFG = lstm.LSTMConfig(vocab_size=13, embed_dim=4, hidden_dim=5,
                        init_std=1.0)
-_ENV = recurrent.RecurrentEnv(lstm.LSTM(_CFG), length=6, sample_block=4,
+_ENV = recurrent.RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)),
+                              length=6,
+                              sample_block=4,
                               logprob_chunk=4)
 
 
@@ -40,7 +43,7 @@ def test_sampler_draws_from_the_softmax():
 
 def test_sampled_logp_equals_teacher_forced():
   params = lstm.init_params(_CFG, jax.random.key(1))
-  rollout = jax.jit(_ENV.rollout, static_argnums=1)(params, 8,
+  rollout = jax.jit(_ENV.rollout)(params, recurrent.unconditional(8),
                                                     jax.random.key(2))
   assert rollout.actions.shape == (8, 6) and bool(rollout.mask.all())
   out = jax.jit(_ENV.evaluate)(params, rollout)
@@ -63,7 +66,7 @@ def test_prefix_states_continue_like_the_cell():
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 13, (3, 6)))
   states = _ENV.prefix_states(params, tokens)
   state = _ENV.reset(params, 3)
-  model = _ENV.model
+  model = _ENV.policy.model
   for t in range(6):
     np.testing.assert_allclose(states.h[:, t], state.h, atol=1e-6)
     x = model.apply({'params': params}, tokens[:, t], method=lstm.LSTM.embed)
@@ -75,12 +78,12 @@ def test_reinforce_loss_applies_unchanged():
   for token 0 make a few gradient steps sample it more often."""
   config = lstm.LSTMConfig(vocab_size=13, embed_dim=4, hidden_dim=5)
   params = lstm.init_params(config, jax.random.key(6))
-  env = recurrent.RecurrentEnv(lstm.LSTM(config), length=6)
+  env = recurrent.RecurrentEnv(RecurrentPolicy(lstm.LSTM(config)), length=6)
   loss_fn = reinforce.pg_loss_fn('sequence_sum', 0.0, 0.0)
 
   @jax.jit
   def step(params, key):
-    rollout = env.rollout(params, 64, key)
+    rollout = env.rollout(params, recurrent.unconditional(64), key)
     rewards = (rollout.actions == 0).astype(jnp.float32)  # Per token.
     grads, _ = jax.grad(
         lambda p: loss_fn(env, p, base.PolicyGradientExperience(
@@ -98,4 +101,4 @@ def test_reinforce_loss_applies_unchanged():
 
 def test_bad_length():
   with pytest.raises(ValueError, match='length'):
-    recurrent.RecurrentEnv(_ENV.model, length=0)
+    recurrent.RecurrentEnv(_ENV.policy, length=0)

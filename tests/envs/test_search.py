@@ -11,6 +11,7 @@ from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs import search
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 from tests.envs import policies
 
 _V, _EOS, _PAD = 16, 1, 0
@@ -21,7 +22,8 @@ _MODEL = tfm.Transformer(_CONFIG)
 
 
 def _env(**kwargs):
-  return TextEnv(**{'model': _MODEL, 'max_new_tokens': 4, 'eos_id': _EOS,
+  return TextEnv(**{'policy': LMPolicy(_MODEL), 'max_new_tokens': 4,
+                    'eos_id': _EOS,
                     'pad_id': _PAD, **kwargs})
 
 
@@ -49,7 +51,7 @@ def test_recurrent_step_equals_full_forward():
   """Cached search steps give the teacher-forced logits and values, also when
   the rows of a batch sit at different depths."""
   params, env = _params(), _env()
-  sampler = search.MCTSSampler(env, search.MCTSConfig())
+  sampler = search.MCTSSampler(env, _zero_reward, search.MCTSConfig())
   prompt, mask = _prompts()
   actions = jnp.asarray([[5, 9, 3, 14], [2, 11, 7, 6]], jnp.int32)
   rollout = Rollout(context={'tokens': prompt, 'mask': mask}, actions=actions,
@@ -85,7 +87,7 @@ def test_reward_discount_and_terminal_nodes():
   """The reward is paid on the step that ends a sequence (EOS or budget),
   with discount 0 and value 0; a finished node's subtree is inert."""
   params, env = _params(), _env(max_new_tokens=2)
-  sampler = search.MCTSSampler(env, search.MCTSConfig())
+  sampler = search.MCTSSampler(env, _zero_reward, search.MCTSConfig())
   prompt, mask = _prompts()
   reward_fn = lambda r, b: jnp.sum(r.mask, axis=1) + 10.0 * b['bonus']
   batch = {'bonus': jnp.asarray([1.0, 2.0])}
@@ -117,7 +119,7 @@ def test_search_finds_the_only_rewarded_token(policy):
   probs[3] = 0.3
   params = policies.fixed_policy_params(_CONFIG, probs)
   env = _env(max_new_tokens=1)
-  sampler = search.MCTSSampler(env, search.MCTSConfig(
+  sampler = search.MCTSSampler(env, _zero_reward, search.MCTSConfig(
       policy=policy, num_simulations=48, value='zero', greedy=True))
   prompt, mask = _prompts()
   reward_fn = lambda r, b: (r.actions[:, 0] == 6).astype(jnp.float32)
@@ -137,10 +139,11 @@ def test_rollout_is_a_text_rollout():
   """Shapes, masks and padding of TextEnv.rollout; logp is the log of the
   search's weight of the chosen token; the weights are distributions."""
   params, env = _params(), _env(num_samples=2)
-  sampler = search.MCTSSampler(env, search.MCTSConfig(num_simulations=6))
+  sampler = search.MCTSSampler(env, _zero_reward,
+                               search.MCTSConfig(num_simulations=6))
   prompt, mask = _prompts()
   batch = {'prompt': prompt, 'prompt_mask': mask}
-  rollout = jax.jit(lambda p, k: sampler.rollout(p, batch, k, _zero_reward))(
+  rollout = jax.jit(lambda p, k: sampler.rollout(p, batch, k))(
       params, jax.random.key(3))
   b, t = 4, env.max_new_tokens
   assert rollout.actions.shape == rollout.mask.shape == (b, t)
@@ -169,7 +172,7 @@ def test_config_errors_name_the_field():
     search.MCTSConfig(policy='alphago')
   with pytest.raises(ValueError, match='config.mcts.nope'):
     search.MCTSConfig.from_config({'nope': 1})
-  env = TextEnv(tfm.Transformer(tfm.TransformerConfig(vocab_size=_V)),
+  env = TextEnv(LMPolicy(tfm.Transformer(tfm.TransformerConfig(vocab_size=_V))),
                 max_new_tokens=2)
   with pytest.raises(ValueError, match='model.value_head'):
-    search.MCTSSampler(env, search.MCTSConfig(value='head'))
+    search.MCTSSampler(env, _zero_reward, search.MCTSConfig(value='head'))

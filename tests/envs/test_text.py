@@ -10,6 +10,7 @@ from jaxrlgen.envs.text import sampling_logprobs
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 from tests.envs import policies
 
 _V, _EOS, _PAD = 32, 31, 30
@@ -22,8 +23,12 @@ _MODEL = tfm.Transformer(_CONFIG)
 
 
 def _env(**kwargs):
-  return TextEnv(**{'model': _MODEL, 'max_new_tokens': 6, 'eos_id': _EOS,
-                    'pad_id': _PAD, **kwargs})
+  return TextEnv(**{'policy': LMPolicy(_MODEL), 'max_new_tokens': 6,
+                    'eos_id': _EOS, 'pad_id': _PAD, **kwargs})
+
+
+def _batch(prompt, prompt_mask):
+  return {'prompt': prompt, 'prompt_mask': prompt_mask}
 
 
 def _prompts(pads, length=5, seed=0):
@@ -61,7 +66,7 @@ def test_sampled_logp_equals_teacher_forced(name):
   env = _env(sampling=sampling)
   params = tfm.init_params(_CONFIG, jax.random.key(1))
   prompt, prompt_mask = _prompts(pads=[0, 2, 4])
-  rollout = jax.jit(env.rollout)(params, prompt, prompt_mask,
+  rollout = jax.jit(env.rollout)(params, _batch(prompt, prompt_mask),
                                  jax.random.key(2))
   assert rollout.actions.shape == rollout.logp.shape == (3, 6)
   out = jax.jit(env.evaluate)(params, rollout)
@@ -92,7 +97,7 @@ def test_eos_masking():
   env = _env(max_new_tokens=8)
   prompt, prompt_mask = _prompts(pads=[0, 1, 2, 3], length=4)
   prompt, prompt_mask = jnp.repeat(prompt, 2, 0), jnp.repeat(prompt_mask, 2, 0)
-  rollout = jax.jit(env.rollout)(params, prompt, prompt_mask,
+  rollout = jax.jit(env.rollout)(params, _batch(prompt, prompt_mask),
                                  jax.random.key(0))
   actions = np.asarray(rollout.actions)
   mask = np.asarray(rollout.mask)
@@ -156,9 +161,9 @@ def test_sampling_logprobs(sampling, want):
 ])
 def test_choose_matches_expected_frequencies(sampling, want):
   n = 20_000
-  env = TextEnv(model=tfm.Transformer(
+  env = TextEnv(policy=LMPolicy(tfm.Transformer(
       tfm.TransformerConfig(vocab_size=5, hidden_dim=4, num_heads=2,
-                            num_kv_heads=2)),
+                            num_kv_heads=2))),
                 max_new_tokens=1, sampling=sampling, eos_id=4, pad_id=3)
   logits = jnp.tile(jnp.log(jnp.asarray(_PROBS, jnp.float32)), (n, 1))
   state = TextState(cache=None, logits=logits,
@@ -179,12 +184,14 @@ def test_shared_prefill_equals_separate_prefills():
   params = tfm.init_params(_CONFIG, jax.random.key(3))
   prompt, prompt_mask = _prompts(pads=[3, 0], seed=1)
   key = jax.random.key(4)
-  shared = jax.jit(_env(num_samples=g).rollout)(params, prompt, prompt_mask,
+  shared = jax.jit(_env(num_samples=g).rollout)(params,
+                                                _batch(prompt, prompt_mask),
                                                 key)
   rep_prompt = jnp.repeat(prompt, g, 0)
   rep_mask = jnp.repeat(prompt_mask, g, 0)
-  separate = jax.jit(_env(num_samples=1).rollout)(params, rep_prompt,
-                                                  rep_mask, key)
+  separate = jax.jit(_env(num_samples=1).rollout)(params,
+                                                  _batch(rep_prompt, rep_mask),
+                                                  key)
   assert shared.actions.shape == (2 * g, 6)
   np.testing.assert_array_equal(shared.actions, separate.actions)
   np.testing.assert_array_equal(shared.mask, separate.mask)
@@ -200,8 +207,10 @@ def test_suppress_eos():
   probs[_EOS] = 0.9  # EOS is by far the most likely token.
   params = policies.fixed_policy_params(_CONFIG, probs)
   prompt, prompt_mask = _prompts(pads=[0, 2, 1, 0])
-  rollout = jax.jit(_env(suppress_eos=True).rollout)(
-      params, prompt, prompt_mask, jax.random.key(5))
+  rollout = jax.jit(_env(suppress_eos=True).rollout)(params,
+                                                     _batch(
+                                                         prompt, prompt_mask),
+                                                     jax.random.key(5))
   assert not (np.asarray(rollout.actions) == _EOS).any()
   assert rollout.mask.all()
   # Log-probs are under the policy with EOS removed: uniform over the rest.
@@ -252,16 +261,19 @@ def test_early_stop_equals_full_scan():
   full = jax.jit(_env(max_new_tokens=10).rollout)
   early = jax.jit(_env(max_new_tokens=10, early_stop=True).rollout)
   for seed in range(3):
-    want = full(params, prompt, prompt_mask, jax.random.key(seed))
-    got = early(params, prompt, prompt_mask, jax.random.key(seed))
+    want = full(params, _batch(prompt, prompt_mask), jax.random.key(seed))
+    got = early(params, _batch(prompt, prompt_mask), jax.random.key(seed))
     jax.tree.map(np.testing.assert_array_equal, got, want)
   assert not np.asarray(want.mask)[:, -1].any()  # All ended early.
   # And when nothing ends (EOS suppressed), the loop runs all T steps.
-  want = jax.jit(_env(max_new_tokens=10, suppress_eos=True).rollout)(
-      params, prompt, prompt_mask, jax.random.key(0))
-  got = jax.jit(_env(max_new_tokens=10, suppress_eos=True,
-                     early_stop=True).rollout)(
-                         params, prompt, prompt_mask, jax.random.key(0))
+  want = jax.jit(_env(max_new_tokens=10,
+                      suppress_eos=True).rollout)(params,
+                                                  _batch(prompt, prompt_mask),
+                                                  jax.random.key(0))
+  got = jax.jit(
+      _env(max_new_tokens=10, suppress_eos=True,
+           early_stop=True).rollout)(params, _batch(prompt, prompt_mask),
+                                     jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, got, want)
   assert np.asarray(got.mask).all()
 
@@ -274,16 +286,18 @@ def test_cache_segments_equal_one_cache(early_stop):
   params = tfm.init_params(_CONFIG, jax.random.key(4))
   prompt, prompt_mask = _prompts(pads=[0, 2, 4], seed=2)
   key = jax.random.key(5)
-  first = jax.jit(_env(num_samples=2).rollout)(params, prompt, prompt_mask,
-                                                key)
+  first = jax.jit(_env(num_samples=2).rollout)(params,
+                                               _batch(prompt, prompt_mask), key)
   eos = int(np.bincount(np.asarray(first.actions).ravel()).argmax())
   env = lambda **kw: _env(early_stop=early_stop, num_samples=2, eos_id=eos,
                           **kw)
-  want = jax.jit(env().rollout)(params, prompt, prompt_mask, key)
+  want = jax.jit(env().rollout)(params, _batch(prompt, prompt_mask), key)
   assert 0 < np.asarray(want.mask).sum() < want.mask.size  # Some ended.
   for segments in (3, 50):  # 50 > 5 steps: one step per segment.
-    got = jax.jit(env(cache_segments=segments).rollout)(
-        params, prompt, prompt_mask, key)
+    got = jax.jit(env(cache_segments=segments).rollout)(params,
+                                                        _batch(
+                                                            prompt,
+                                                            prompt_mask), key)
     np.testing.assert_array_equal(got.actions, want.actions)
     np.testing.assert_array_equal(got.mask, want.mask)
     np.testing.assert_allclose(got.logp, want.logp, atol=1e-6)

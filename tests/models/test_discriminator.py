@@ -11,6 +11,7 @@ import pytest
 from jaxrlgen.envs.recurrent import RecurrentEnv
 from jaxrlgen.models import discriminator as disc
 from jaxrlgen.models import lstm
+from jaxrlgen.policies import RecurrentPolicy
 
 _CFG = disc.DiscriminatorConfig(vocab_size=12, length=6, embed_dim=5,
                                 filter_widths=(1, 2, 6), num_filters=(3, 4, 2))
@@ -70,7 +71,7 @@ def test_learns_to_separate_oracle_from_random_sequences():
   vocab, length = 30, 8
   oracle_cfg = lstm.LSTMConfig(vocab_size=vocab, embed_dim=8, hidden_dim=8,
                                init_std=1.0)
-  oracle = RecurrentEnv(lstm.LSTM(oracle_cfg), length=length)
+  oracle = RecurrentEnv(RecurrentPolicy(lstm.LSTM(oracle_cfg)), length=length)
   oracle_params = lstm.init_params(oracle_cfg, jax.random.key(3))
   real = oracle.sample(oracle_params, 512, jax.random.key(4), chunk=512)
   fake = jax.random.randint(jax.random.key(5), (512, length), 0, vocab)

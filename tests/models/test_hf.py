@@ -17,6 +17,7 @@ from jaxrlgen.envs.text import Sampling  # pylint: disable=g-import-not-at-top
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
 
 VOCAB, EOS = 128, 127
 COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128,
@@ -91,11 +92,11 @@ def test_greedy_generation_matches_transformers(checkpoint):
   name, model, path = checkpoint
   config, params = hf.load(path, max_seq_len=48)
   prompt = np.random.default_rng(1).integers(0, EOS, (2, 8)).astype(np.int32)
-  env = TextEnv(tfm.Transformer(config), max_new_tokens=32,
+  env = TextEnv(LMPolicy(tfm.Transformer(config)), max_new_tokens=32,
                 sampling=Sampling(greedy=True), eos_id=EOS, pad_id=0,
                 suppress_eos=True)
-  rollout = jax.jit(env.rollout)(params, prompt, np.ones_like(prompt, bool),
-                                 jax.random.key(0))
+  batch = {'prompt': prompt, 'prompt_mask': np.ones_like(prompt, bool)}
+  rollout = jax.jit(env.rollout)(params, batch, jax.random.key(0))
   with torch.no_grad():
     out = model.generate(torch.from_numpy(prompt).long(), max_new_tokens=32,
                          min_new_tokens=32, do_sample=False,

@@ -29,6 +29,7 @@ from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import checkpoint
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 
 MODEL = tfm.TransformerConfig(
     vocab_size=64, hidden_dim=32, mlp_dim=64, num_layers=2, num_heads=8,
@@ -71,7 +72,7 @@ def run_rl(algo_name: str, mesh_shape):
   if algo_name == 'grpo':
     algo_cfg.beta = 0.04  # Exercise the reference model too.
   algo = algos.make(algo_cfg)
-  env = TextEnv(tfm.Transformer(MODEL), max_new_tokens=NEW_TOKENS,
+  env = TextEnv(LMPolicy(tfm.Transformer(MODEL)), max_new_tokens=NEW_TOKENS,
                 sampling=Sampling(), eos_id=3, pad_id=0, num_samples=GROUP)
   # Plain SGD: Adam's first step is sign(g), which magnifies rounding noise
   # in near-zero gradients; SGD's update is the gradient itself.
@@ -115,7 +116,7 @@ def run_rl(algo_name: str, mesh_shape):
 
 
 def run_sft(mesh_shape):
-  env = TextEnv(tfm.Transformer(MODEL), max_new_tokens=NEW_TOKENS,
+  env = TextEnv(LMPolicy(tfm.Transformer(MODEL)), max_new_tokens=NEW_TOKENS,
                 sampling=Sampling(), eos_id=3, pad_id=0)
   tx = optax.sgd(0.5)
 

@@ -19,6 +19,7 @@ from jaxrlgen.rewards import host
 from jaxrlgen.rewards import text as text_rewards
 from jaxrlgen.train import host_step
 from jaxrlgen.train import step as step_lib
+from jaxrlgen.policies import LMPolicy
 
 TOK = ByteTokenizer()
 
@@ -131,8 +132,11 @@ def _setup():
   cfg = tfm.TransformerConfig(vocab_size=TOK.vocab_size, hidden_dim=16,
                               mlp_dim=32, num_layers=1, num_heads=2,
                               num_kv_heads=2, max_seq_len=16)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=4, eos_id=TOK.eos_id,
-                pad_id=TOK.pad_id, num_samples=2)
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)),
+                max_new_tokens=4,
+                eos_id=TOK.eos_id,
+                pad_id=TOK.pad_id,
+                num_samples=2)
   algo = algos.make(algos.default_config('reinforce'))
   tx = optax.sgd(0.1)
   params = tfm.init_params(cfg, jax.random.key(0))

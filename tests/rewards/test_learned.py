@@ -12,6 +12,7 @@ from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import reward_model as rm
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.rewards import learned
+from jaxrlgen.policies import LMPolicy
 
 CFG = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
                             num_layers=1, num_heads=2, num_kv_heads=2,
@@ -86,7 +87,10 @@ def test_per_token_kl_estimators():
 
 
 def test_kl_to_reference_reward_sums_log_ratios_of_valid_tokens():
-  env = TextEnv(tfm.Transformer(CFG), max_new_tokens=3, eos_id=1, pad_id=0)
+  env = TextEnv(LMPolicy(tfm.Transformer(CFG)),
+                max_new_tokens=3,
+                eos_id=1,
+                pad_id=0)
   ref_params = tfm.init_params(CFG, jax.random.key(7))
   fn = learned.kl_to_reference_reward(env, ref_params, coef=0.3)
   ref_logp = np.asarray(jax.jit(env.evaluate)(ref_params, ROLLOUT).logp)

@@ -10,6 +10,7 @@ import pytest
 from jaxrlgen.envs.recurrent import RecurrentEnv
 from jaxrlgen.models import lstm
 from jaxrlgen.rewards import montecarlo
+from jaxrlgen.policies import RecurrentPolicy
 
 _V = 7
 _CFG = lstm.LSTMConfig(vocab_size=_V, embed_dim=4, hidden_dim=6, init_std=1.0)
@@ -25,7 +26,7 @@ def _greedy_params(seed):
 
 def _greedy_reference(env, params, prefix, length):
   """Greedy continuation of one prefix i32[B, t], one token at a time."""
-  model = env.model
+  model = env.policy.model
 
   @jax.jit
   def feed(state, token):
@@ -47,7 +48,9 @@ def _greedy_reference(env, params, prefix, length):
 
 @pytest.mark.parametrize('length, per_scan', [(5, None), (6, 2)])
 def test_completions_keep_prefix_and_continue_from_its_state(length, per_scan):
-  env = RecurrentEnv(lstm.LSTM(_CFG), length=length, sample_block=3)
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)),
+                     length=length,
+                     sample_block=3)
   params = _greedy_params(0)
   actions = jnp.asarray(
       np.random.default_rng(0).integers(0, _V, (3, length)), jnp.int32)
@@ -69,13 +72,15 @@ def test_completions_are_samples_of_the_policy():
   """With a stochastic policy the first completed token of each prefix is
   distributed as the policy's next-token distribution after that prefix."""
   length, n = 4, 3000
-  env = RecurrentEnv(lstm.LSTM(_CFG), length=length, sample_block=3)
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)),
+                     length=length,
+                     sample_block=3)
   params = lstm.init_params(_CFG, jax.random.key(2))
   actions = jnp.asarray([[1, 5, 2, 6]], jnp.int32)
   completions = jax.jit(lambda p, a, k: montecarlo.prefix_completions(
       env, p, a, n, k))(params, actions, jax.random.key(3))
   states = env.prefix_states(params, actions)
-  logits = env.model.apply({'params': params}, states.h[0],
+  logits = env.policy.model.apply({'params': params}, states.h[0],
                            method=lstm.LSTM.logits)
   probs = np.asarray(jax.nn.softmax(logits))  # [T, V]: after t tokens.
   for t in range(1, length):
@@ -99,7 +104,9 @@ def test_rewards_from_scores_shape_and_masking():
 
 def test_monte_carlo_rewards_against_a_direct_computation():
   length, n = 5, 3
-  env = RecurrentEnv(lstm.LSTM(_CFG), length=length, sample_block=3)
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)),
+                     length=length,
+                     sample_block=3)
   params = lstm.init_params(_CFG, jax.random.key(4))
   actions = jnp.asarray(
       np.random.default_rng(1).integers(0, _V, (2, length)), jnp.int32)
@@ -117,7 +124,7 @@ def test_monte_carlo_rewards_against_a_direct_computation():
 
 
 def test_length_one_has_no_prefixes():
-  env = RecurrentEnv(lstm.LSTM(_CFG), length=1)
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)), length=1)
   params = lstm.init_params(_CFG, jax.random.key(6))
   actions = jnp.zeros((2, 1), jnp.int32)
   assert montecarlo.prefix_completions(
@@ -125,7 +132,7 @@ def test_length_one_has_no_prefixes():
 
 
 def test_rollouts_per_scan_must_divide():
-  env = RecurrentEnv(lstm.LSTM(_CFG), length=4)
+  env = RecurrentEnv(RecurrentPolicy(lstm.LSTM(_CFG)), length=4)
   with pytest.raises(ValueError, match='rollouts_per_scan'):
     montecarlo.prefix_completions(env, None, jnp.zeros((1, 4), jnp.int32), 4,
                                   jax.random.key(0), rollouts_per_scan=3)

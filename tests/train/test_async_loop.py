@@ -30,6 +30,7 @@ from jaxrlgen.train import loop
 from jaxrlgen.train import step as step_lib
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import writers
+from jaxrlgen.policies import LMPolicy
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))))
@@ -183,7 +184,10 @@ def tiny_task(num_prompts=N):
   cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=16, mlp_dim=32,
                               num_layers=1, num_heads=2, num_kv_heads=2,
                               max_seq_len=8, value_head=True)
-  env = TextEnv(tfm.Transformer(cfg), max_new_tokens=4, eos_id=1, pad_id=0,
+  env = TextEnv(LMPolicy(tfm.Transformer(cfg)),
+                max_new_tokens=4,
+                eos_id=1,
+                pad_id=0,
                 num_samples=2)
 
   def reward_fn(rollout, batch):

@@ -1,0 +1,148 @@
+"""A decoder-only language model as a policy.
+
+`LMPolicy` is everything the rest of the library calls on a Transformer:
+prefill and cached decoding (what an environment steps), teacher-forced
+decoder states of stored sequences, and the heads read off them (the LM's
+logits, a critic's value). Environments and algorithms hold a policy, never
+the module, so a policy with another parameterisation (adapters, a quantized
+base) serves them unchanged.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrlgen.models import transformer as tfm
+
+Params = Any
+KVCache = tfm.KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class LMPolicy:
+  """A Transformer LM and its heads (hashable: a static jit argument).
+
+  Attributes:
+    model: the Flax module.
+  """
+
+  model: tfm.Transformer
+
+  @property
+  def config(self) -> tfm.TransformerConfig:
+    return self.model.config
+
+  @property
+  def vocab_size(self) -> int:
+    return self.model.config.vocab_size
+
+  @property
+  def has_value_head(self) -> bool:
+    return self.model.config.value_head
+
+  def init_params(self, key: jax.Array) -> Params:
+    return tfm.init_params(self.model.config, key)
+
+  def init_cache(self, batch_size: int, slots: int) -> KVCache:
+    """An empty KV cache of `slots` positions for `batch_size` sequences."""
+    return tfm.init_cache(self.model.config, batch_size, slots)
+
+  @staticmethod
+  def repeat_cache(cache: KVCache, repeats: int) -> KVCache:
+    """Each sequence's cache `repeats` times in consecutive rows."""
+    return tfm.repeat_cache(cache, repeats)
+
+  @staticmethod
+  def grow_cache(cache: KVCache, slots: int) -> KVCache:
+    """The cache with room for `slots` positions (the filled ones kept)."""
+    return tfm.grow_cache(cache, slots)
+
+  def prefill(self, params: Params, tokens: jax.Array, mask: jax.Array,
+              cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Runs left-padded prompts through the model, filling `cache`.
+
+    Args:
+      params: the model's parameters.
+      tokens: i32[N, P]; mask: bool[N, P] true for real tokens.
+      cache: an empty cache (`init_cache`) of at least P slots.
+    Returns:
+      (hidden [N, E] the decoder state at the last position, cache).
+    """
+    hidden, cache = self.model.apply({'params': params}, tokens,
+                                     tfm.positions_from_mask(mask), mask,
+                                     cache)
+    return hidden[:, -1], cache
+
+  def decode(self, params: Params, token: jax.Array, position: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """One cached decode step: token i32[N] at rotary position i32[N].
+
+    Returns (hidden [N, E] the decoder state after the token, cache).
+    """
+    hidden, cache = self.model.apply(
+        {'params': params}, token[:, None], position[:, None],
+        jnp.ones((token.shape[0], 1), jnp.bool_), cache)
+    return hidden[:, 0], cache
+
+  def hidden_states(self, params: Params, tokens: jax.Array,
+                    mask: jax.Array) -> jax.Array:
+    """[N, L, E] teacher-forced decoder states of whole sequences (no cache);
+    position i is the state after tokens[:, :i + 1]."""
+    hidden, _ = self.model.apply({'params': params}, tokens,
+                                 tfm.positions_from_mask(mask), mask)
+    return hidden
+
+  def logits(self, params: Params, hidden: jax.Array) -> jax.Array:
+    """[..., V] the LM head's logits (the model's dtype) at hidden [..., E]."""
+    return self.model.apply({'params': params}, hidden,
+                            method=tfm.Transformer.logits)
+
+  def value(self, params: Params, hidden: jax.Array) -> jax.Array:
+    """f32[...] the value head at decoder states hidden [..., E]."""
+    return self.model.apply({'params': params}, hidden,
+                            method=tfm.Transformer.value)
+
+  @staticmethod
+  def dims(params: Params) -> tuple[int, int, Any]:
+    """(vocabulary V, width E, parameter dtype) of `params`, read off the
+    parameters (loaded ones may differ in dtype from the config): what a
+    new head on the decoder states needs."""
+    vocab, width = params['embed']['embedding'].shape
+    return vocab, width, params['final_norm']['scale'].dtype
+
+  @staticmethod
+  def lm_head(params: Params) -> jax.Array:
+    """[E, V] the LM head's kernel (the embedding, transposed, when tied)."""
+    if 'unembed' in params:
+      return params['unembed']['kernel']
+    return params['embed']['embedding'].T
+
+  @staticmethod
+  def trunk(params: Params) -> Params:
+    """`params` without the output heads (LM and value): the decoder whose
+    states `hidden_states` gives, for a critic with a head of its own."""
+    return {k: v for k, v in params.items()
+            if k not in ('unembed', 'value_proj')}
+
+  def with_value_head(self) -> 'LMPolicy':
+    """This policy with a value head on its model: a critic's."""
+    config = dataclasses.replace(self.model.config, value_head=True)
+    return LMPolicy(tfm.Transformer(config))
+
+  def init_critic(self, params: Params, key: jax.Array) -> Params:
+    """A critic's parameters (`with_value_head`): a copy of the policy's
+    `params` with a fresh value head.
+
+    The head's shape and initialiser are the Transformer's own, taken from a
+    head-only model of the policy's width (width and dtype read off the
+    parameters' final norm, so loaded parameters of another dtype match).
+    """
+    scale = params['final_norm']['scale']
+    head_only = tfm.TransformerConfig(
+        vocab_size=1, hidden_dim=scale.shape[-1], mlp_dim=1, num_layers=0,
+        num_heads=1, num_kv_heads=1, head_dim=2, value_head=True,
+        param_dtype=jnp.dtype(scale.dtype).name)
+    head = tfm.init_params(head_only, key)['value_proj']
+    return {**jax.tree.map(jnp.copy, params), 'value_proj': head}
