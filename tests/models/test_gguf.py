@@ -355,6 +355,14 @@ def test_export_round_trip(tiny, tmp_path):
   assert config2 == config
   np.testing.assert_array_equal(our_logits(config2, params2, tokens),
                                 our_logits(config, params, tokens))
+  # A directory exports too (here in bfloat16), tokenizer files included.
+  again = export_lib.export(out, tmp_path / 'again', dtype='bfloat16')
+  assert os.path.exists(os.path.join(again, 'tokenizer.json'))
+  _, params3 = hf.load(again, max_seq_len=64)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(
+      a, b.astype(jnp.bfloat16).astype(jnp.float32)), params3, params)
+  with pytest.raises(FileNotFoundError, match='--model='):
+    export_lib.export(tmp_path / 'nothing', tmp_path / 'out')
 
 
 # ---------------------------------------------------------------------------
