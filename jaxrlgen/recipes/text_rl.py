@@ -172,13 +172,28 @@ class OfflineConfig:
 class RewardConfig:
   """`config.reward`: a weighted sum of rewards."""
 
-  # (reward name or factory import path, weight) pairs; (): the task's
-  # default reward.
+  # (reward name or import path, weight) pairs; (): the task's default
+  # reward (or `fn`).
   terms: rewards.Terms = ()
+  # Import path of fn(completion, **fields) -> float (or of a JAX reward or
+  # a factory): the whole reward, weight 1, in place of `terms`; '': none.
+  fn: str = ''
   target_length: int = 0  # Used by the length_penalty reward.
+  answer_field: str = 'answer'  # The field verifiers compare against.
+  format_pattern: str = ''  # regex_format's pattern (re.search, DOTALL).
+  tolerance: float = 1e-6  # numeric_answer: |x - y| <= tol * max(1, |y|).
+  penalty: float = 0.0  # Reward of a host item that raises or times out.
+  timeout_s: float = 30.0  # Seconds a host reward item may run; 0: no limit.
 
   def __post_init__(self):
-    schema.non_negative(self, 'target_length')
+    schema.non_negative(self, 'target_length', 'tolerance', 'timeout_s')
+
+  def context(self) -> dict:
+    """What reward factories read besides the tokenizer and fields."""
+    return dict(target_length=self.target_length,
+                answer_field=self.answer_field,
+                format_pattern=self.format_pattern, tolerance=self.tolerance,
+                penalty=self.penalty, timeout_s=self.timeout_s or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +287,10 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
   if rl.sampler == 'mcts' and run.loop != 'sync':
     raise ValueError("config.rl.sampler='mcts' needs config.loop='sync'.")
   validate_offline(settings, shards)
+  # Names, import paths and signatures; the task's fields are checked once
+  # it is loaded (rewards.make).
+  rewards.check_terms(reward_terms(settings), context_keys=(
+      'tokenizer', 'fields', *settings.reward.context()))
 
 
 def validate_offline(settings: Settings, shards: int) -> None:
@@ -358,6 +377,9 @@ class Task:
   data: DataConfig
   fields: tuple[str, ...]
   seed: int
+  text_lengths: Any = dataclasses.field(default_factory=dict)
+  has_completion: bool = True
+  stats: Any = dataclasses.field(default_factory=dict)
 
   def batch(self, step: int, batch_size: int, stream: int = 0):
     """The host's share of the training batch of `step` (numpy arrays)."""
@@ -368,7 +390,8 @@ class Task:
 
   def collate(self, records):
     return tasks.collate(records, self.tokenizer, self.data.max_prompt_len,
-                         self.data.max_target_len, self.fields)
+                         self.data.max_target_len, self.fields,
+                         self.text_lengths)
 
   def rl_fields(self, batch):
     """The arrays an RL step reads: the prompt and the reward's fields."""
@@ -401,19 +424,27 @@ def load_task(task_name: str, task_cfg, data: DataConfig, seed: int, workdir,
   """
   spec = tasks.get(task_name)
   data_dir = data.data_dir or str(workdir / 'data')
-  load = functools.partial(spec.load, task_cfg, data_dir)
+  load = functools.partial(tasks.open_splits, spec, task_cfg, data_dir,
+                           tokenizer, data.max_prompt_len,
+                           data.max_target_len)
   if parallel.is_primary():
     splits = load()
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('jaxrlgen: dataset prepared')
   if not parallel.is_primary():
     splits = load()
-  return Task(splits.train, splits.test, tokenizer, data, tuple(spec.fields),
-              seed=seed)
+  if splits.report and parallel.is_primary():
+    print(splits.report, flush=True)
+  return Task(splits.train, splits.test, tokenizer, data, splits.fields,
+              seed=seed, text_lengths=dict(splits.text_lengths),
+              has_completion=splits.has_completion, stats=dict(splits.stats))
 
 
 def reward_terms(settings: Settings) -> dict[str, float]:
-  """`config.reward.terms`, or the task's default reward when it is empty."""
+  """`config.reward.terms`, `{config.reward.fn: 1}`, or the task's default
+  reward when both are empty."""
+  if settings.reward.fn:
+    return {settings.reward.fn: 1.0}
   return dict(settings.reward.terms or tasks.get(settings.task_name).reward)
 
 
@@ -535,18 +566,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
          layout: parallel.Layout, start_time: float) -> dict:
   run_cfg, rl = settings.run, settings.rl
+  # The task first: a files task finds its reward fields in its data.
+  task = load_task(settings.task_name, settings.task, settings.data,
+                   run_cfg.seed, workdir, tokenizer)
+  if settings.sft.steps and not task.has_completion:
+    raise ValueError(
+        f'config.sft.steps={settings.sft.steps} needs reference completions, '
+        "and the task's records have none (config.task.completion_field); "
+        'set config.sft.steps=0.')
   reward_fn = rewards.make(reward_terms(settings), tokenizer=tokenizer,
-                           target_length=settings.reward.target_length)
+                           fields=task.fields, **settings.reward.context())
   model = tfm.Transformer(model_cfg)
   env = make_env(rl, model, tokenizer)
-  spec = tasks.get(settings.task_name)
-  _check_reward_shape(reward_fn, env, rl.num_prompts, settings.data,
-                      spec.fields)
+  _check_reward_shape(reward_fn, env, rl.num_prompts, settings.data, task)
   sampler = (search.MCTSSampler(env, reward_fn, settings.mcts)
              if settings.mcts is not None else None)
 
-  task = load_task(settings.task_name, settings.task, settings.data,
-                   run_cfg.seed, workdir, tokenizer)
   init_key = jax.random.key(run_cfg.seed)
   if config.model.get('path'):  # A released model, placed in its shards.
     _, params = hf.load(config.model.path, shardings=layout.shardings,
@@ -609,6 +644,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   summary = writers.summarize(writers.read_metrics(str(workdir)),
                               time.time() - start_time, ('accuracy',))
   summary['mesh'] = dict(layout.mesh.shape)
+  summary.update({f'data/{k}': v for k, v in task.stats.items()})
   summary['num_processes'] = jax.process_count()
   if offline is not None:
     summary.update(scored.summary(offline))
@@ -711,15 +747,13 @@ def _rollout_spec(batch_size: int, prompt_len: int, num_steps: int) -> Rollout:
 
 
 def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int,
-                        data: DataConfig, fields: tuple[str, ...]):
-  """Fails before any data is read when the reward is not f32[B]."""
+                        data: DataConfig, task: 'Task'):
+  """Fails before any compute when the reward is not f32[B]; the batch's
+  shapes and dtypes are those of a collated record."""
   b = num_prompts * env.num_samples
-  spec = jax.ShapeDtypeStruct
-  shapes = {'target': spec((b, data.max_target_len), jnp.int32),
-            'target_mask': spec((b, data.max_target_len), jnp.bool_)}
-  batch = {'prompt': spec((b, data.max_prompt_len), jnp.int32),
-           'prompt_mask': spec((b, data.max_prompt_len), jnp.bool_),
-           **{k: shapes.get(k, spec((b,), jnp.int32)) for k in fields}}
+  one = task.rl_fields(task.collate([task.train[0]]))
+  batch = {k: jax.ShapeDtypeStruct((b, *v.shape[1:]), v.dtype)
+           for k, v in one.items()}
   step_lib.check_reward(
       reward_fn, _rollout_spec(b, data.max_prompt_len, env.max_new_tokens),
       batch)

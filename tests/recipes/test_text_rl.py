@@ -121,7 +121,9 @@ def test_reward_of_wrong_shape_fails_before_compute(tmp_path, monkeypatch):
 
   monkeypatch.setattr(text_rl.rewards, 'make',
                       lambda *args, **kwargs: per_token_reward)
-  monkeypatch.setattr(text_rl, 'load_task', lambda *a: pytest.fail('loaded'))
+  # The data is read first (a task's fields come from it); no model is.
+  monkeypatch.setattr(text_rl.tfm, 'init_params',
+                      lambda *a: pytest.fail('initialised a model'))
   with pytest.raises(ValueError, match='per_token_reward.*f32\\[16\\]'):
     recipes.run(tiny_config(tmp_path / 'data'), str(tmp_path / 'run'))
 
