@@ -16,6 +16,7 @@ import os
 
 from absl import app
 from absl import flags
+import jax
 
 from jaxrlgen.models import gguf
 from jaxrlgen.models import hf
@@ -48,18 +49,25 @@ def export(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
   # Parameters are loaded in float32 (or bfloat16 when that is what is
   # written) and cast as they are written.
   load_dtype = 'bfloat16' if dtype == 'bfloat16' else 'float32'
-  if gguf.is_gguf(model_path):
-    file = gguf.open_file(model_path)
-    hf_config = file.hf_config()
-    config, params = file.load(param_dtype=load_dtype)
-    hf.save(out, config, params, hf_config=hf_config, dtype=dtype)
-    file.save_tokenizer(out)
-  else:
-    hf_config = hf.read_config(model_path)
-    config, params = hf.load(model_path, param_dtype=load_dtype)
-    hf.save(out, config, params, hf_config=hf_config, dtype=dtype)
-    hf.copy_tokenizer(model_path, out)
+  config, params = hf.load(model_path, param_dtype=load_dtype)
+  write(out, model_path, config, params, dtype=dtype)
   return out
+
+
+def write(out: str | os.PathLike[str], source: str | os.PathLike[str],
+          config, params, *, dtype: str | None = None) -> None:
+  """Writes `params` of the model loaded from `source` (a Hugging Face
+  directory or a GGUF file: trained parameters, say) as a Hugging Face
+  directory, with `source`'s tokenizer. Every process of a multi-host run
+  calls it; process 0 writes."""
+  out, source = os.fspath(out), os.fspath(source)
+  hf.save(out, config, params, hf_config=hf.read_config(source), dtype=dtype)
+  if jax.process_index() != 0:
+    return
+  if gguf.is_gguf(source):
+    gguf.open_file(source).save_tokenizer(out)
+  else:
+    hf.copy_tokenizer(source, out)
 
 
 _MODEL = flags.DEFINE_string(

@@ -6,6 +6,7 @@ constructor. `config.algo.name` may also be the import path of an `Entry`
 of one's own (`'my_package.my_algo:ENTRY'`; see docs/extending.md).
 """
 
+import dataclasses
 from typing import Callable, NamedTuple
 
 import ml_collections
@@ -66,6 +67,31 @@ ALGORITHMS.register('ilql', Entry(ilql.ILQLConfig, ilql.make))
 def default_config(name: str) -> ml_collections.ConfigDict:
   """`config.algo` for algorithm `name` with every field at its default."""
   return base.config_dict(ALGORITHMS.get(name).config_cls, name)
+
+
+def any_config(name: str = 'grpo') -> ml_collections.ConfigDict:
+  """`config.algo` for a config that trains any algorithm: `name`, and every
+  hyperparameter of every registered algorithm as an unset placeholder.
+
+  A field left unset (None) takes the named algorithm's default, so
+  `--config.algo.name=ppo --config.algo.clip_eps=0.1` works from the command
+  line; setting a field that the named algorithm does not have fails in
+  `make`, naming it.
+  """
+  fields: dict[str, type] = {}
+  for algo_name in ALGORITHMS.names():
+    for field in dataclasses.fields(ALGORITHMS.get(algo_name).config_cls):
+      kind = type(field.default)
+      if kind not in (bool, int, float, str):
+        continue  # Not settable from a flag as a scalar.
+      # An int field of one algorithm and a float one of another: float.
+      if {kind, fields.get(field.name, kind)} == {int, float}:
+        kind = float
+      fields[field.name] = kind
+  ALGORITHMS.get(name)  # Fails on an unknown name.
+  return ml_collections.ConfigDict(
+      {'name': name, **{k: ml_collections.config_dict.placeholder(kind)
+                        for k, kind in sorted(fields.items())}})
 
 
 def make(algo_config: ml_collections.ConfigDict) -> Algorithm:

@@ -252,7 +252,9 @@ def make_config(cls, algo_config: ml_collections.ConfigDict):
   that it does not have fails here, naming the field and the known ones.
   """
   fields = {f.name for f in dataclasses.fields(cls)}
-  given = {k: v for k, v in algo_config.items() if k != 'name'}
+  # None: unset (`algos.any_config`'s placeholders), the default.
+  given = {k: v for k, v in algo_config.items()
+           if k != 'name' and v is not None}
   unknown = sorted(set(given) - fields)
   if unknown:
     raise ValueError(f'Unknown field(s) config.algo.{", config.algo.".join(unknown)}'

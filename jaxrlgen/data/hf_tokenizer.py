@@ -64,6 +64,13 @@ class HFTokenizer(Batching):
     self.chat_template = chat_template
 
   @classmethod
+  def from_path(cls, path: str | os.PathLike[str]) -> 'HFTokenizer':
+    """The tokenizer of a checkpoint: a `.gguf` file or a Hugging Face
+    directory."""
+    from jaxrlgen.models import gguf  # pylint: disable=g-import-not-at-top
+    return cls.from_gguf(path) if gguf.is_gguf(path) else cls.from_dir(path)
+
+  @classmethod
   def from_gguf(cls, path: str | os.PathLike[str]) -> 'HFTokenizer':
     """The tokenizer stored in a GGUF file's metadata (byte-level BPE)."""
     from jaxrlgen.models import gguf  # pylint: disable=g-import-not-at-top

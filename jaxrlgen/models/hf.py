@@ -299,7 +299,10 @@ ARCHITECTURES: dict[str, Family] = {
 
 
 def read_config(path: str | os.PathLike[str]) -> dict:
-  """The checkpoint's config.json."""
+  """The checkpoint's config.json (for a `.gguf` file, its equivalent)."""
+  from jaxrlgen.models import gguf  # pylint: disable=g-import-not-at-top
+  if gguf.is_gguf(path):
+    return gguf.hf_config(path)
   file = os.path.join(path, CONFIG_FILE)
   if not os.path.exists(file):
     raise FileNotFoundError(f'{file} does not exist: a Hugging Face checkpoint '

@@ -17,6 +17,7 @@ before anything is computed.
 import contextlib
 import dataclasses
 import functools
+import json
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from jaxrlgen import algos
+from jaxrlgen import export as export_lib
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen import parallel
 from jaxrlgen import rewards
@@ -172,9 +174,10 @@ class OfflineConfig:
 class RewardConfig:
   """`config.reward`: a weighted sum of rewards."""
 
-  # (reward name or import path, weight) pairs; (): the task's default
-  # reward (or `fn`).
-  terms: rewards.Terms = ()
+  # (reward name or import path, weight) pairs, or the same written as a
+  # dict literal ("{'my.mod:score': 1.0, 'format': 0.1}"); (): the task's
+  # default reward (or `fn`).
+  terms: rewards.Terms | str = ()
   # Import path of fn(completion, **fields) -> float (or of a JAX reward or
   # a factory): the whole reward, weight 1, in place of `terms`; '': none.
   fn: str = ''
@@ -187,6 +190,12 @@ class RewardConfig:
 
   def __post_init__(self):
     schema.non_negative(self, 'target_length', 'tolerance', 'timeout_s')
+    if isinstance(self.terms, str):  # From the command line.
+      try:
+        terms = rewards.parse_terms(self.terms, 'terms')
+      except ValueError as e:
+        raise schema.FieldError('terms', '=' + str(e).split('=', 1)[1]) from None
+      object.__setattr__(self, 'terms', terms)
 
   def context(self) -> dict:
     """What reward factories read besides the tokenizer and fields."""
@@ -449,57 +458,92 @@ def reward_terms(settings: Settings) -> dict[str, float]:
 
 
 def make_evaluator(env, reward_fn, batches, policy_params,
-                   layout: parallel.Layout, *, fields=None, prefix: str = ''):
+                   layout: parallel.Layout, *, fields=None, prefix: str = '',
+                   samples: 'SampleWriter | None' = None):
   """state -> {'eval/accuracy', 'eval/mean_length'} over greedy completions.
 
   `env` is the text environment or a sampling strategy of it (a search):
   anything with `greedy()` and `rollout(params, batch, key)`. `batches` are
   this process's shares of the evaluation batches (`fields` of each are
-  kept: default, all); sums are reduced on the devices, so every process
-  gets the global figures. `prefix` (of the metric names, e.g. 'mcts_')
-  tells decoders apart.
+  kept: default, all); per-example results are gathered on every process,
+  so every process gets the global figures. `prefix` (of the metric names,
+  e.g. 'mcts_') tells decoders apart. `samples` writes every completion with
+  its reward at each evaluation.
   """
-  decode = functools.partial(step_lib.greedy_eval_step, env=env.greedy(),
-                             reward_fn=reward_fn)
-
-  def sums(params, batch):
-    reward, rollout = decode(params, batch)
-    return jnp.sum(reward), jnp.sum(rollout.mask), reward.shape[0]
-
-  eval_step = jax.jit(sums, out_shardings=parallel.replicated(layout.mesh))
+  eval_step = jax.jit(
+      functools.partial(step_lib.greedy_eval_step, env=env.greedy(),
+                        reward_fn=reward_fn),
+      out_shardings=parallel.replicated(layout.mesh))
   batches = [layout.batch(fields(b) if fields else b) for b in batches]
 
   def evaluate(state) -> dict[str, float]:
-    totals = np.zeros(3)
-    for batch in batches:
-      totals += np.array(jax.device_get(
-          eval_step(policy_params(state.params), batch)), np.float64)
-    correct, length, count = totals
-    return {f'eval/{prefix}accuracy': float(correct / count),
-            f'eval/{prefix}mean_length': float(length / count)}
+    params = policy_params(state.params)
+    outs = [jax.device_get(eval_step(params, batch)) for batch in batches]
+    reward = np.concatenate([r for r, _, _ in outs]).astype(np.float64)
+    mask = np.concatenate([np.asarray(o.mask) for _, _, o in outs])
+    if samples is not None:
+      samples.write(int(state.step), prefix, outs)
+    return {f'eval/{prefix}accuracy': float(np.mean(reward)),
+            f'eval/{prefix}mean_length': float(np.mean(np.sum(mask, 1)))}
 
   return evaluate
 
 
+class SampleWriter:
+  """Writes `DIR/STEP.jsonl` (`DIR/mcts_STEP.jsonl` for a search's): one line
+  per held-out prompt with its greedy completion, reward and whether the
+  reward failed, so that a person can read what the policy writes."""
+
+  def __init__(self, directory, tokenizer):
+    self.directory = directory
+    self.tokenizer = tokenizer
+
+  def write(self, step: int, prefix: str, outs) -> None:
+    """`outs`: per evaluation batch, (rewards, failed, greedy rollout)."""
+    if not parallel.is_primary():
+      return
+    self.directory.mkdir(parents=True, exist_ok=True)
+    # A chat prompt holds end-of-turn tokens, which may be EOS: read past them.
+    decode = lambda ids, keep, whole: self.tokenizer.decode(
+        np.asarray(ids)[np.asarray(keep, bool)], stop_at_eos=not whole)
+    lines = []
+    for reward, failed, rollout in outs:
+      prompt, prompt_mask = rollout.context['tokens'], rollout.context['mask']
+      for i in range(len(reward)):
+        lines.append(json.dumps({
+            'prompt': decode(prompt[i], prompt_mask[i], True),
+            'completion': decode(rollout.actions[i], rollout.mask[i], False),
+            'reward': float(reward[i]), 'failed': bool(failed[i])},
+                                ensure_ascii=False))
+    path = self.directory / f'{prefix}{step}.jsonl'
+    tmp = path.with_name(path.name + '.tmp')  # Never read half-written.
+    tmp.write_text('\n'.join(lines) + '\n')
+    tmp.replace(path)
+
+
 def _hf_overrides(model: ml_collections.ConfigDict) -> dict:
-  # The fields of an HF config's `model` section beside `path`.
-  return {k: v for k, v in model.items() if k != 'path'}
+  # The fields of the `model` section that apply to a released model.
+  return {k: v for k, v in model.items() if k not in ('path', 'random')}
 
 
 def model_and_tokenizer(model: ml_collections.ConfigDict):
   """(tokenizer, TransformerConfig) of `config.model`.
 
-  With `model.path`, a Hugging Face checkpoint directory: its config.json and
-  tokenizer, with the section's other fields (max_seq_len, param_dtype,
-  dtype, remat, ...) overriding; otherwise the byte tokenizer and a fresh
-  model of the section's TransformerConfig fields.
+  With `model.path`, a Hugging Face checkpoint directory or a `.gguf` file:
+  its config and tokenizer, with the section's other fields (max_seq_len,
+  param_dtype, dtype, remat, ...) overriding; otherwise the byte tokenizer
+  and a fresh model of the section's TransformerConfig fields. A section
+  may keep the architecture of its fresh model apart, in `model.random`
+  (ignored when there is a path), so that giving a path is all it takes to
+  switch to a released model.
   """
+  fields = _hf_overrides(model)
   if model.get('path'):
-    return (HFTokenizer.from_dir(model.path),
-            hf.model_config(hf.read_config(model.path),
-                            **_hf_overrides(model)))
-  return ByteTokenizer(), schema.parse(tfm.TransformerConfig, model,
-                                       'config.model')
+    return (HFTokenizer.from_path(model.path),
+            hf.model_config(hf.read_config(model.path), **fields))
+  return ByteTokenizer(), schema.parse(
+      tfm.TransformerConfig, {**model.get('random', {}), **fields},
+      'config.model')
 
 
 def default_layout(model_cfg: tfm.TransformerConfig) -> parallel.Layout:
@@ -625,7 +669,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
       settings, config.algo.get('max_staleness', 1), state, env, reward_fn,
       algo, tx, sampler, offline, task, layout)
   evaluate = _evaluator(settings.eval, algo.decoding_env(env), reward_fn,
-                        algo, sampler, task, layout)
+                        algo, sampler, task, layout, workdir)
   with writers.MetricWriter(str(workdir), resume_step=resume_step) as writer:
     state = fit(
         state,
@@ -689,26 +733,27 @@ def _fit_and_batches(settings: Settings, max_staleness: int, state, env,
 
 
 def _evaluator(eval_cfg: EvalConfig, env: TextEnv, reward_fn, algo, sampler,
-               task: Task, layout: parallel.Layout):
+               task: Task, layout: parallel.Layout, workdir):
   """Held-out evaluation of greedy decoding with `env` (the algorithm's
-  decoding policy) and, with a search sampler, of noise-free MCTS too."""
+  decoding policy) and, with a search sampler, of noise-free MCTS too; the
+  completions go to `workdir/samples/`."""
   eval_batches = task.eval_batches(eval_cfg.num_examples, eval_cfg.batch_size)
+  samples = SampleWriter(workdir / 'samples', task.tokenizer)
   evaluate = make_evaluator(env, reward_fn, eval_batches, algo.policy_params,
-                            layout, fields=task.rl_fields)
+                            layout, fields=task.rl_fields, samples=samples)
   if sampler is None:
     return evaluate
   mcts_eval = make_evaluator(sampler, reward_fn, eval_batches,
                              algo.policy_params, layout,
-                             fields=task.rl_fields, prefix='mcts_')
+                             fields=task.rl_fields, prefix='mcts_',
+                             samples=samples)
   return lambda state: {**evaluate(state), **mcts_eval(state)}
 
 
 def _export(source: str, export: str, model_cfg, params) -> None:
   """The trained policy as a Hugging Face checkpoint beside its source's
   tokenizer."""
-  hf.save(export, model_cfg, params, hf_config=hf.read_config(source))
-  if parallel.is_primary():
-    hf.copy_tokenizer(source, export)
+  export_lib.write(export, source, model_cfg, params)
 
 
 def memory_report(state: TrainState, env: TextEnv, num_prompts: int,

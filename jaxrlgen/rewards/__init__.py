@@ -26,6 +26,7 @@ from jaxrlgen.rewards import text
 from jaxrlgen.rewards import verifiers
 from jaxrlgen.rewards.base import check_terms
 from jaxrlgen.rewards.base import make
+from jaxrlgen.rewards.base import parse_terms
 from jaxrlgen.rewards.base import REWARDS
 from jaxrlgen.rewards.base import Terms
 from jaxrlgen.rewards.base import Weighted
@@ -61,4 +62,4 @@ for _name, _factory in verifiers.FACTORIES.items():
   REWARDS.register(_name, _factory)
 
 __all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'fields',
-           'functions', 'host', 'image', 'make', 'text', 'verifiers']
+           'functions', 'host', 'image', 'make', 'parse_terms', 'text', 'verifiers']

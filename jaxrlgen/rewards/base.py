@@ -16,6 +16,7 @@ of a factory, a JAX reward or a per-item Python function
 `fn(completion, **fields) -> float` (`jaxrlgen.rewards.functions`).
 """
 
+import ast
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -68,6 +69,29 @@ class Weighted:
 
   def __call__(self, rollout: Rollout, batch) -> jax.Array:
     return self.with_failures(rollout, batch)[0]
+
+
+def parse_terms(text: str, flag: str = 'config.reward.terms') -> Terms:
+  """Terms written on the command line: a dict literal
+  `"{'my.mod:score': 1.0, 'format': 0.1}"` or a literal of (name, weight)
+  pairs; '' or '{}': none."""
+  if not text.strip():
+    return ()
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(
+        f'{flag}={text!r} is not a Python literal ({e}); write '
+        "\"{'name': weight, ...}\" or \"(('name', weight), ...)\".") from None
+  items = value.items() if isinstance(value, dict) else value
+  try:
+    pairs = tuple((name, float(weight)) for name, weight in items)
+  except (TypeError, ValueError):
+    raise ValueError(f'{flag}={text!r}: each term is a reward name (or '
+                     'import path) and a numeric weight.') from None
+  if not all(isinstance(name, str) for name, _ in pairs):
+    raise ValueError(f'{flag}={text!r}: reward names must be strings.')
+  return pairs
 
 
 def check_terms(terms: Terms | Mapping[str, float],

@@ -182,6 +182,7 @@ def sft_step(state: TrainState, batch, key: jax.Array, *, env,
 
 
 def greedy_eval_step(params, batch, *, env, reward_fn: RewardFn):
-  """Per-example rewards of greedy completions: f32[N] (one per prompt)."""
+  """Greedy completions of the batch's prompts (`env` decodes greedily, one
+  sample each): (rewards f32[N], failed bool[N], rollout)."""
   rollout = env.rollout(params, batch, jax.random.key(0))
-  return reward_fn(rollout, batch), rollout
+  return (*rollout_lib.score(reward_fn, rollout, batch), rollout)

@@ -31,6 +31,7 @@ from jaxrlgen.models import gguf as gguf_lib
 from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.policies import LMPolicy
+from tests.models.test_hf import our_logits
 
 Q = gguf.GGMLQuantizationType
 
@@ -149,15 +150,6 @@ def write_tiny(path: str, *, arch: str = 'llama', tied: bool = False,
   writer.write_tensors_to_file()
   writer.close()
   return originals
-
-
-def our_logits(config, params, tokens: np.ndarray) -> np.ndarray:
-  model = tfm.Transformer(config)
-  mask = jnp.ones(tokens.shape, jnp.bool_)
-  hidden, _ = model.apply({'params': params}, tokens,
-                          tfm.positions_from_mask(mask), mask)
-  return np.asarray(model.apply({'params': params}, hidden,
-                                method=model.logits))
 
 
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:

@@ -45,7 +45,8 @@ def wants_date(completion, date):
 '''
 
 
-def _rollout(completions, prompts):
+def text_rollout(completions, prompts):
+  """Byte-token completions (EOS-terminated) with their prompts."""
   def pad(texts, eos):
     ids = [TOK.encode(t, add_eos=eos) for t in texts]
     return TOK.pad_batch(ids, max(map(len, ids)), 'right')
@@ -76,7 +77,7 @@ def module(tmp_path, monkeypatch):
 
 
 def test_item_function_from_file_and_module_with_penalty(module):
-  rollout = _rollout(['4', ' 5 ', 'boom', 'x'], ['p0', 'p1', 'p2', 'p3'])
+  rollout = text_rollout(['4', ' 5 ', 'boom', 'x'], ['p0', 'p1', 'p2', 'p3'])
   batch = _batch(['4', '5', '6', 'y'], [0, 1, 2, 3])
   context = dict(tokenizer=TOK, fields=('answer', 'n'), penalty=-1.0)
   for path in (f'{module}/scoring.py:score', 'mypkg.scoring:score'):
@@ -90,7 +91,7 @@ def test_item_function_from_file_and_module_with_penalty(module):
 
 
 def test_jax_reward_and_factory_by_path(module):
-  rollout = _rollout(['ab', 'c'], ['p', 'q'])
+  rollout = text_rollout(['ab', 'c'], ['p', 'q'])
   reward = rewards.make({'mypkg.scoring:length': 1.0,
                          f'{module}/scoring.py:make_scaled': 0.5},
                         tokenizer=TOK, fields=('answer',), target_length=3)

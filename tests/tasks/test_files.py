@@ -14,12 +14,12 @@ from jaxrlgen import rewards
 from jaxrlgen import schema
 from jaxrlgen import tasks
 from jaxrlgen.core import rollout as rollout_lib
-from jaxrlgen.core.types import Rollout
 from jaxrlgen.data import chat
 from jaxrlgen.data.pipeline import batch_indices
 from jaxrlgen.data.pipeline import get_batch
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.tasks import files
+from tests.rewards.test_functions import text_rollout
 
 TOK = ByteTokenizer()
 SPEC = tasks.get('files')
@@ -184,19 +184,6 @@ def test_chat_template_system_prompt_and_json_and_arrow(tmp_path):
           eval_files=str(folder), prompt_field='question')
 
 
-def _rollout(completions, prompts):
-  """Byte-token completions (EOS-terminated) with their prompts."""
-  def pad(texts, eos):
-    ids = [TOK.encode(t, add_eos=eos) for t in texts]
-    return TOK.pad_batch(ids, max(map(len, ids)), 'right')
-  actions, mask = pad(completions, True)
-  tokens, prompt_mask = pad(prompts, False)
-  return Rollout(context={'tokens': jnp.asarray(tokens),
-                          'mask': jnp.asarray(prompt_mask)},
-                 actions=jnp.asarray(actions), logp=jnp.zeros(actions.shape),
-                 mask=jnp.asarray(mask))
-
-
 def test_text_fields_reach_a_host_reward_exactly_inside_jit():
   answers = ['Ünïcode ∑ 🙂', '', 'nul\x00byte  ', '42']
   records = [{'prompt': f'p{i}', 'completion': 'c', 'answer': a, 'n': i}
@@ -218,7 +205,7 @@ def test_text_fields_reach_a_host_reward_exactly_inside_jit():
   repeated = rollout_lib.repeat_batch(
       {k: jnp.asarray(v) for k, v in batch.items()}, group)
   completions = [a if j == 0 else 'no' for a in answers for j in range(group)]
-  rollout = _rollout(completions, [f'p{i}' for i in range(4)
+  rollout = text_rollout(completions, [f'p{i}' for i in range(4)
                                    for _ in range(group)])
   got = jax.jit(reward)(rollout, repeated)
   np.testing.assert_array_equal(
