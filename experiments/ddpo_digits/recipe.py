@@ -31,6 +31,7 @@ import optax
 
 from experiments.ddpo_digits import config as config_lib
 from jaxrlgen import algos
+from jaxrlgen import parallel
 from jaxrlgen.algos import base
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import digits
@@ -335,16 +336,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
                   if algo.uses_reference else None),
       algo_state=algos.init_algo_state(algo, params))
-  # With a host reward (the image encoders), failed encodings are counted.
-  step_fn = jax.jit(functools.partial(step_lib.rl_step, reward_fn=reward_fn,
-                                      env=env, algo=algo, tx=tx),
-                    donate_argnums=0)
+  # Jitted as every recipe's RL step is (`Layout.jit_step`): the U-Net
+  # names no logical axes, so its parameters are replicated and the
+  # conditions split over the mesh's data axes. With a host reward (the
+  # image encoders), failed encodings are counted.
+  layout = parallel.Layout(parallel.make_mesh(), {})
+  step_fn = layout.jit_step(functools.partial(
+      step_lib.rl_step, reward_fn=reward_fn, env=env, algo=algo, tx=tx), state)
+  batch_fn = make_batch_fn(cfg.rl, cfg.seed)
   sample = make_sampler(env, reward_fn, classifier_model, classifier_params)
   evaluate = make_evaluator(sample, cfg.eval, cfg.seed, algo.policy_params,
                             workdir)
   name = cfg.algo.name
   state, _ = loop.run_stage(
-      workdir, state, step_fn=step_fn, batch_fn=make_batch_fn(cfg.rl, cfg.seed),
+      workdir, state, step_fn=step_fn,
+      batch_fn=lambda step: layout.batch(batch_fn(step)),
       key=jax.random.key(cfg.seed + 60),
       config=loop.LoopConfig(total_steps=cfg.total_steps,
                              log_every=cfg.log_every,
