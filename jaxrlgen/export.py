@@ -16,8 +16,8 @@ import os
 
 from absl import app
 from absl import flags
-import jax
 
+from jaxrlgen import parallel
 from jaxrlgen.models import gguf
 from jaxrlgen.models import hf
 
@@ -62,7 +62,7 @@ def write(out: str | os.PathLike[str], source: str | os.PathLike[str],
   calls it; process 0 writes."""
   out, source = os.fspath(out), os.fspath(source)
   hf.save(out, config, params, hf_config=hf.read_config(source), dtype=dtype)
-  if jax.process_index() != 0:
+  if not parallel.is_primary():
     return
   if gguf.is_gguf(source):
     gguf.open_file(source).save_tokenizer(out)
@@ -70,18 +70,23 @@ def write(out: str | os.PathLike[str], source: str | os.PathLike[str],
     hf.copy_tokenizer(source, out)
 
 
-_MODEL = flags.DEFINE_string(
-    'model', None, 'A Hugging Face checkpoint directory or a .gguf file.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', DTYPES,
-                           'dtype of the written tensors.')
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command's flags (only when run as a command: importing the
+  module, as the recipes do, must not add --model / --out / --dtype)."""
+  fv = dict(flag_values=flag_values)
+  flags.DEFINE_string('model', None, 'A Hugging Face checkpoint directory or '
+                      'a .gguf file.', **fv)
+  flags.DEFINE_string('out', None, 'Output directory.', **fv)
+  flags.DEFINE_enum('dtype', 'float32', DTYPES, 'dtype of the written '
+                    'tensors.', **fv)
+  flags.mark_flags_as_required(['model', 'out'], flag_values=flag_values)
 
 
 def main(argv):
   del argv
-  print(export(_MODEL.value, _OUT.value, _DTYPE.value))
+  print(export(flags.FLAGS.model, flags.FLAGS.out, flags.FLAGS.dtype))
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['model', 'out'])
+  define_flags()
   app.run(main)

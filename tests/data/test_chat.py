@@ -113,3 +113,15 @@ def test_conversation_and_from_dir(tmp_path):
   assert template.render([{'role': 'user', 'content': 'x'},
                           {'role': 'assistant', 'content': 'y'}]) == (
                               '<s>[INST] x [/INST]y</s>')
+
+
+def test_tokenizer_special_tokens_reach_the_template():
+  """A template that reads bos_token / eos_token gets the tokenizer's."""
+  from jaxrlgen.data.hf_tokenizer import HFTokenizer  # pylint: disable=g-import-not-at-top
+  names = {0: '<s>', 1: '</s>'}
+  tokenizer = HFTokenizer(
+      encode=lambda text: [], decode=lambda ids: ''.join(names[i] for i in ids),
+      vocab_size=2, eos_id=1, bos_id=0,
+      chat_template='{{ bos_token }}{{ messages[0].content }}{{ eos_token }}')
+  template = chat.of_tokenizer(tokenizer)
+  assert template.render([{'role': 'user', 'content': 'hi'}]) == '<s>hi</s>'

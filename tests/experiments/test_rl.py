@@ -12,13 +12,11 @@ from ml_collections import config_flags
 import numpy as np
 import pytest
 
-pytest.importorskip('gguf')
-
-from experiments.rl import config as rl_config  # pylint: disable=g-import-not-at-top
+from jaxrlgen import algos
 from jaxrlgen import recipes
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
+from jaxrlgen.recipes import text_rl
 from jaxrlgen.train import writers
-from tests.models import test_gguf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -49,6 +47,8 @@ def _flags_config(*overrides):
 
 
 def test_gguf_ppo_with_a_reward_from_a_file(tmp_path):
+  pytest.importorskip('gguf')
+  from tests.models import test_gguf  # pylint: disable=g-import-not-at-top
   model = str(tmp_path / 'tiny.gguf')
   test_gguf.write_tiny(model)
   (tmp_path / 'score.py').write_text(SCORE)
@@ -94,15 +94,29 @@ def test_reward_terms_and_algorithm_fields_from_flags():
   config = _flags_config(
       "--config.reward.terms={'my.mod:score': 1.0, 'regex_format': 0.1}",
       '--config.algo.name=rloo')
-  from jaxrlgen.recipes import text_rl  # pylint: disable=g-import-not-at-top
   settings = text_rl.parse(config)
   assert settings.reward.terms == (('my.mod:score', 1.0),
                                    ('regex_format', 0.1))
-  with pytest.raises(ValueError, match='config.reward.terms.*literal'):
-    text_rl.parse(_flags_config("--config.reward.terms={'a': 1.0"))
-  with pytest.raises(ValueError, match='config.reward.terms.*weight'):
-    text_rl.parse(_flags_config("--config.reward.terms={'a': 'heavy'}"))
+  for terms, error in (("{'a': 1.0", 'literal'), ("{'a': 'heavy'}", 'weight')):
+    config = _flags_config(f'--config.reward.terms={terms}')
+    with pytest.raises(ValueError, match=f'config.reward.terms.*{error}'):
+      text_rl.parse(config)
+  config = _flags_config('--config.algo.name=rloo',
+                         '--config.algo.epsilon_low=0.1')
   with pytest.raises(ValueError, match='config.algo.epsilon_low'):
-    from jaxrlgen import algos  # pylint: disable=g-import-not-at-top
-    algos.make(_flags_config('--config.algo.name=rloo',
-                             '--config.algo.epsilon_low=0.1').algo)
+    algos.make(config.algo)
+
+
+def test_package_paths_resolve_to_shipped_files():
+  from jaxrlgen.models import hf  # pylint: disable=g-import-not-at-top
+  # The smollm2 variant loads without the model installed; the run finds it.
+  from experiments.rl import config as rl_config  # pylint: disable=g-import-not-at-top
+  assert rl_config.get_config('smollm2').model.path.startswith(
+      hf.PACKAGE_SCHEME)
+  shipped = hf.resolve('package://json/__init__.py')
+  assert os.path.isfile(shipped) and shipped.endswith('json/__init__.py')
+  assert hf.resolve('/models/x.gguf') == '/models/x.gguf'
+  with pytest.raises(ValueError, match='pip install no-such-pkg'):
+    hf.resolve('package://no_such_pkg/model.gguf')
+  with pytest.raises(ValueError, match='no file'):
+    hf.resolve('package://json/model.gguf')
