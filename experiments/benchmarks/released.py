@@ -82,8 +82,9 @@ def main(argv):
               max_new_tokens=t, min_new_tokens=t, eos_token_id=None,
               suppress_tokens=[tokenizer.eos_id], pad_token_id=0)
 
-      jax.block_until_ready(ours())
-      theirs()
+      # Warm-up, and both produce every token asked for.
+      assert ours().shape == (n * g, t)
+      assert tuple(theirs().shape) == (n * g, prompt.shape[1] + t)
       best = {'jaxrlgen': float('inf'), 'transformers': float('inf')}
       for _ in range(_REPEATS.value):  # Interleaved: the same machine.
         for name, fn in (('jaxrlgen', ours), ('transformers', theirs)):
