@@ -9,15 +9,18 @@ sum that `config.reward.terms` ((name, weight) pairs) describes.
 
 Verifiers (`verifiers`: `exact_string`, `numeric_answer`, `math_answer`,
 `regex_format`) check the decoded completion against a field of its record
-on the host. A term may also be the import path of a per-item Python
-function `fn(completion, **fields) -> float`, a JAX reward or a factory
-(`functions`); text fields reach host rewards as strings (`fields`).
+on the host; `unit_tests` (`code`) runs the completion's program against
+the record's tests in the sandbox (`sandbox`). A term may also be the import
+path of a per-item Python function `fn(completion, **fields) -> float`, a
+JAX reward or a factory (`functions`); text fields reach host rewards as
+strings (`fields`).
 """
 
 import functools
 
 import jax.numpy as jnp
 
+from jaxrlgen.rewards import code
 from jaxrlgen.rewards import fields
 from jaxrlgen.rewards import functions
 from jaxrlgen.rewards import host
@@ -60,6 +63,7 @@ REWARDS.register('format', _format)
 REWARDS.register('length_penalty', _length_penalty)
 for _name, _factory in verifiers.FACTORIES.items():
   REWARDS.register(_name, _factory)
+REWARDS.register('unit_tests', code.make_unit_tests)
 
-__all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'fields',
+__all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'code', 'fields',
            'functions', 'host', 'image', 'make', 'parse_terms', 'text', 'verifiers']
