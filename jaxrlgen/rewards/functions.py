@@ -30,7 +30,7 @@ from jaxrlgen.rewards import host
 
 FLAG = 'config.reward.fn / config.reward.terms'
 # Context keys that are options of the host bridge, not factory inputs.
-BRIDGE_OPTIONS = ('penalty', 'timeout_s', 'max_workers')
+BRIDGE_OPTIONS = ('penalty', 'timeout_s', 'max_workers', 'backend')
 
 ITEM, JAX, FACTORY = 'item', 'jax', 'factory'
 
@@ -127,7 +127,8 @@ def from_object(obj: Callable[..., Any], name: str,
     name: the path, for messages.
     context: the run's context: `tokenizer` (needed by a per-item function),
       `fields` (the task's reward fields, or None), `penalty`, `timeout_s`,
-      `max_workers` (the host bridge's options) and whatever factories read.
+      `max_workers`, `backend` (the host bridge's options) and whatever
+      factories read.
   """
   what = kind(obj, name, tuple(context))
   if what == JAX:

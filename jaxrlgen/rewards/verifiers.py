@@ -95,6 +95,10 @@ def _bridge_options(context) -> dict:
           if context.get(k) is not None}
 
 
+def _with_field(fn, field: str, completion: str, **values) -> float:
+  return fn(completion, values[field])
+
+
 def _answer_reward(fn, name: str, *, tokenizer, answer_field: str = 'answer',
                    fields=None, **context):
   if fields is not None and answer_field not in fields:
@@ -103,9 +107,9 @@ def _answer_reward(fn, name: str, *, tokenizer, answer_field: str = 'answer',
         f'({FIELD_FLAG}), which the task\'s records lack; they have '
         f'{sorted(fields)}. Set {FIELD_FLAG} to one of them.')
 
-  def item(completion, **values):
-    return fn(completion, values[answer_field])
-
+  # A partial of module-level functions, not a closure: it pickles, so it
+  # can run in worker processes (backend='process').
+  item = functools.partial(_with_field, fn, answer_field)
   item.__name__ = name
   return host.text_reward(item, tokenizer, fields=(answer_field,),
                           **_bridge_options(context))

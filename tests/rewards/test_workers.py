@@ -1,0 +1,102 @@
+"""The host-reward process backend against items that hang, crash or loop:
+each costs only its penalty, and nothing is left behind."""
+
+import os
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrlgen import rewards as rewards_lib
+from jaxrlgen.core.types import Rollout
+from jaxrlgen.data.tokenizer import ByteTokenizer
+from jaxrlgen.rewards import host
+from jaxrlgen.rewards import workers
+from tests.rewards import bad_items
+
+TOK = ByteTokenizer()
+
+
+def descendants(pid: int | str = 'self') -> int:
+  """Processes below `pid`: children, theirs (the fork server's workers)..."""
+  n = 0
+  try:
+    tasks = os.listdir(f'/proc/{pid}/task')
+  except OSError:  # It ended meanwhile.
+    return 0
+  for task in tasks:
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        children = f.read().split()
+    except OSError:
+      continue
+    n += sum(1 + descendants(c) for c in children)
+  return n
+
+
+def counts() -> tuple[int, int, int]:
+  """(Python threads, OS threads, descendant processes) of this process."""
+  return (threading.active_count(), len(os.listdir('/proc/self/task')),
+          descendants())
+
+
+def test_every_kind_of_bad_item_costs_only_its_penalty():
+  n = 5 * len(bad_items.KINDS)  # 50 items, 5 of each kind.
+  call = jax.jit(host.host_reward(bad_items.item, penalty=-1.0, timeout_s=0.2,
+                                  max_workers=2, backend='process'))
+  # The first call starts the pool (and multiprocessing's fork server and
+  # resource tracker) and JAX's threads; the counts after it are the
+  # baseline.
+  rewards, failed = call(jnp.zeros(n, jnp.int32))
+  assert not failed.any()
+  before = counts()
+  pool = workers.pool(2)
+  restarts = pool.restarts
+  rewards, failed = call(jnp.arange(n))
+  kinds = np.array([bad_items.KINDS[i % len(bad_items.KINDS)]
+                    for i in range(n)])
+  good = (kinds == 'ok') | (kinds == 'array')
+  np.testing.assert_array_equal(failed, ~good)
+  np.testing.assert_array_equal(rewards, np.where(good, np.arange(n), -1.0))
+  # Every exit, segfault, GIL loop and sleep cost its worker, no more.
+  assert pool.restarts - restarts == 4 * 5
+  assert counts() == before
+  # The pool is reused, not made again per call.
+  assert workers.pool(2) is pool and len(pool.pids()) == 2
+
+
+def test_text_reward_gives_the_same_as_threads_in_jit():
+  texts, gold = ['1', '2 ', 'x'], ['1', '2', '3']
+  ids = [TOK.encode(t, add_eos=True) for t in texts]
+  actions, mask = TOK.pad_batch(ids, max(map(len, ids)), 'right')
+  rollout = Rollout(context={'tokens': jnp.zeros((3, 1), jnp.int32),
+                             'mask': jnp.ones((3, 1), bool)},
+                    actions=jnp.asarray(actions), logp=jnp.zeros(actions.shape),
+                    mask=jnp.asarray(mask))
+  batch = {'answer': jnp.asarray(rewards_lib.fields.encode_texts(gold, 4))}
+  got = {}
+  for backend in host.BACKENDS:
+    reward = rewards_lib.make({'exact_string': 1.0}, tokenizer=TOK,
+                              fields=('answer',), backend=backend,
+                              max_workers=2)
+    got[backend] = jax.jit(reward.with_failures)(rollout, batch)
+  np.testing.assert_array_equal(got['process'][0], [1, 1, 0])
+  for a, b in zip(got['thread'], got['process']):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match='cannot run in worker processes'):
+    host.text_reward(lambda completion: 1.0, TOK, backend='process')
+  with pytest.raises(ValueError, match="backend='fork' must be one of"):
+    host.host_reward(bad_items.item, backend='fork')
+
+
+@pytest.mark.slow
+def test_1000_hanging_items_leave_nothing_behind():
+  call = host.host_reward(bad_items.hang, timeout_s=0.01, max_workers=2,
+                          backend='process')
+  call.host(np.zeros(2))
+  before = counts()
+  rewards, failed = call.host(np.zeros(1000))
+  assert failed.all() and not rewards.any()
+  assert counts() == before
