@@ -129,6 +129,11 @@ report = a['status_fd']
 os.set_inheritable(report, False)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+# Dies with the thread that started it (a reward worker killed for hanging,
+# say), and with it the program (below).
+libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+if os.getppid() != a['parent']:
+  os._exit(1)
 iso = {}
 errors = []
 
@@ -370,7 +375,7 @@ def run_python(code: str, *, stdin: str = '', timeout_s: float = 10.0,
     stdin_file.seek(0)
     status_r, status_w = os.pipe()
     args = dict(
-        status_fd=status_w, workdir=workdir, program=program, path=PATH,
+        parent=os.getpid(), status_fd=status_w, workdir=workdir, program=program, path=PATH,
         python=own_python, fresh_python=fresh_python,
         fresh_uid=_FRESH_UID_BASE + random.SystemRandom().randrange(1 << 24),
         isolate=bool(isolate), max_processes=int(max_processes),

@@ -10,44 +10,59 @@ that dies (exit, signal) fails its call and is replaced; a call that raises
 or returns something other than a finite number fails. Each failed call
 gets its own error message; the other calls are not affected.
 
+Workers are forked from a zygote: a fresh interpreter (not a fork of the
+caller, whose JAX threads make `fork` unsafe) that imports
+`jaxrlgen.rewards` and each reward function's module once, then forks a
+worker on request, so a replacement costs milliseconds rather than a new
+interpreter's import of JAX. A worker connects back over a Unix socket and
+is watched through a pidfd (a handle no reused pid can fool). It dies with
+the zygote (`PR_SET_PDEATHSIG`), and the zygote exits when the caller's
+end of its pipe closes, so nothing outlives the caller.
+
 The pool runs in the calling thread (no helper threads) and is kept for
 reuse: `pool(size)` returns the same pool on every call. Between calls its
-processes are: `size` workers, multiprocessing's fork server (workers are
-forked from it, single-threaded, with `jaxrlgen.rewards` already imported,
-so a replacement costs milliseconds rather than a fresh interpreter's
-import of JAX) and multiprocessing's resource tracker. That set does not
-grow with the number of items or of failures. Measured on 2 CPU cores (see
-`tests/rewards/test_host.py` and
-`experiments/benchmarks/host_reward_processes.py`): after 1,000 items that
-hang (timeout 0.02 s) the process had the same 1 thread and the same 4
-child processes (2 workers, fork server, resource tracker) as after its
-first call.
+processes are the zygote and `size` workers, whatever happened to the
+items. Measured on 2 CPU cores with 2 workers
+(`experiments/benchmarks/host_reward_processes.py`): after 1,000 items that
+hang (timeout 0.01 s; 17 s, 1,002 restarts) the process had the same 1
+Python thread, 2 OS threads and 3 descendant processes (zygote and 2
+workers) as before; the thread backend left 50 live threads after 50 such
+items. A cheap item costs about 118 us in the process backend and 107 us in
+threads (batches of 64). `tests/rewards/test_workers.py` asserts the counts
+after 50 mixed bad items (and, marked slow, after 1,000 hanging ones).
 
 Functions travel by pickle, so they must be importable by the worker: a
 module-level function or a `functools.partial` of one, in an importable
-module or in a file loaded through an import path (`registry.load`, which
-the worker repeats). A lambda or closure fails with a clear error when the
-reward is built. Workers inherit the caller's environment and are not a
-sandbox: untrusted code goes through `rewards.sandbox`. A worker exits when
-its pipe closes or the fork server (which exits with the caller) is gone.
+module (not `__main__`) or in a file loaded through an import path
+(`registry.load`, which the worker repeats). A lambda or closure fails with
+a clear error when the reward is built. Workers inherit the caller's
+environment and are not a sandbox: untrusted code goes through
+`rewards.sandbox`.
 """
 
 import atexit
+import ctypes
+import functools
 import importlib.util
+import json
 import math
-import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
+import select
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Sequence
 
-_PRELOAD = ['jaxrlgen.rewards']
 _USER_PREFIX = '_jaxrlgen_user_'  # registry.load's modules for .py files.
 _MAX_ERROR = 1000
+_SETTLE_S = 5.0
 
 
 def _as_reward(value) -> float:
@@ -68,21 +83,65 @@ def _load_user_modules(files: dict[str, str]):
       spec.loader.exec_module(module)
 
 
-def _watch_parent(parent: int):
-  while True:
-    time.sleep(1.0)
-    if os.getppid() != parent:
-      os._exit(1)  # The fork server is gone: so is the caller.
+_ZYGOTE = r'''
+import importlib, importlib.util, json, os, signal, sys
+sys.path[:] = json.loads(sys.argv[1])
+address = sys.argv[2]
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # The caller handles ^C.
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # The kernel reaps workers.
+
+def preload(spec):
+  name, _, path = spec.partition('=')
+  if name in sys.modules:
+    return
+  if path:
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+  else:
+    importlib.import_module(name)
+
+preload('jaxrlgen.rewards.workers')
+stdin = sys.stdin.buffer
+while True:
+  line = stdin.readline()
+  if not line:
+    break  # The caller closed the pipe or is gone.
+  command, _, argument = line.decode().strip().partition(' ')
+  if command == 'preload':
+    try:
+      preload(argument)
+    except BaseException as e:
+      sys.stderr.write('jaxrlgen reward workers: preloading %s failed: %s\n'
+                       % (argument, e))
+  elif command == 'fork' and os.fork() == 0:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # Rewards may wait.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    code = 1
+    try:
+      sys.modules['jaxrlgen.rewards.workers'].worker_main(address)
+      code = 0
+    finally:
+      os._exit(code)
+'''
 
 
-def _worker_main(conn):
-  """A worker's loop: ('ready',), then per task ('started', id) and
-  ('done', id, ok, float or error message)."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)  # The caller handles ^C.
-  threading.Thread(target=_watch_parent, args=(os.getppid(),),
-                   daemon=True).start()
+def worker_main(address: str):
+  """A worker (forked by the zygote): connects to the pool, says
+  ('ready', pid), then per task ('started', id) and ('done', id, ok, float
+  or error message)."""
+  libc = ctypes.CDLL(None)
+  libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: dies with it.
+  if os.getppid() == 1:
+    return
+  sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  sock.connect(address)
+  conn = multiprocessing.connection.Connection(sock.detach())
+  conn.send(('ready', os.getpid()))
   functions = {}
-  conn.send(('ready',))
   while True:
     try:
       task_id, blob, files, args, kwargs = conn.recv()
@@ -122,35 +181,45 @@ def dumps(fn: Callable[..., Any], name: str = 'reward') -> bytes:
         "backend='thread'.") from e
 
 
-class _Worker:
+def _modules_of(fn) -> list[str]:
+  """Modules to preload in the zygote for `fn` ('name' or 'name=path')."""
+  out = []
+  while isinstance(fn, functools.partial):
+    fn = fn.func
+  name = getattr(fn, '__module__', None)
+  module = sys.modules.get(name) if name else None
+  if module is None or name == '__main__':
+    return out
+  if name.startswith(_USER_PREFIX):
+    out.append(f'{name}={module.__file__}')
+  else:
+    out.append(name)
+  return out
 
-  def __init__(self, ctx):
-    self.conn, child = ctx.Pipe(duplex=True)
-    self.process = ctx.Process(target=_worker_main, args=(child,),
-                               daemon=True, name='jaxrlgen-reward-worker')
-    self.process.start()
-    child.close()
-    self.spawned = time.monotonic()
-    self.ready = False
+
+class _Worker:
+  """A connected worker: its pipe and a pidfd (a handle on the process that
+  a reused pid cannot fool; readable once it has exited)."""
+
+  def __init__(self, conn, pid: int):
+    self.conn = conn
+    self.pid = pid
+    self.pidfd = os.pidfd_open(pid)
     self.task = None  # The call it runs.
     self.sent = self.started = None
 
   def kill(self):
-    if self.process.is_alive():
-      self.process.kill()
-    self.process.join(timeout=5.0)
+    try:
+      signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    # Gone before we go on: the zygote reaps it.
+    select.select([self.pidfd], [], [], 5.0)
     self.conn.close()
-    if self.process.exitcode is not None:
-      self.process.close()
+    os.close(self.pidfd)
 
-  def exit_description(self) -> str:
-    self.process.join(timeout=1.0)
-    code = self.process.exitcode
-    if code is None:
-      return 'its worker stopped answering'
-    if code < 0:
-      return f'its worker died of signal {-code} ({signal.Signals(-code).name})'
-    return f'its worker exited with status {code}'
+  def alive(self) -> bool:
+    return not select.select([self.pidfd], [], [], 0)[0]
 
 
 class ProcessPool:
@@ -158,8 +227,9 @@ class ProcessPool:
 
   Attributes:
     size: workers.
-    startup_timeout_s: how long a new worker may take to answer, and a call
-      to start (load its function) before its worker is replaced.
+    startup_timeout_s: how long a new worker may take to connect, and a
+      call to start (load its function), before it counts as failed.
+    restarts: workers replaced so far (hung or crashed).
   """
 
   def __init__(self, size: int, *, startup_timeout_s: float = 120.0):
@@ -167,19 +237,80 @@ class ProcessPool:
       raise ValueError(f'ProcessPool size={size} must be >= 1.')
     self.size = int(size)
     self.startup_timeout_s = startup_timeout_s
-    self._ctx = multiprocessing.get_context('forkserver')
-    if not _forkserver_running():
-      self._ctx.set_forkserver_preload(_PRELOAD)
+    self.restarts = 0
     self._workers: list[_Worker] = []
+    self._spawning: list[float] = []  # When each fork was asked for.
+    self._preloaded: set[str] = set()
+    self._zygote = None
+    self._dir = self._listener = None
     self._lock = threading.Lock()
-    self.restarts = 0  # Workers replaced so far (hung or crashed).
 
-  def _replace(self, worker: _Worker) -> _Worker:
+  def _start_zygote(self):
+    self._dir = tempfile.mkdtemp(prefix='jaxrlgen-workers-')
+    address = os.path.join(self._dir, 'socket')
+    self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    self._listener.bind(address)
+    self._listener.listen(64)
+    self._zygote = subprocess.Popen(
+        [sys.executable, '-c', _ZYGOTE, json.dumps(sys.path), address],
+        stdin=subprocess.PIPE, start_new_session=True)
+    self._preloaded = set()
+    self._spawning = []
+
+  def _stop_zygote(self):
+    if self._zygote is not None:
+      try:
+        self._zygote.stdin.close()
+      except OSError:
+        pass
+      try:
+        self._zygote.wait(timeout=5.0)
+      except subprocess.TimeoutExpired:
+        self._zygote.kill()
+        self._zygote.wait(timeout=5.0)
+      self._zygote = None
+    if self._listener is not None:
+      self._listener.close()
+      self._listener = None
+    if self._dir is not None:
+      shutil.rmtree(self._dir, ignore_errors=True)
+      self._dir = None
+
+  def _tell(self, line: str) -> bool:
+    if self._zygote is None or self._zygote.poll() is not None:
+      self._stop_zygote()
+      self._start_zygote()
+    try:
+      self._zygote.stdin.write(line.encode() + b'\n')
+      self._zygote.stdin.flush()
+      return True
+    except OSError:
+      self._stop_zygote()
+      return False
+
+  def _fill(self):
+    """Asks the zygote for workers until `size` exist or are on their way."""
+    while len(self._workers) + len(self._spawning) < self.size:
+      if not self._tell('fork'):
+        return
+      self._spawning.append(time.monotonic())
+
+  def _accept(self):
+    conn, _ = self._listener.accept()
+    conn = multiprocessing.connection.Connection(conn.detach())
+    if not conn.poll(self.startup_timeout_s):
+      conn.close()
+      return
+    message = conn.recv()
+    if self._spawning:
+      self._spawning.pop(0)
+    self._workers.append(_Worker(conn, message[1]))
+
+  def _replace(self, worker: _Worker):
     worker.kill()
+    self._workers.remove(worker)
     self.restarts += 1
-    fresh = _Worker(self._ctx)
-    self._workers[self._workers.index(worker)] = fresh
-    return fresh
+    self._fill()
 
   def run(self, fn: Callable[..., Any] | bytes,
           calls: Sequence[tuple[tuple, dict]],
@@ -193,50 +324,57 @@ class ProcessPool:
     Returns:
       Per call, (True, float) or (False, error message).
     """
-    blob = fn if isinstance(fn, bytes) else dumps(fn)
+    if isinstance(fn, bytes):
+      blob, modules = fn, _modules_of(pickle.loads(fn))
+    else:
+      blob, modules = dumps(fn), _modules_of(fn)
     files = {name: m.__file__ for name, m in list(sys.modules.items())
              if name.startswith(_USER_PREFIX) and getattr(m, '__file__', None)}
     results: list[tuple[bool, Any] | None] = [None] * len(calls)
     with self._lock:
-      while len(self._workers) < self.size:
-        self._workers.append(_Worker(self._ctx))
+      if self._zygote is None:
+        self._start_zygote()
+      for module in modules:
+        if module not in self._preloaded and self._tell(f'preload {module}'):
+          self._preloaded.add(module)
+      self._fill()
       pending = list(range(len(calls) - 1, -1, -1))  # Popped from the end.
       failed_starts = 0
       while pending or any(w.task is not None for w in self._workers):
         now = time.monotonic()
         for w in self._workers:
-          if w.ready and w.task is None and pending:
+          if w.task is None and pending:
             i = pending.pop()
             w.task, w.sent, w.started = i, now, None
             try:
               w.conn.send((i, blob, files, *calls[i]))
-            except (OSError, ValueError):
-              pass  # It died; its sentinel says so below.
-        deadlines = []
+            except OSError:
+              pass  # It died; its pidfd says so below.
+        deadlines = [t + self.startup_timeout_s for t in self._spawning]
         for w in self._workers:
-          if not w.ready:
-            deadlines.append(w.spawned + self.startup_timeout_s)
-          elif w.task is not None and w.started is None:
+          if w.task is not None and w.started is None:
             deadlines.append(w.sent + self.startup_timeout_s)
           elif w.task is not None and timeout_s is not None:
             deadlines.append(w.started + timeout_s)
         wait = max(min(deadlines) - now, 0.0) if deadlines else None
-        waitables = {}
+        waitables = {self._listener: None}
         for w in self._workers:
           waitables[w.conn] = w
-          waitables[w.process.sentinel] = w
+          waitables[w.pidfd] = w
         ready = multiprocessing.connection.wait(list(waitables), wait)
         dead = set()
         for obj in ready:
           w = waitables[obj]
+          if w is None:
+            self._accept()
+            failed_starts = 0
+            continue
           if w in dead:
             continue
           try:
             while w.conn.poll():
               message = w.conn.recv()
-              if message[0] == 'ready':
-                w.ready, failed_starts = True, 0
-              elif message[0] == 'started':
+              if message[0] == 'started':
                 w.started = time.monotonic()
               else:
                 _, i, ok, value = message
@@ -245,16 +383,20 @@ class ProcessPool:
           except (EOFError, OSError):
             dead.add(w)
             continue
-          if obj is w.process.sentinel:
+          if obj is w.pidfd:
             dead.add(w)
         now = time.monotonic()
+        late = [t for t in self._spawning
+                if now - t >= self.startup_timeout_s]
+        if late:
+          failed_starts += len(late)
+          self._spawning = [t for t in self._spawning if t not in late]
+          self._fill()
         for w in list(self._workers):
           why = None
           if w in dead:
-            why = w.exit_description()
-          elif not w.ready and now - w.spawned >= self.startup_timeout_s:
-            why = (f'its worker did not start within '
-                   f'{self.startup_timeout_s} s')
+            why = ('its worker process died (it exited, or a signal such '
+                   'as a segfault killed it)')
           elif w.task is not None and w.started is None and (
               now - w.sent >= self.startup_timeout_s):
             why = f'it did not start within {self.startup_timeout_s} s'
@@ -265,29 +407,31 @@ class ProcessPool:
             continue
           if w.task is not None:
             results[w.task] = (False, why)
-          if not w.ready:
-            failed_starts += 1
           self._replace(w)
-        if failed_starts > 3 * self.size:
+        if failed_starts > 3 * self.size or (not self._workers
+                                              and not self._spawning):
           for i in pending:
             results[i] = (False, 'the reward workers fail to start')
           pending = []
+      # Replacements forked near the end connect now, so that the pool is
+      # whole (and its process count steady) between calls.
+      settle = time.monotonic() + _SETTLE_S
+      while self._spawning and time.monotonic() < settle:
+        if multiprocessing.connection.wait(
+            [self._listener], settle - time.monotonic()):
+          self._accept()
     return [r if r is not None else (False, 'not run') for r in results]
 
   def close(self):
-    """Stops the workers (a closed pool starts new ones if run again)."""
+    """Stops the workers and the zygote (a closed pool starts again if run)."""
     with self._lock:
       for w in self._workers:
         w.kill()
       self._workers = []
+      self._stop_zygote()
 
   def pids(self) -> list[int]:
-    return [w.process.pid for w in self._workers]
-
-
-def _forkserver_running() -> bool:
-  from multiprocessing import forkserver  # pylint: disable=g-import-not-at-top
-  return getattr(forkserver._forkserver, '_forkserver_pid', None) is not None  # pylint: disable=protected-access
+    return [w.pid for w in self._workers]
 
 
 _POOLS: dict[int, ProcessPool] = {}
