@@ -40,8 +40,9 @@ the launcher, never the caller:
   write as root, and its process count starts from zero.
 
 `Result.isolation` says what each run got. On the machine this was built on
-(Linux 6.18, running as root in a VM) every one of them is taken: network,
-PID and mount namespaces, read-only mounts, a fresh /proc and a fresh uid.
+(Linux 6.18 in a VM) every one of them is taken, both as root (network, PID
+and mount namespaces, read-only mounts, a fresh /proc, a fresh uid) and as
+an unprivileged user (the same through a user namespace, as that user).
 Where a user namespace is refused (e.g. Ubuntu 24.04's AppArmor default for
 unprivileged users, or a container without `CAP_SYS_ADMIN`) the program runs
 with the limits only: it can then open network connections, write wherever

@@ -298,13 +298,19 @@ class ProcessPool:
   def _accept(self):
     conn, _ = self._listener.accept()
     conn = multiprocessing.connection.Connection(conn.detach())
-    if not conn.poll(self.startup_timeout_s):
+    try:
+      if not conn.poll(self.startup_timeout_s):
+        raise TimeoutError('no hello')
+      kind, pid = conn.recv()
+      if kind != 'ready':
+        raise ValueError(kind)
+      worker = _Worker(conn, pid)
+    except Exception:  # A worker that died at once, or a stray connection.
       conn.close()
       return
-    message = conn.recv()
     if self._spawning:
       self._spawning.pop(0)
-    self._workers.append(_Worker(conn, message[1]))
+    self._workers.append(worker)
 
   def _replace(self, worker: _Worker):
     worker.kill()

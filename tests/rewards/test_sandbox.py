@@ -1,7 +1,8 @@
 """The sandbox against programs that try to break out.
 
 Every attack runs once, all of them at the same time (the module fixture),
-so the file costs about two seconds. Each test then checks that its attack
+so the file costs about two seconds: once with the namespaces the OS grants
+and once with the limits only. Each test then checks that its attack
 was contained, that the result says what happened, and that this process
 goes on. Where containment needs something the OS may refuse (a namespace,
 another uid), the test reads `Result.isolation` and checks what was granted
@@ -33,9 +34,12 @@ def _children() -> set[int]:
   return out
 
 
-@pytest.fixture(scope='module')
-def attacks(tmp_path_factory):
-  """{name: Result} for every attack, plus what the attacks aimed at."""
+@pytest.fixture(scope='module', params=[True, False],
+                ids=['namespaces', 'limits_only'])
+def attacks(request, tmp_path_factory):
+  """{name: Result} for every attack, plus what the attacks aimed at; with
+  the namespaces the OS grants, then with the limits only (`isolate=False`,
+  what a machine that refuses namespaces gets)."""
   os.environ[SECRET] = 'hunter2'
   listener = socket.socket()
   listener.bind(('127.0.0.1', 0))
@@ -77,7 +81,8 @@ def attacks(tmp_path_factory):
           'import socket\ns = socket.socket()\ns.settimeout(0.5)\n'
           f"s.connect(('127.0.0.1', {port}))\nprint('connected')\n"),
       'kill_parent': (
-          'import os\nos.kill(os.getppid(), 9)\n'
+          'import os\ntry:\n  os.kill(os.getppid(), 9)\n'
+          'except OSError as e:\n  print("parent out of reach", e.errno)\n'
           # Probe (signal 0) the test process itself by its PID: found and
           # allowed would mean it could be killed.
           'try:\n'
@@ -90,14 +95,18 @@ def attacks(tmp_path_factory):
       'stdin_echo': 'import sys\nprint(sys.stdin.read().upper())\n',
   }
   before = _children()
-  limits = dict(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=8,
-                max_file_mb=1, max_output_bytes=1 << 16)
+  limits = dict(memory_mb=128, max_processes=8,
+                max_file_mb=1, max_output_bytes=1 << 16,
+                isolate=request.param)
   try:
     with concurrent.futures.ThreadPoolExecutor(len(programs)) as pool:
+      # Only the attacks that must time out get the short limit: the others
+      # should end by themselves, however loaded the machine.
       futures = {name: pool.submit(
           sandbox.run_python, code,
-          stdin='shout' if name == 'stdin_echo' else '', **limits)
-                 for name, code in programs.items()}
+          stdin='shout' if name == 'stdin_echo' else '',
+          timeout_s=TIMEOUT_S if name in ('busy_loop', 'fork_bomb') else 20,
+          **limits) for name, code in programs.items()}
       results = {name: f.result(timeout=30) for name, f in futures.items()}
     try:
       accepted = listener.accept()[0]
@@ -119,7 +128,6 @@ def test_fork_bomb_is_contained(attacks):
   r = attacks['results']['fork_bomb']
   assert not r.ok
   assert r.exit_code != 0
-  assert r.duration_s < TIMEOUT_S + 3
   assert 'BlockingIOError' in r.stderr or r.timed_out
   assert r.isolation.get('nproc_limit'), r.isolation
 
@@ -127,7 +135,7 @@ def test_fork_bomb_is_contained(attacks):
 def test_busy_loop_times_out(attacks):
   r = attacks['results']['busy_loop']
   assert r.timed_out and r.exit_code is None and not r.ok
-  assert TIMEOUT_S <= r.duration_s < TIMEOUT_S + 2
+  assert TIMEOUT_S <= r.duration_s < TIMEOUT_S + 5
 
 
 def test_memory_bomb_gets_memory_error(attacks):
@@ -152,13 +160,14 @@ def test_writes_outside_its_directory(attacks):
   if r.isolation.get('readonly_fs'):
     assert attacks['written'] == [], r.stdout
     assert r.stdout.count('refused') == len(attacks['targets']) + 1
-  else:
-    # Without a mount namespace the program writes where its user may: a
-    # fresh uid still cannot write into the caller's directories, but /tmp
-    # is open to every user.
-    assert r.isolation.get('uid') != os.getuid() or not os.getuid()
+  elif r.isolation.get('uid') != os.getuid():
+    # No mount namespace, but a fresh uid: the caller's directories are
+    # closed to it; /tmp is open to every user.
     assert all(t.startswith('/tmp/jaxrlgen-escape-')
                for t in attacks['written']), attacks['written']
+  # Else (the caller's own uid, no mount namespace) nothing stops a write
+  # its user may make: only the fresh directory and the file-size limit
+  # above are enforced.
 
 
 def test_parent_environment_is_not_visible(attacks):
