@@ -80,6 +80,13 @@ class Workload:
 W = Workload()
 
 
+def even_fraction(rollout, batch):
+  """W's reward: the fraction of generated tokens with an even id, f32[B]."""
+  del batch
+  even = (rollout.actions % 2 == 0) & rollout.mask
+  return jnp.sum(even, 1) / jnp.maximum(jnp.sum(rollout.mask, 1), 1)
+
+
 # ---------------------------------------------------------------------------
 # Model FLOPs (multiply-adds count 2). Attention counts the context each query
 # actually attends to (causal), not the padded cache.

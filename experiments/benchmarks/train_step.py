@@ -32,13 +32,6 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object last.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs per measurement.')
 
 
-def even_fraction(rollout, batch):
-  """W's reward: the fraction of generated tokens with an even id."""
-  del batch
-  even = (rollout.actions % 2 == 0) & rollout.mask
-  return jnp.sum(even, 1) / jnp.maximum(jnp.sum(rollout.mask, 1), 1)
-
-
 def setup(w: common.Workload, algo_name: str, **env_overrides):
   algo_cfg = algos.default_config(algo_name)
   if algo_name == 'grpo':
@@ -54,8 +47,8 @@ def setup(w: common.Workload, algo_name: str, **env_overrides):
   state = TrainState.create(
       params, tx, ref_params=params if algo.uses_reference else None,
       algo_state=algos.init_algo_state(algo, params))
-  step = functools.partial(step_lib.rl_step, env=env, reward_fn=even_fraction,
-                           algo=algo, tx=tx)
+  step = functools.partial(step_lib.rl_step, env=env,
+                           reward_fn=common.even_fraction, algo=algo, tx=tx)
   prompt, mask = w.prompts()
   return step, state, {'prompt': prompt, 'prompt_mask': mask}, env, algo, tx
 
@@ -86,7 +79,7 @@ def profile(w: common.Workload, repeats: int) -> dict[str, float]:
   step, state, batch, env, algo, tx = setup(w, 'grpo')
   key = jax.random.key(0)
   rollout_fn = jax.jit(functools.partial(step_lib.sample, env=env,
-                                         reward_fn=even_fraction))
+                                         reward_fn=common.even_fraction))
   acted = rollout_fn(state.params, batch, key)
   rollout, rewards = acted.rollout, acted.rewards
   evaluate = jax.jit(lambda p, r: env.evaluate(p, r).logp)
