@@ -11,10 +11,10 @@ or returns something other than a finite number fails. Each failed call
 gets its own error message; the other calls are not affected.
 
 Workers are forked from a zygote: a fresh interpreter (not a fork of the
-caller, whose JAX threads make `fork` unsafe) that imports
-`jaxrlgen.rewards` and each reward function's module once, then forks a
-worker on request, so a replacement costs milliseconds rather than a new
-interpreter's import of JAX. A worker connects back over a Unix socket and
+caller, whose JAX threads make `fork` unsafe) that imports each reward
+function's module once (JAX with it, for the library's own rewards), then
+forks a worker on request, so a replacement costs milliseconds rather than
+a new interpreter's imports. A worker connects back over a Unix socket and
 is watched through a pidfd (a handle no reused pid can fool). It dies with
 the zygote (`PR_SET_PDEATHSIG`), and the zygote exits when the caller's
 end of its pipe closes, so nothing outlives the caller.
@@ -24,11 +24,12 @@ reuse: `pool(size)` returns the same pool on every call. Between calls its
 processes are the zygote and `size` workers, whatever happened to the
 items. Measured on 2 CPU cores with 2 workers
 (`experiments/benchmarks/host_reward_processes.py`): after 1,000 items that
-hang (timeout 0.01 s; 17 s, 1,002 restarts) the process had the same 1
+hang (timeout 0.01 s; 16-17 s, 1,002 restarts) the process had the same 1
 Python thread, 2 OS threads and 3 descendant processes (zygote and 2
 workers) as before; the thread backend left 50 live threads after 50 such
-items. A cheap item costs about 118 us in the process backend and 107 us in
-threads (batches of 64). `tests/rewards/test_workers.py` asserts the counts
+items. A cheap item costs about the same in both backends, 0.1-0.25 ms
+(batches of 64; two runs on the shared machine: 107 and 241 us in threads,
+118 and 167 us in processes). `tests/rewards/test_workers.py` asserts the counts
 after 50 mixed bad items (and, marked slow, after 1,000 hanging ones).
 
 Functions travel by pickle, so they must be importable by the worker: a
@@ -41,11 +42,8 @@ environment and are not a sandbox: untrusted code goes through
 """
 
 import atexit
-import ctypes
 import functools
-import importlib.util
 import json
-import math
 import multiprocessing.connection
 import os
 import pickle
@@ -65,32 +63,21 @@ _MAX_ERROR = 1000
 _SETTLE_S = 5.0
 
 
-def _as_reward(value) -> float:
-  if hasattr(value, 'reshape'):
-    value = value.reshape(())  # A 1-element array is fine.
-  out = float(value)
-  if not math.isfinite(out):
-    raise ValueError(f'the reward is {out}, not a finite number')
-  return out
-
-
-def _load_user_modules(files: dict[str, str]):
-  for name, path in files.items():
-    if name not in sys.modules:
-      spec = importlib.util.spec_from_file_location(name, path)
-      module = importlib.util.module_from_spec(spec)
-      sys.modules[name] = module
-      spec.loader.exec_module(module)
-
-
+# The zygote: a fresh interpreter that imports only the standard library
+# and, on request, reward modules; then forks workers. Its source is here
+# rather than in an importable module because importing any jaxrlgen module
+# imports JAX (the package's __init__), which a reward may not need.
 _ZYGOTE = r'''
-import importlib, importlib.util, json, os, signal, sys
+import ctypes, importlib, importlib.util, json, math, os, pickle, signal
+import socket, sys
+from multiprocessing.connection import Connection
 sys.path[:] = json.loads(sys.argv[1])
-address = sys.argv[2]
+address, max_error = sys.argv[2], int(sys.argv[3])
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # The caller handles ^C.
 signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # The kernel reaps workers.
 
 def preload(spec):
+  # 'package.module', or 'name=path/file.py' as registry.load names it.
   name, _, path = spec.partition('=')
   if name in sys.modules:
     return
@@ -102,44 +89,26 @@ def preload(spec):
   else:
     importlib.import_module(name)
 
-preload('jaxrlgen.rewards.workers')
-stdin = sys.stdin.buffer
-while True:
-  line = stdin.readline()
-  if not line:
-    break  # The caller closed the pipe or is gone.
-  command, _, argument = line.decode().strip().partition(' ')
-  if command == 'preload':
-    try:
-      preload(argument)
-    except BaseException as e:
-      sys.stderr.write('jaxrlgen reward workers: preloading %s failed: %s\n'
-                       % (argument, e))
-  elif command == 'fork' and os.fork() == 0:
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # Rewards may wait.
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    code = 1
-    try:
-      sys.modules['jaxrlgen.rewards.workers'].worker_main(address)
-      code = 0
-    finally:
-      os._exit(code)
-'''
+def as_reward(value):
+  if hasattr(value, 'reshape'):
+    value = value.reshape(())  # A 1-element array is fine.
+  out = float(value)
+  if not math.isfinite(out):
+    raise ValueError('the reward is %s, not a finite number' % out)
+  return out
 
+def error(e):
+  return ('%s: %s' % (type(e).__name__, e))[:max_error]
 
-def worker_main(address: str):
-  """A worker (forked by the zygote): connects to the pool, says
-  ('ready', pid), then per task ('started', id) and ('done', id, ok, float
-  or error message)."""
-  libc = ctypes.CDLL(None)
-  libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: dies with it.
-  if os.getppid() == 1:
+def worker():
+  # Says ('ready', pid), then per task ('started', id) and
+  # ('done', id, ok, float or error message).
+  ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG: dies with
+  if os.getppid() == 1:                                # the zygote.
     return
   sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
   sock.connect(address)
-  conn = multiprocessing.connection.Connection(sock.detach())
+  conn = Connection(sock.detach())
   conn.send(('ready', os.getpid()))
   functions = {}
   while True:
@@ -150,22 +119,47 @@ def worker_main(address: str):
     try:
       fn = functions.get(blob)
       if fn is None:
-        _load_user_modules(files)
+        for name, path in files.items():
+          preload(name + '=' + path)
         fn = pickle.loads(blob)
         if len(functions) > 64:
           functions.clear()
         functions[blob] = fn
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:
       conn.send(('done', task_id, False,
-                 f'the worker could not load the function: '
-                 f'{type(e).__name__}: {e}'[:_MAX_ERROR]))
+                 'the worker could not load the function: ' + error(e)))
       continue
     conn.send(('started', task_id))
     try:
-      outcome = (True, _as_reward(fn(*args, **kwargs)))
-    except BaseException as e:  # pylint: disable=broad-except
-      outcome = (False, f'{type(e).__name__}: {e}'[:_MAX_ERROR])
-    conn.send(('done', task_id, *outcome))
+      outcome = (True, as_reward(fn(*args, **kwargs)))
+    except BaseException as e:
+      outcome = (False, error(e))
+    conn.send(('done', task_id) + outcome)
+
+stdin = sys.stdin.buffer
+while True:
+  line = stdin.readline()
+  if not line:
+    break  # The caller closed the pipe or is gone.
+  command, _, argument = line.decode().strip().partition(' ')
+  if command == 'preload':
+    try:
+      preload(argument)
+    except BaseException as e:
+      sys.stderr.write('jaxrlgen reward workers: preloading %s failed: %s\\n'
+                       % (argument, e))
+  elif command == 'fork' and os.fork() == 0:
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # Rewards may wait.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    code = 1
+    try:
+      worker()
+      code = 0
+    finally:
+      os._exit(code)
+'''
 
 
 def dumps(fn: Callable[..., Any], name: str = 'reward') -> bytes:
@@ -252,7 +246,8 @@ class ProcessPool:
     self._listener.bind(address)
     self._listener.listen(64)
     self._zygote = subprocess.Popen(
-        [sys.executable, '-c', _ZYGOTE, json.dumps(sys.path), address],
+        [sys.executable, '-c', _ZYGOTE, json.dumps(sys.path), address,
+         str(_MAX_ERROR)],
         stdin=subprocess.PIPE, start_new_session=True)
     self._preloaded = set()
     self._spawning = []
@@ -340,9 +335,16 @@ class ProcessPool:
     with self._lock:
       if self._zygote is None:
         self._start_zygote()
-      for module in modules:
-        if module not in self._preloaded and self._tell(f'preload {module}'):
+      fresh = [m for m in modules if m not in self._preloaded]
+      for module in fresh:
+        if self._tell(f'preload {module}'):
           self._preloaded.add(module)
+      if fresh:
+        # Workers forked before the zygote imported the new module would
+        # each import it on their own (JAX, often): fork them again.
+        for w in self._workers:
+          w.kill()
+        self._workers = []
       self._fill()
       pending = list(range(len(calls) - 1, -1, -1))  # Popped from the end.
       failed_starts = 0

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrlgen import registry
 from jaxrlgen import rewards as rewards_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
@@ -89,6 +90,16 @@ def test_text_reward_gives_the_same_as_threads_in_jit():
     host.text_reward(lambda completion: 1.0, TOK, backend='process')
   with pytest.raises(ValueError, match="backend='fork' must be one of"):
     host.host_reward(bad_items.item, backend='fork')
+
+
+def test_function_from_a_file_by_import_path(tmp_path):
+  (tmp_path / 'score.py').write_text(
+      'def length(completion):\n  return float(len(completion))\n')
+  fn = registry.load(f'{tmp_path}/score.py:length')
+  rewards, failed = host.run_calls(fn, [(('abc',), {}), (('',), {})],
+                                   max_workers=2, backend='process')
+  np.testing.assert_array_equal(rewards, [3.0, 0.0])
+  assert not failed.any()
 
 
 @pytest.mark.slow
