@@ -48,7 +48,11 @@ unprivileged users, or a container without `CAP_SYS_ADMIN`) the program runs
 with the limits only: it can then open network connections, write wherever
 its user may (the limits still bound file size) and signal the user's other
 processes by PID; the launcher in between only stops the naive
-`os.kill(os.getppid(), 9)` from reaching the caller.
+`os.kill(os.getppid(), 9)` from reaching the caller. A descendant that
+starts its own session (`os.setsid()`) then escapes the group kill: under
+a fresh uid (the caller is root) the sandbox kills every process of that
+uid after the run; under the caller's own uid it cannot tell them apart,
+and such a process lives on (a busy one until its CPU limit).
 
 Process count. Linux counts `RLIMIT_NPROC` over all processes (threads) of
 the real user, not per process tree, and ignores it for root. Under a fresh
@@ -314,6 +318,22 @@ def _signal(kill, target: int):
     pass
 
 
+def _kill_uid(uid: int):
+  """SIGKILL to every process whose real uid is `uid`."""
+  for pid in os.listdir('/proc'):
+    if not pid.isdigit():
+      continue
+    try:
+      with open(f'/proc/{pid}/status') as f:
+        for line in f:
+          if line.startswith('Uid:'):
+            if int(line.split()[1]) == uid:
+              os.kill(int(pid), signal.SIGKILL)
+            break
+    except (OSError, ValueError):
+      pass
+
+
 def _remove(path: str):
   def retry(func, p, unused_exc):
     # A program may leave a directory without write or search permission.
@@ -389,7 +409,13 @@ def run_python(code: str, *, stdin: str = '', timeout_s: float = 10.0,
         pass_fds=(status_w,))
     os.close(status_w)
     status_w = None
-    return _collect(proc, status_r, start, timeout_s, max_output_bytes)
+    result = _collect(proc, status_r, start, timeout_s, max_output_bytes)
+    if (os.getuid() == 0 and fresh_python
+        and not result.isolation.get('pid_ns')):
+      # Without a PID namespace a descendant that started its own session
+      # escaped the group kill; its uid is this run's alone.
+      _kill_uid(args['fresh_uid'])
+    return result
   finally:
     if proc is not None and proc.poll() is None:  # Only on an exception.
       _signal(os.killpg, proc.pid)
