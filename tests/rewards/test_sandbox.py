@@ -13,6 +13,7 @@ import concurrent.futures
 import os
 import signal
 import socket
+import time
 import uuid
 
 import pytest
@@ -34,6 +35,22 @@ def _children() -> set[int]:
   return out
 
 
+def _running_with(marker: str) -> list[int]:
+  """Live (not zombie) processes with `marker` in their command line."""
+  out = []
+  for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+      with open(f'/proc/{pid}/cmdline', 'rb') as f:
+        if marker.encode() not in f.read():
+          continue
+      with open(f'/proc/{pid}/stat') as f:
+        if f.read().rpartition(')')[2].split()[0] != 'Z':
+          out.append(int(pid))
+    except OSError:
+      pass
+  return out
+
+
 @pytest.fixture(scope='module', params=[True, False],
                 ids=['namespaces', 'limits_only'])
 def attacks(request, tmp_path_factory):
@@ -50,6 +67,7 @@ def attacks(request, tmp_path_factory):
   targets = [str(outside / 'pwned'), os.path.join(os.getcwd(), f'pwned-{uuid.uuid4().hex}'),
              f'/tmp/jaxrlgen-escape-{uuid.uuid4().hex}']
   me = os.getpid()
+  marker = f'30.{uuid.uuid4().int % 10**9:09d}'  # Seconds, and a name.
   programs = {
       'fork_bomb': 'import os\nwhile True:\n  os.fork()\n',
       'busy_loop': 'while True: pass\n',
@@ -90,6 +108,12 @@ def attacks(request, tmp_path_factory):
           "  print('could signal the caller')\n"
           'except OSError as e:\n'
           "  print('caller out of reach', e.errno)\n"),
+      # A grandchild in a session of its own, out of the group kill's reach.
+      'new_session': (
+          'import os\nif os.fork() == 0:\n  os.setsid()\n'
+          '  if os.fork() == 0:\n    os.close(1)\n    os.close(2)\n'
+          f"    os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+          '  os._exit(0)\n'),
       'exit_3': 'import os\nprint("bye", flush=True)\nos._exit(3)\n',
       'segfault': 'import ctypes\nctypes.string_at(0)\n',
       'stdin_echo': 'import sys\nprint(sys.stdin.read().upper())\n',
@@ -117,10 +141,15 @@ def attacks(request, tmp_path_factory):
   finally:
     listener.close()
     del os.environ[SECRET]
+  time.sleep(0.2)  # Killed processes may take a moment to go.
+  escaped = _running_with(marker)
+  for pid in escaped:  # Ours to clean up, whatever the test says.
+    os.kill(pid, signal.SIGKILL)
   written = [t for t in targets if os.path.exists(t)]
   for t in written:
     os.remove(t)
   return dict(results=results, reached=reached, written=written,
+              escaped=escaped,
               targets=targets, leftover=_children() - before)
 
 
@@ -201,6 +230,15 @@ def test_killing_its_parent_spares_the_caller(attacks):
     # Same uid, no PID namespace: its parent is the launcher, which it
     # killed; the caller reports that and goes on.
     assert r.exit_code is None and 'launcher ended' in r.stderr
+
+
+def test_a_new_session_does_not_outlive_the_run(attacks):
+  r = attacks['results']['new_session']
+  assert r.exit_code == 0, r
+  if r.isolation.get('pid_ns') or r.isolation.get('uid') != os.getuid():
+    assert attacks['escaped'] == []
+  # Else (the caller's own uid, no PID namespace) the sandbox cannot tell
+  # the escaped process from the caller's others; the fixture killed it.
 
 
 def test_exit_code_and_segfault(attacks):
