@@ -84,7 +84,8 @@ def leaks(fn, backend: str, n: int) -> dict:
 
 def main(unused_argv):
   # By module name, so that worker processes can import the functions.
-  from experiments.benchmarks import host_reward_processes as this  # pylint: disable=g-import-not-at-top,import-self
+  # pylint: disable-next=g-import-not-at-top,import-self
+  from experiments.benchmarks import host_reward_processes as this
   out = {'start': counts()}
   out['per_item_s'] = {b: per_item_s(this.cheap, b) for b in host.BACKENDS}
   out['process_hangs'] = leaks(this.hang, 'process', flags.FLAGS.hangs)

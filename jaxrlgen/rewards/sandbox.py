@@ -183,7 +183,8 @@ if a['isolate']:
       errors.append(str(e))
   if flags & NEWUSER:
     try:
-      for name, text in (('setgroups', 'deny'), ('uid_map', '%d %d 1' % (uid, uid)),
+      for name, text in (('setgroups', 'deny'),
+                         ('uid_map', '%d %d 1' % (uid, uid)),
                          ('gid_map', '%d %d 1' % (gid, gid))):
         with open('/proc/self/' + name, 'w') as f:
           f.write(text)
@@ -262,7 +263,8 @@ if pid == 0:
     if errors:
       iso['error'] = '; '.join(errors)
     say({'isolation': iso})
-    os.execve(python, [python, '-I', '-S', '-B', a['program']], {'PATH': a['path']})
+    os.execve(python, [python, '-I', '-S', '-B', a['program']],
+              {'PATH': a['path']})
   except BaseException as e:
     say({'launch_error': '%s: %s' % (type(e).__name__, e)})
   finally:
@@ -396,7 +398,8 @@ def run_python(code: str, *, stdin: str = '', timeout_s: float = 10.0,
     stdin_file.seek(0)
     status_r, status_w = os.pipe()
     args = dict(
-        parent=os.getpid(), status_fd=status_w, workdir=workdir, program=program, path=PATH,
+        parent=os.getpid(), status_fd=status_w, workdir=workdir,
+        program=program, path=PATH,
         python=own_python, fresh_python=fresh_python,
         fresh_uid=_FRESH_UID_BASE + random.SystemRandom().randrange(1 << 24),
         isolate=bool(isolate), max_processes=int(max_processes),
