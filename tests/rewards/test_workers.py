@@ -63,7 +63,8 @@ def test_every_kind_of_bad_item_costs_only_its_penalty():
   np.testing.assert_array_equal(rewards, np.where(good, np.arange(n), -1.0))
   # Every exit, segfault, GIL loop and sleep cost its worker, no more.
   assert pool.restarts - restarts == 4 * 5
-  assert counts() == before
+  # No more than before (other tests' abandoned threads may end meanwhile).
+  assert all(a <= b for a, b in zip(counts(), before)), (counts(), before)
   # The pool is reused, not made again per call.
   assert workers.pool(2) is pool and len(pool.pids()) == 2
 
@@ -110,4 +111,5 @@ def test_1000_hanging_items_leave_nothing_behind():
   before = counts()
   rewards, failed = call.host(np.zeros(1000))
   assert failed.all() and not rewards.any()
-  assert counts() == before
+  # No more than before (other tests' abandoned threads may end meanwhile).
+  assert all(a <= b for a, b in zip(counts(), before)), (counts(), before)
