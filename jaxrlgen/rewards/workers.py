@@ -164,7 +164,13 @@ while True:
 
 def dumps(fn: Callable[..., Any], name: str = 'reward') -> bytes:
   """`fn` pickled for a worker, or a ValueError that says how to fix it."""
+  inner = fn
+  while isinstance(inner, functools.partial):
+    inner = inner.func
   try:
+    if getattr(inner, '__module__', None) == '__main__':
+      raise pickle.PicklingError('it is defined in __main__, which a worker '
+                                 'cannot import')
     return pickle.dumps(fn)
   except Exception as e:
     raise ValueError(
@@ -211,9 +217,6 @@ class _Worker:
     select.select([self.pidfd], [], [], 5.0)
     self.conn.close()
     os.close(self.pidfd)
-
-  def alive(self) -> bool:
-    return not select.select([self.pidfd], [], [], 0)[0]
 
 
 class ProcessPool:
