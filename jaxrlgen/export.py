@@ -12,14 +12,19 @@ EOS), `special_tokens_map.json` and `generation_config.json`, so that
 weights are written dequantized, in `dtype`.
 """
 
+import json
 import os
 
 from absl import app
 from absl import flags
+import flax
+import numpy as np
+from safetensors.numpy import save_file
 
 from jaxrlgen import parallel
 from jaxrlgen.models import gguf
 from jaxrlgen.models import hf
+from jaxrlgen.policies import lora as lora_lib
 
 DTYPES = ('float32', 'bfloat16', 'float16')
 
@@ -68,6 +73,62 @@ def write(out: str | os.PathLike[str], source: str | os.PathLike[str],
     gguf.open_file(source).save_tokenizer(out)
   else:
     hf.copy_tokenizer(source, out)
+
+
+def write_adapters(out: str | os.PathLike[str],
+                   source: str | os.PathLike[str], config, adapters,
+                   lora: lora_lib.LoraConfig) -> None:
+  """Writes adapter factors alone in PEFT's layout, for the base at `source`.
+
+  `adapter_model.safetensors` holds `base_model.model.<module>.lora_A.weight`
+  [r, in] and `lora_B.weight` [out, r] per adapted module (Hugging Face's
+  module names and row orders), and `adapter_config.json` rank, alpha and
+  the target modules; `peft.PeftModel.from_pretrained(base, out)` loads them
+  on the base model exported from `source`. Process 0 writes.
+
+  Raises:
+    ValueError: an architecture whose adapted kernels are not one Hugging
+      Face linear layer each (GPT-2's fused attention).
+  """
+  out, source = os.fspath(out), os.fspath(source)
+  hf_config = hf.read_config(source)
+  arch = hf.architecture(hf_config)
+  flat = flax.traverse_util.flatten_dict(adapters)
+  tensors, modules = {}, set()
+  for tensor in hf.ARCHITECTURES[arch].tensors(config):
+    path = tensor.ours[0]
+    if path[-1] != 'kernel' or path[:-1] + ('kernel_lora_a',) not in flat:
+      continue
+    if len(tensor.ours) != 1 or len(tensor.hf) != 1:
+      raise ValueError(f'{arch}: {"/".join(path)} is not one linear layer '
+                       'in Hugging Face; PEFT export needs one per kernel.')
+    module = tensor.hf[0].removesuffix('.weight')
+    a = np.asarray(flat[path[:-1] + ('kernel_lora_a',)], np.float32)
+    b = np.asarray(flat[path[:-1] + ('kernel_lora_b',)], np.float32)
+    # Ours: x [.., in] @ A [in, r] @ B [r, out]; torch: W [out, in] acts as
+    # x @ W.T, so A is stored [r, in] and B [out, r]. The flattened axes
+    # follow the kernel's (heads-major), as the base's own tensors do.
+    tensors[f'base_model.model.{module}.lora_A.weight'] = (
+        np.ascontiguousarray(a.T))
+    tensors[f'base_model.model.{module}.lora_B.weight'] = (
+        np.ascontiguousarray(b.T))
+    modules.add(module.rsplit('.', 1)[-1])
+  if not tensors:
+    raise ValueError('No adapter factors to write: config.lora.rank is 0 or '
+                     'config.lora.targets matched nothing.')
+  if not parallel.is_primary():
+    return
+  os.makedirs(out, exist_ok=True)
+  save_file(tensors, os.path.join(out, 'adapter_model.safetensors'),
+            metadata={'format': 'pt'})
+  adapter_config = {
+      'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': lora.rank,
+      'lora_alpha': lora.alpha, 'lora_dropout': lora.dropout,
+      'target_modules': sorted(modules), 'bias': 'none',
+      'fan_in_fan_out': False, 'use_rslora': False, 'inference_mode': True,
+      'base_model_name_or_path': source}
+  with open(os.path.join(out, 'adapter_config.json'), 'w') as f:
+    json.dump(adapter_config, f, indent=2)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -23,6 +23,7 @@ from jaxrlgen import parallel
 from jaxrlgen import schema
 from jaxrlgen.envs import search
 from jaxrlgen.models.transformer import TransformerConfig
+from jaxrlgen.policies import lora
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.tasks import arithmetic
 from jaxrlgen.train import optim
@@ -49,6 +50,8 @@ def base(algo: str) -> ml_collections.ConfigDict:
       target_length=0,  # Used by the length_penalty reward.
   ))
   config.eval = schema.to_config(text_rl.EvalConfig())
+  # Low-rank adapters on a frozen base (rank 0: train every parameter).
+  config.lora = schema.to_config(lora.LoraConfig())
   # Devices: mesh axis sizes (-1: the rest) and multi-host start-up.
   config.mesh = parallel.mesh.default_config()
   config.distributed = parallel.distributed.default_config()

@@ -37,6 +37,7 @@ from jaxrlgen.data import digits
 from jaxrlgen.envs import diffusion
 from jaxrlgen.models import classifier as classifier_lib
 from jaxrlgen.models import unet as unet_lib
+from jaxrlgen.policies import lora as lora_lib
 from jaxrlgen.rewards import image as image_rewards
 from jaxrlgen.train import optim
 
@@ -236,6 +237,10 @@ class Config:
   algo: Any = dataclasses.field(default_factory=lambda: algo_config('ddpo_is'))
   reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
   eval: EvalConfig = EvalConfig()
+  # Low-rank adapters on the pretrained U-Net (rank 0: train every
+  # parameter). Its products are 3x3 convolutions and dense layers named
+  # like Conv3x3_0, ResBlock_0/Conv3x3_1, Dense_0: `targets` is a regex.
+  lora: lora_lib.LoraConfig = lora_lib.LoraConfig(targets='.*')
 
   def __post_init__(self):
     schema.non_negative(self, 'total_steps', 'checkpoint_every')

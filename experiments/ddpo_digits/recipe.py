@@ -33,6 +33,7 @@ from experiments.ddpo_digits import config as config_lib
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen.algos import base
+from jaxrlgen.policies import lora
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import digits
 from jaxrlgen.data import pipeline
@@ -195,11 +196,14 @@ def eval_labels(samples_per_class: int) -> np.ndarray:
 
 def make_sampler(env: diffusion.DiffusionEnv, reward_fn, classifier_model,
                  classifier_params):
-  """jit(params, labels, key) -> (images, rewards, classifier's predictions)."""
+  """jit(params, labels, key, frozen=None) -> (images, rewards, classifier's
+  predictions); `frozen`: the base of a denoiser with adapters (the
+  current state's: a step donates the one before)."""
   one_each = dataclasses.replace(env, num_samples=1)
 
-  def sample(params, labels, key):
-    rollout = one_each.rollout(
+  @jax.jit
+  def sample(params, labels, key, frozen=None):
+    rollout = base.bind(one_each, frozen).rollout(
         params, {'prompt': labels, 'prompt_mask': jnp.ones_like(labels, bool)},
         key)
     images = diffusion.final_images(rollout)
@@ -208,7 +212,7 @@ def make_sampler(env: diffusion.DiffusionEnv, reward_fn, classifier_model,
     logits = classifier_model.apply({'params': classifier_params}, images)
     return images, rewards, jnp.argmax(logits, axis=-1)
 
-  return jax.jit(sample)
+  return sample
 
 
 def make_evaluator(sample, cfg: config_lib.EvalConfig, seed: int,
@@ -222,10 +226,11 @@ def make_evaluator(sample, cfg: config_lib.EvalConfig, seed: int,
   size = cfg.batch_size
   key = jax.random.key(seed + 30)
 
-  def evaluate_params(params):
+  def evaluate_params(params, frozen=None):
     images, rewards, predicted = [], [], []
     for i in range(0, len(labels), size):
-      out = sample(params, labels[i:i + size], jax.random.fold_in(key, i))
+      out = sample(params, labels[i:i + size], jax.random.fold_in(key, i),
+                   frozen)
       for store, value in zip((images, rewards, predicted), out):
         store.append(np.asarray(value))
     images, rewards, predicted = map(np.concatenate,
@@ -236,7 +241,8 @@ def make_evaluator(sample, cfg: config_lib.EvalConfig, seed: int,
     return metrics, images
 
   def evaluate(state) -> dict[str, float]:
-    metrics, evaluate.images = evaluate_params(policy_params(state.params))
+    metrics, evaluate.images = evaluate_params(policy_params(state.params),
+                                               state.frozen)
     before = workdir / 'samples_before.png'
     if int(state.step) == 0 and not before.exists():
       save_grid(evaluate.images, before, columns=cfg.grid_columns,
@@ -330,12 +336,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   reward_fn = make_reward(cfg.reward, classifier_model, classifier_params)
   tx = optim.make(cfg.rl.optimizer, cfg.total_steps)
-  params = algo.init_params(env, pretrained, jax.random.key(cfg.seed + 50))
+  frozen = None
+  if cfg.lora.enabled:  # The pretrained U-Net becomes the frozen base.
+    env = dataclasses.replace(env, policy=env.policy.with_adapters(cfg.lora))
+    frozen = env.policy.quantize_base(pretrained)
+    pretrained = env.policy.init_adapters(frozen, jax.random.key(
+        cfg.seed + 51))
+    reference = lora.adapters_off(pretrained)  # The bound base: no copy.
+  else:
+    reference = jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
+  params = algo.init_params(base.bind(env, frozen), pretrained,
+                            jax.random.key(cfg.seed + 50))
   state = TrainState.create(
-      params, tx,
-      ref_params=(jax.tree.map(jnp.copy, pretrained)  # Not aliased: donated.
-                  if algo.uses_reference else None),
-      algo_state=algos.init_algo_state(algo, params))
+      params, tx, ref_params=reference if algo.uses_reference else None,
+      algo_state=algos.init_algo_state(algo, params), frozen=frozen)
   # Jitted as every recipe's RL step is (`Layout.jit_step`): the U-Net
   # names no logical axes, so its parameters are replicated and the
   # conditions split over the mesh's data axes. With a host reward (the

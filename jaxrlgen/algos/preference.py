@@ -325,6 +325,7 @@ def offline_step(state: TrainState, batch, key: jax.Array, *,
   if cfg.uses_reference and state.ref_params is None:
     raise ValueError(f'Loss {cfg.loss!r} needs the reference policy: build the '
                      'TrainState with ref_params.')
+  env = base.bind(env, state.frozen)
   experience = with_reference(cfg, env, state.ref_params, batch)
   params, opt_state, metrics = base.minibatch_update(
       lambda p, b: offline_loss(cfg, env, p, b), tx, state.params,

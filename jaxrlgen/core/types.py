@@ -89,9 +89,15 @@ class TrainState:
     params: policy parameters.
     opt_state: optimizer state of `params`.
     ref_params: frozen reference policy parameters, or None when no algorithm
-      term needs them (the reference model is then never evaluated).
+      term needs them (the reference model is then never evaluated). With
+      adapters, the trainable tree without adapter factors: the bound base
+      with the adapters off, no copy.
     algo_state: algorithm-specific running state (baselines, KL controller,
       reward statistics); an empty dict when the algorithm has none.
+    frozen: the frozen base weights of a policy with adapters (LoRA), bound
+      to the environment's policy inside a step (`train.step.bind`); never
+      differentiated, optimized or checkpointed (a run reloads them from
+      its model path). None when every parameter trains.
   """
 
   step: jax.Array
@@ -99,11 +105,14 @@ class TrainState:
   opt_state: PyTree
   ref_params: PyTree | None = None
   algo_state: PyTree = flax.struct.field(default_factory=dict)
+  frozen: PyTree | None = None
 
   @classmethod
   def create(cls, params: PyTree, tx, *, ref_params: PyTree | None = None,
-             algo_state: PyTree | None = None) -> 'TrainState':
+             algo_state: PyTree | None = None,
+             frozen: PyTree | None = None) -> 'TrainState':
     """Step 0 of training `params` with the optax transformation `tx`."""
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                opt_state=tx.init(params), ref_params=ref_params,
-               algo_state={} if algo_state is None else algo_state)
+               algo_state={} if algo_state is None else algo_state,
+               frozen=frozen)

@@ -219,6 +219,10 @@ class DiffusionEnv:
   sampler: Sampler = Sampler()
   num_samples: int = 1
 
+  def bind(self, frozen) -> 'DiffusionEnv':
+    """This environment with its policy's frozen base bound (adapters)."""
+    return dataclasses.replace(self, policy=self.policy.bind(frozen))
+
   def __post_init__(self):
     levels(self.schedule, self.sampler.num_steps)  # Fails early if too many.
     if self.num_samples < 1:

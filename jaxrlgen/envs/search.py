@@ -210,6 +210,10 @@ class MCTSSampler:
       raise ValueError('MCTS decoding scores finished sequences; it does not '
                        'support TextEnv.suppress_eos.')
 
+  def bind(self, frozen) -> 'MCTSSampler':
+    """This sampler with its policy's frozen base bound (adapters)."""
+    return dataclasses.replace(self, env=self.env.bind(frozen))
+
   def greedy(self) -> 'MCTSSampler':
     """This sampler acting by the largest search weight, noise-free, G = 1."""
     return MCTSSampler(env=dataclasses.replace(self.env, num_samples=1),

@@ -149,7 +149,7 @@ class TextEnv:
       this cuts its reads by up to a half for long completions; each segment
       compiles its own loop. 1: one cache of P + T slots. The rollout is
       the same up to float rounding.
-    logits_fn: optional `(params, hidden [N, E]) -> f32[N, V]` giving the
+    logits_fn: optional `(env, params, hidden [N, E]) -> f32[N, V]` giving the
       logits that `reset` / `advance` sample from, for a policy that is not
       the LM's own head (ILQL's advantage-weighted decoding); None: the LM's
       logits. `evaluate` and `action_logits` always read the LM's.
@@ -165,7 +165,7 @@ class TextEnv:
   logprob_chunk: int = 128
   early_stop: bool = False
   cache_segments: int = 1
-  logits_fn: Callable[[Params, jax.Array], jax.Array] | None = None
+  logits_fn: Callable[['TextEnv', Params, jax.Array], jax.Array] | None = None
 
   def __post_init__(self):
     if self.cache_segments < 1:
@@ -176,6 +176,10 @@ class TextEnv:
     """This environment with argmax decoding and one sample per prompt."""
     return dataclasses.replace(self, sampling=Sampling(greedy=True),
                                num_samples=1)
+
+  def bind(self, frozen) -> 'TextEnv':
+    """This environment with its policy's frozen base bound (adapters)."""
+    return dataclasses.replace(self, policy=self.policy.bind(frozen))
 
   def with_value_head(self) -> 'TextEnv':
     """This environment with a value head on its policy: a critic's."""
@@ -198,7 +202,7 @@ class TextEnv:
   def _next_logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """The logits sampled from at decoder states hidden [N, E]."""
     if self.logits_fn is not None:
-      return self.logits_fn(params, hidden)
+      return self.logits_fn(self, params, hidden)
     return self.lm_logits(params, hidden)
 
   def reset(self, params: Params, prompt: jax.Array,

@@ -236,12 +236,17 @@ def _dense_init(names, fan_in_axes=(0,)):
 
 def _row_dot_general(lhs, rhs, dimension_numbers, precision=None,
                      preferred_element_type=None, *, out_dtype=None):
-  """`lax.dot_general` of x [..., K] and a kernel [K, N] as one 2-D product.
+  """`lax.dot_general` of x [..., *K] and a kernel [*K, *N] over flat rows.
+
+  The k contracted axes are x's last k and the kernel's first k (k = 1 for
+  a dense layer; 2 for the attention output's [H, D] heads). The kernel is
+  never reshaped, so adapters and quantized kernels (qwix) see the
+  parameter itself.
 
   Why flatten the rows: the weight gradient of a product whose rows span
   batch and length contracts over both axes, and XLA:CPU then writes the
   cotangent transposed inside the elementwise fusion that produces it (a
-  strided loop); on [B * L, K] rows the matmul reads it transposed itself.
+  strided loop); on [B * L, *K] rows the matmul reads it transposed itself.
   The MLP of workload W trains 2.5x faster this way. The leading axis stays
   batch-major, so batch sharding carries over.
 
@@ -254,14 +259,17 @@ def _row_dot_general(lhs, rhs, dimension_numbers, precision=None,
   if preferred_element_type is None and jnp.dtype(lhs.dtype).itemsize < 4:
     preferred_element_type = jnp.float32
   (contract_lhs, contract_rhs), batch = dimension_numbers
-  if (tuple(contract_lhs), tuple(contract_rhs), rhs.ndim, batch) != (
-      (lhs.ndim - 1,), (0,), 2, ((), ())):
-    raise ValueError(f'Expected x [..., K] . kernel [K, N]; got '
+  k = len(contract_rhs)
+  if (tuple(contract_lhs), tuple(contract_rhs), batch) != (
+      tuple(range(lhs.ndim - k, lhs.ndim)), tuple(range(k)), ((), ())):
+    raise ValueError(f'Expected x [..., *K] . kernel [*K, *N]; got '
                      f'dimension_numbers={dimension_numbers}.')
-  rows = lhs.reshape(-1, lhs.shape[-1])
-  out = jax.lax.dot_general(rows, rhs, (((1,), (0,)), ((), ())), precision,
-                            preferred_element_type=preferred_element_type)
-  return out.reshape(lhs.shape[:-1] + rhs.shape[1:]).astype(out_dtype)
+  lead = lhs.shape[:lhs.ndim - k]
+  rows = lhs.reshape((-1,) + lhs.shape[lhs.ndim - k:])
+  out = jax.lax.dot_general(
+      rows, rhs, ((tuple(range(1, k + 1)), tuple(range(k))), ((), ())),
+      precision, preferred_element_type=preferred_element_type)
+  return out.reshape(lead + out.shape[1:]).astype(out_dtype)
 
 
 class Projection(nn.Module):
@@ -305,13 +313,9 @@ class Projection(nn.Module):
                         self.shape[self.num_in:], self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    in_shape, out_shape = self.shape[:self.num_in], self.shape[self.num_in:]
-    lead = x.shape[:x.ndim - self.num_in]
-    y = _row_dot_general(
-        x.reshape(lead + (math.prod(in_shape),)),
-        kernel.reshape(math.prod(in_shape), math.prod(out_shape)),
-        (((len(lead),), (0,)), ((), ())))
-    y = y.reshape(lead + out_shape)
+    k = self.num_in
+    y = _row_dot_general(x, kernel, ((tuple(range(x.ndim - k, x.ndim)),
+                                      tuple(range(k))), ((), ())))
     return y if bias is None else y + bias
 
 

@@ -112,11 +112,15 @@ class Conv3x3(nn.Module):
 
     (out_h, pad_h), (out_w, pad_w) = same_padding(h), same_padding(w)
     padded = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    patches = jnp.concatenate(
+    patches = jnp.stack(
         [padded[:, dy:dy + s * (out_h - 1) + 1:s,
                 dx:dx + s * (out_w - 1) + 1:s]
-         for dy in range(3) for dx in range(3)], axis=-1)
-    return jnp.dot(patches, kernel.reshape(9 * c, self.features)) + bias
+         for dy in range(3) for dx in range(3)], axis=-2)
+    patches = patches.reshape(patches.shape[:3] + (3, 3, c))
+    # [B, H', W', 3, 3, C] . [3, 3, C, F]: one product, the kernel as it is
+    # stored (adapters and quantization find their parameter in it).
+    return jax.lax.dot_general(
+        patches, kernel, (((3, 4, 5), (0, 1, 2)), ((), ()))) + bias
 
 
 class ResBlock(nn.Module):

@@ -15,20 +15,27 @@ import jax
 import jax.numpy as jnp
 
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import lora as lora_lib
 
 Params = Any
 KVCache = tfm.KVCache
 
 
 @dataclasses.dataclass(frozen=True)
-class LMPolicy:
+class LMPolicy(lora_lib.AdaptablePolicy):
   """A Transformer LM and its heads (hashable: a static jit argument).
 
   Attributes:
     model: the Flax module.
+    adapters: low-rank adapters on a frozen base (`lora.Adapters`), or None
+      for a policy whose parameters are all trained. With adapters, the
+      methods' `params` are the trainable tree (adapter factors and heads)
+      and the base is bound with `bind`.
   """
 
   model: tfm.Transformer
+  adapters: lora_lib.Adapters | None = None
+  trainable_heads = ('value_proj',)  # A critic's value head trains.
 
   @property
   def config(self) -> tfm.TransformerConfig:
@@ -40,6 +47,10 @@ class LMPolicy:
 
   def init_params(self, key: jax.Array) -> Params:
     return tfm.init_params(self.model.config, key)
+
+  def _example(self) -> tuple[jax.Array, ...]:
+    one = jnp.ones((1, 1), jnp.int32)
+    return one, jnp.zeros((1, 1), jnp.int32), one.astype(jnp.bool_)
 
   def init_cache(self, batch_size: int, slots: int) -> KVCache:
     """An empty KV cache of `slots` positions for `batch_size` sequences."""
@@ -66,9 +77,8 @@ class LMPolicy:
     Returns:
       (hidden [N, E] the decoder state at the last position, cache).
     """
-    hidden, cache = self.model.apply({'params': params}, tokens,
-                                     tfm.positions_from_mask(mask), mask,
-                                     cache)
+    hidden, cache = self._apply(params, tokens, tfm.positions_from_mask(mask),
+                                mask, cache)
     return hidden[:, -1], cache
 
   def decode(self, params: Params, token: jax.Array, position: jax.Array,
@@ -77,8 +87,8 @@ class LMPolicy:
 
     Returns (hidden [N, E] the decoder state after the token, cache).
     """
-    hidden, cache = self.model.apply(
-        {'params': params}, token[:, None], position[:, None],
+    hidden, cache = self._apply(
+        params, token[:, None], position[:, None],
         jnp.ones((token.shape[0], 1), jnp.bool_), cache)
     return hidden[:, 0], cache
 
@@ -86,31 +96,29 @@ class LMPolicy:
                     mask: jax.Array) -> jax.Array:
     """[N, L, E] teacher-forced decoder states of whole sequences (no cache);
     position i is the state after tokens[:, :i + 1]."""
-    hidden, _ = self.model.apply({'params': params}, tokens,
-                                 tfm.positions_from_mask(mask), mask)
+    hidden, _ = self._apply(params, tokens, tfm.positions_from_mask(mask),
+                            mask)
     return hidden
 
   def logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """[..., V] the LM head's logits (the model's dtype) at hidden [..., E]."""
-    return self.model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.logits)
+    return self._apply(params, hidden, method=tfm.Transformer.logits)
 
   def value(self, params: Params, hidden: jax.Array) -> jax.Array:
     """f32[...] the value head at decoder states hidden [..., E]."""
-    return self.model.apply({'params': params}, hidden,
-                            method=tfm.Transformer.value)
+    return self._apply(params, hidden, method=tfm.Transformer.value)
 
-  @staticmethod
-  def dims(params: Params) -> tuple[int, int, Any]:
+  def dims(self, params: Params) -> tuple[int, int, Any]:
     """(vocabulary V, width E, parameter dtype) of `params`, read off the
     parameters (loaded ones may differ in dtype from the config): what a
     new head on the decoder states needs."""
+    params = self._full(params)
     vocab, width = params['embed']['embedding'].shape
     return vocab, width, params['final_norm']['scale'].dtype
 
-  @staticmethod
-  def lm_head(params: Params) -> jax.Array:
+  def lm_head(self, params: Params) -> jax.Array:
     """[E, V] the LM head's kernel (the embedding, transposed, when tied)."""
+    params = self._full(params)
     if 'unembed' in params:
       return params['unembed']['kernel']
     return params['embed']['embedding'].T

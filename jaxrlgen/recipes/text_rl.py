@@ -21,6 +21,7 @@ import json
 import time
 from typing import Any
 
+import flax
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -46,6 +47,7 @@ from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.policies import LMPolicy
+from jaxrlgen.policies import lora as lora_lib
 from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
@@ -170,6 +172,9 @@ class OfflineConfig:
     schema.divisible(self, 'num_prompts', 'chunk_prompts')
 
 
+HOST_BACKENDS = ('thread', 'process')
+
+
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
   """`config.reward`: a weighted sum of rewards."""
@@ -187,9 +192,20 @@ class RewardConfig:
   tolerance: float = 1e-6  # numeric_answer: |x - y| <= tol * max(1, |y|).
   penalty: float = 0.0  # Reward of a host item that raises or times out.
   timeout_s: float = 30.0  # Seconds a host reward item may run; 0: no limit.
+  # Where host reward items run: thread (cheap; a hung item is abandoned,
+  # not killed) or process (a pool of workers, replaced when an item hangs
+  # or crashes the interpreter: nothing leaks).
+  backend: str = 'thread'
+  max_workers: int = 0  # Threads or worker processes; 0: the default.
+  tests_field: str = 'tests'  # unit_tests: the field holding the asserts.
+  sandbox_timeout_s: float = 5.0  # unit_tests: seconds per program.
+  sandbox_memory_mb: int = 512  # unit_tests: memory per program.
 
   def __post_init__(self):
-    schema.non_negative(self, 'target_length', 'tolerance', 'timeout_s')
+    schema.non_negative(self, 'target_length', 'tolerance', 'timeout_s',
+                        'max_workers')
+    schema.one_of(self, 'backend', HOST_BACKENDS)
+    schema.positive(self, 'sandbox_timeout_s', 'sandbox_memory_mb')
     if isinstance(self.terms, str):  # From the command line.
       try:
         terms = rewards.parse_terms(self.terms, 'terms')
@@ -202,7 +218,11 @@ class RewardConfig:
     return dict(target_length=self.target_length,
                 answer_field=self.answer_field,
                 format_pattern=self.format_pattern, tolerance=self.tolerance,
-                penalty=self.penalty, timeout_s=self.timeout_s or None)
+                penalty=self.penalty, timeout_s=self.timeout_s or None,
+                backend=self.backend, max_workers=self.max_workers or None,
+                tests_field=self.tests_field,
+                sandbox_timeout_s=self.sandbox_timeout_s,
+                sandbox_memory_mb=self.sandbox_memory_mb)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,10 +251,12 @@ class Settings:
   reward: RewardConfig
   eval: EvalConfig
   mcts: search.MCTSConfig | None
+  lora: lora_lib.LoraConfig
 
 
 _SECTIONS = {'data': DataConfig, 'sft': SFTConfig, 'rl': RLConfig,
-             'reward': RewardConfig, 'eval': EvalConfig}
+             'reward': RewardConfig, 'eval': EvalConfig,
+             'lora': lora_lib.LoraConfig}
 # Sections read elsewhere: model (model_and_tokenizer), algo (algos.make),
 # task (its TaskSpec), offline, mcts, mesh and distributed.
 _OTHER_SECTIONS = ('model', 'algo', 'task', 'offline', 'mcts', 'mesh',
@@ -262,6 +284,11 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
     raise ValueError("config.loop='async' runs on one host; use "
                      "config.loop='sync' for a multi-host run.")
   algo_base.check_env(algo, TextEnv)
+  if settings.lora.enabled and run.loop == 'async':
+    raise ValueError(
+        "config.lora.rank > 0 runs with config.loop='sync': the async "
+        "loop's actor does not hold the frozen base yet. Set "
+        "config.loop='sync' or config.lora.rank=0.")
   # Every batch is split over data x fsdp, and read in equal shares by the
   # processes.
   shards = max(parallel.batch_size_divisor(mesh), jax.process_count())
@@ -476,9 +503,9 @@ def make_evaluator(env, reward_fn, batches, policy_params,
   """
   greedy = env.greedy()
 
-  def decode(params, batch):
+  def decode(params, batch, frozen):
     reward, failed, rollout = step_lib.greedy_eval_step(
-        params, batch, env=greedy, reward_fn=reward_fn)
+        params, batch, frozen, env=greedy, reward_fn=reward_fn)
     # Only what the figures and samples read reaches the host (a search's
     # rollout also carries its [B, T, V] weights).
     context = {k: rollout.context[k] for k in ('tokens', 'mask')}
@@ -489,7 +516,8 @@ def make_evaluator(env, reward_fn, batches, policy_params,
 
   def evaluate(state) -> dict[str, float]:
     params = policy_params(state.params)
-    outs = [jax.device_get(eval_step(params, batch)) for batch in batches]
+    outs = [jax.device_get(eval_step(params, batch, state.frozen))
+            for batch in batches]
     reward = np.concatenate([r for r, _, _ in outs]).astype(np.float64)
     mask = np.concatenate([np.asarray(o.mask) for _, _, o in outs])
     if samples is not None:
@@ -588,6 +616,29 @@ def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
   return state.params
 
 
+def with_adapters(lora: lora_lib.LoraConfig, env: TextEnv, sampler, params,
+                  layout: parallel.Layout, key: jax.Array):
+  """The run's pieces with low-rank adapters on `params` as a frozen base.
+
+  Returns (env and sampler whose policy has adapters; the frozen base,
+  quantized per `lora.quantize`; fresh adapters, the model equal to its
+  base, and the heads that train with them (a value head); the layout with
+  the adapters' and quantized kernels' logical names).
+  """
+  policy = env.policy.with_adapters(lora)
+  env = dataclasses.replace(env, policy=policy)
+  if sampler is not None:
+    sampler = dataclasses.replace(sampler, env=env)
+  specs = flax.traverse_util.flatten_dict(layout.logical_specs)
+  specs.update(flax.traverse_util.flatten_dict(policy.adapter_logical_axes()))
+  layout = parallel.Layout(layout.mesh,
+                           flax.traverse_util.unflatten_dict(specs))
+  frozen, heads = policy.split_base(params)
+  frozen = layout.init(policy.quantize_base, frozen)
+  adapters = {**policy.init_adapters(frozen, key), **heads}
+  return env, sampler, frozen, adapters, layout
+
+
 def make_env(rl: RLConfig, model: tfm.Transformer, tokenizer) -> TextEnv:
   """The sampling environment of `config.rl`."""
   sampling = Sampling(temperature=rl.temperature, top_k=rl.top_k,
@@ -658,15 +709,25 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
     params = warm_start(settings.sft, run_cfg.seed, workdir, task, sft_env,
                         params, layout)
 
+  frozen = None
+  if settings.lora.enabled:  # The loaded weights become the frozen base.
+    env, sampler, frozen, params, layout = with_adapters(
+        settings.lora, env, sampler, params, layout,
+        jax.random.fold_in(init_key, 3))
   tx = optim.make(rl.optimizer, run_cfg.total_steps)
   ref_dtype = jnp.dtype(rl.reference_dtype)
 
-  def build_state(params):
-    ref_params = (jax.tree.map(lambda x: x.astype(ref_dtype), params)
-                  if algo.uses_reference else None)
-    params = algo.init_params(env, params, jax.random.fold_in(init_key, 1))
+  def build_state(params, frozen):
+    if not algo.uses_reference:
+      ref_params = None
+    elif frozen is not None:  # The base with the adapters off: no copy.
+      ref_params = lora_lib.adapters_off(params)
+    else:
+      ref_params = jax.tree.map(lambda x: x.astype(ref_dtype), params)
+    params = algo.init_params(step_lib.bind(env, frozen), params,
+                              jax.random.fold_in(init_key, 1))
     return TrainState.create(
-        params, tx, ref_params=ref_params,
+        params, tx, ref_params=ref_params, frozen=frozen,
         algo_state=algo_base.init_algo_state(
             algo, params, rollout=_rollout_spec(
                 rl.batch_size, settings.data.max_prompt_len,
@@ -674,9 +735,10 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
 
   offline = None  # config.rl.source='offline': the dataset, sampled once.
   if settings.offline is not None:
-    offline = offline_dataset(settings, workdir, task, env, reward_fn, params)
-  state = layout.init(build_state, params)
-  del params
+    offline = offline_dataset(settings, workdir, task,
+                              step_lib.bind(env, frozen), reward_fn, params)
+  state = layout.init(build_state, params, frozen)
+  del params, frozen
   if parallel.is_primary():
     print(memory_report(state, env, rl.num_prompts,
                         settings.data.max_prompt_len, layout), flush=True)
@@ -703,8 +765,14 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
   if config.model.get('path'):  # The trained policy, for other tools to serve.
+    policy_params = algo.policy_params(state.params)
+    if settings.lora.enabled:
+      export_lib.write_adapters(workdir / 'adapters', config.model.path,
+                                model_cfg, policy_params, settings.lora)
+      policy_params = lora_lib.merge(state.frozen, policy_params,
+                                     settings.lora)
     export_lib.write(workdir / 'hf_model', config.model.path, model_cfg,
-                     algo.policy_params(state.params))
+                     policy_params)
   summary = writers.summarize(writers.read_metrics(str(workdir)),
                               time.time() - start_time, ('accuracy',))
   summary['mesh'] = dict(layout.mesh.shape)
@@ -786,8 +854,13 @@ def memory_report(state: TrainState, env: TextEnv, num_prompts: int,
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=(
         jax.sharding.NamedSharding(layout.mesh, spec)))
 
+  if state.frozen is None:
+    params = {'parameters': state.params}
+  else:
+    params = {'parameters (frozen base)': state.frozen,
+              'parameters (adapters and heads)': state.params}
   return parallel.memory_report({
-      'parameters': state.params,
+      **params,
       'optimizer state': state.opt_state,
       'reference model': state.ref_params,
       'KV cache (rollout)': jax.tree.map(place, cache),

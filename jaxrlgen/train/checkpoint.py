@@ -22,6 +22,12 @@ PyTree = Any
 CHECKPOINT_DIR = 'checkpoints'
 
 
+def _without_frozen(state: PyTree) -> PyTree:
+  if getattr(state, 'frozen', None) is None:
+    return state
+  return state.replace(frozen=None)
+
+
 class Checkpointer:
   """Saves and restores a pytree of arrays (the `TrainState`) by step.
 
@@ -88,6 +94,8 @@ class Checkpointer:
     Args:
       step: the training step `state` belongs to.
       state: a pytree of jax/numpy arrays; None subtrees are kept as None.
+        A `TrainState`'s `frozen` base (adapters' frozen weights) is not
+        written: a run reloads it from its model path.
       force: also save a step older than the latest checkpoint.
 
     Returns:
@@ -96,8 +104,8 @@ class Checkpointer:
     step = int(step)
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(step, args=ocp.args.StandardSave(state),
-                              force=force)
+    return self._manager.save(
+        step, args=ocp.args.StandardSave(_without_frozen(state)), force=force)
 
   def restore(self, step: int | None, abstract_state: PyTree) -> PyTree:
     """Restores the checkpoint of `step` into the structure `abstract_state`.
@@ -110,6 +118,8 @@ class Checkpointer:
         `jax.eval_shape`, with `.sharding` set for sharded restores) or
         concrete arrays; each restored array takes the leaf's shape, dtype and
         sharding (a leaf without a sharding lands on the default device).
+        Its `frozen` base, if any, is not read from the checkpoint but put
+        back as given (concrete weights).
 
     Returns:
       The restored pytree.
@@ -123,8 +133,12 @@ class Checkpointer:
       step = self.latest_step()
       if step is None:
         raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    return self._manager.restore(
-        int(step), args=ocp.args.StandardRestore(abstract_state))
+    restored = self._manager.restore(
+        int(step),
+        args=ocp.args.StandardRestore(_without_frozen(abstract_state)))
+    if getattr(abstract_state, 'frozen', None) is not None:
+      restored = restored.replace(frozen=abstract_state.frozen)
+    return restored
 
   def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
     """The newest checkpoint restored into `state`'s structure, or `state`

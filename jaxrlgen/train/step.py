@@ -67,6 +67,9 @@ def uses_host(reward_fn: RewardFn) -> bool:
   return getattr(reward_fn, 'uses_host', hasattr(reward_fn, 'with_failures'))
 
 
+bind = algo_base.bind
+
+
 def generate(params, batch, key: jax.Array, *, env) -> Rollout:
   """The rollout of `sample`: the batch's prompts, G samples each. The
   first of the key's three splits drives it; the learner uses the others."""
@@ -74,8 +77,8 @@ def generate(params, batch, key: jax.Array, *, env) -> Rollout:
   return env.rollout(params, batch, rollout_key)
 
 
-def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
-           ) -> Acted:
+def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn,
+           frozen=None) -> Acted:
   """The default actor: samples the policy on the batch's prompts and scores
   the completions.
 
@@ -84,21 +87,23 @@ def sample(params, batch, key: jax.Array, *, env, reward_fn: RewardFn
     batch: per-prompt data, leading axis N (`prompt`, `prompt_mask`, ...).
     key: the step's key; the first of its three splits drives the rollout
       (the learner uses the other two), whatever the actor.
+    frozen: the policy's frozen base (`TrainState.frozen`), or None.
   Returns:
     Acted with B = N * G sequences.
   """
+  env = bind(env, frozen)
   rollout = generate(params, batch, key, env=env)
   rewards, failed = rollout_lib.score(
       reward_fn, rollout, rollout_lib.repeat_batch(batch, env.num_samples))
   return Acted(rollout=rollout, rewards=rewards, batch=batch, failed=failed)
 
 
-def replay(params, batch, key: jax.Array) -> Acted:
+def replay(params, batch, key: jax.Array, frozen=None) -> Acted:
   """The offline actor: the batch is N prompts of a dataset of scored
   sequences (`jaxrlgen.data.scored`: per-prompt fields and `completion`,
   `completion_mask`, `logp` [N, G, T], `reward` [N, G]); nothing is
   generated, `reward/mean` is the stored reward. env.num_samples must be G."""
-  del params, key
+  del params, key, frozen
   rollout, rewards, per_prompt = scored.split(batch)
   return Acted(rollout=rollout, rewards=rewards, batch=per_prompt,
                failed=jnp.zeros(rewards.shape, jnp.bool_))
@@ -118,6 +123,7 @@ def learner_step(state: TrainState, acted: Acted, key: jax.Array, *, env,
   Returns:
     (new_state, metrics) with `rl_step`'s metrics.
   """
+  env = bind(env, state.frozen)
   _, prepare_key, update_key = jax.random.split(key, 3)
   rollout, rewards, batch = acted.rollout, acted.rewards, acted.batch
   extra = ({'score': lambda other: reward_fn(other, batch)}
@@ -149,15 +155,17 @@ def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardF
       bool[N, P], and whatever the reward reads (e.g. `answer` i32[N]).
     key: this step's PRNG key.
     env, reward_fn, algo, tx: static pieces (closed over by the caller's jit).
-    actor: `(policy_params, batch, key) -> Acted`, how the batch is acted
-      on: `sample` (the default: sample the policy), `replay` (an offline
-      dataset); a search is `sample` with the sampler as `env`.
+    actor: `(policy_params, batch, key, frozen=) -> Acted`, how the batch is
+      acted on: `sample` (the default: sample the policy), `replay` (an
+      offline dataset); a search is `sample` with the sampler as `env`.
+      `frozen` is `state.frozen`, the base of a policy with adapters.
   Returns:
     (new_state, metrics) with scalar metrics; `reward/host_failures` when
     the reward runs on the host.
   """
   actor = actor or functools.partial(sample, env=env, reward_fn=reward_fn)
-  acted = actor(algo.policy_params(state.params), batch, key)
+  acted = actor(algo.policy_params(state.params), batch, key,
+                frozen=state.frozen)
   return learner_step(state, acted, key, env=env, reward_fn=reward_fn,
                       algo=algo, tx=tx)
 
@@ -174,6 +182,7 @@ def supervised_rollout(batch) -> Rollout:
 def sft_step(state: TrainState, batch, key: jax.Array, *, env,
              tx: optax.GradientTransformation):
   """One maximum-likelihood step on a supervised batch."""
+  env = bind(env, state.frozen)
   params, opt_state, metrics = algo_base.minibatch_update(
       lambda p, r: sft.loss(env, p, r), tx, state.params, state.opt_state,
       supervised_rollout(batch), key)
@@ -181,8 +190,9 @@ def sft_step(state: TrainState, batch, key: jax.Array, *, env,
                        opt_state=opt_state), metrics
 
 
-def greedy_eval_step(params, batch, *, env, reward_fn: RewardFn):
+def greedy_eval_step(params, batch, frozen=None, *, env, reward_fn: RewardFn):
   """Greedy completions of the batch's prompts (`env` decodes greedily, one
-  sample each): (rewards f32[N], failed bool[N], rollout)."""
-  rollout = env.rollout(params, batch, jax.random.key(0))
+  sample each): (rewards f32[N], failed bool[N], rollout). `frozen`: the
+  base of a policy with adapters."""
+  rollout = bind(env, frozen).rollout(params, batch, jax.random.key(0))
   return (*rollout_lib.score(reward_fn, rollout, batch), rollout)

@@ -30,6 +30,7 @@ from jaxrlgen.models import transformer as tfm
 from jaxrlgen.train import checkpoint
 from jaxrlgen.train import step as step_lib
 from jaxrlgen.policies import LMPolicy
+from jaxrlgen.policies import lora
 
 MODEL = tfm.TransformerConfig(
     vocab_size=64, hidden_dim=32, mlp_dim=64, num_layers=2, num_heads=8,
@@ -113,6 +114,56 @@ def run_rl(algo_name: str, mesh_shape):
       sharded_step = parallel.jit_step(step, mesh, state_shardings)
       new_state, metrics = sharded_step(state, gbatch, jax.random.key(1))
   return jax.device_get((rollout.actions, metrics, new_state.params))
+
+
+def run_lora(mesh_shape, quantize: str = 'none'):
+  """Two GRPO steps (KL to the adapters-off base) of an adapted policy:
+  (sampled actions, metrics, new adapters, the sharding of a query
+  adapter's B factor), as numpy."""
+  config = dataclasses.replace(MODEL, value_head=False)
+  algo_cfg = algos.default_config('grpo')
+  algo_cfg.beta = 0.04
+  algo = algos.make(algo_cfg)
+  policy = LMPolicy(tfm.Transformer(config)).with_adapters(
+      lora.LoraConfig(rank=4, alpha=8.0, quantize=quantize))
+  env = TextEnv(policy, max_new_tokens=NEW_TOKENS, sampling=Sampling(),
+                eos_id=3, pad_id=0, num_samples=GROUP)
+  tx = optax.sgd(0.5)
+  frozen = policy.quantize_base(tfm.init_params(config, jax.random.key(0)))
+  adapters = perturb(policy.init_adapters(frozen, jax.random.key(1)))
+
+  def build(frozen, adapters):
+    return TrainState.create(adapters, tx, frozen=frozen, ref_params={})
+
+  step = functools.partial(step_lib.rl_step, env=env, reward_fn=even_reward,
+                           algo=algo, tx=tx)
+  batch = make_batch()
+  if mesh_shape is None:
+    state = jax.jit(build)(frozen, adapters)
+    state, _ = jax.jit(step)(state, batch, jax.random.key(1))
+    new_state, metrics = jax.jit(step)(state, batch, jax.random.key(2))
+    spec = None
+  else:
+    mesh = parallel.make_mesh(ml_collections.ConfigDict(dict(
+        zip(parallel.AXES, mesh_shape))), jax.devices()[:np.prod(mesh_shape)])
+    layout = parallel.Layout(mesh, policy.adapter_logical_axes())
+    with parallel.activate(mesh):
+      state = layout.init(build, frozen, adapters)
+      sharded_step = layout.jit_step(step, state)
+      gbatch = layout.batch(batch)
+      state, _ = sharded_step(state, gbatch, jax.random.key(1))
+      new_state, metrics = sharded_step(state, gbatch, jax.random.key(2))
+    spec = str(new_state.params['block_0']['attn']['q'][
+        'kernel_lora_b'].sharding.spec)
+  return jax.device_get((metrics, new_state.params)) + (spec,)
+
+
+def perturb(adapters):
+  """Adapters with B no longer zero, so that they change the policy."""
+  leaves, tree = jax.tree.flatten(adapters)
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  return jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
+                                   for k, x in zip(keys, leaves)])
 
 
 def run_sft(mesh_shape):
@@ -210,6 +261,13 @@ def main(argv):
             metrics[k], ref_metrics[k])),
         'params': max_diff(params, ref_params),
     }
+  for quantize in ('none', 'int8'):
+    ref_metrics, ref_params, _ = run_lora(None, quantize)
+    for mesh_name in ('mixed', 'tensor'):
+      metrics, params, spec = run_lora(MESHES[mesh_name], quantize)
+      results[f'lora_{quantize}/{mesh_name}'] = {
+          'metrics': max_diff(metrics, ref_metrics),
+          'params': max_diff(params, ref_params), 'spec': spec}
   (ref_state, ref_metrics) = run_sft(None)
   state, metrics = run_sft(MESHES['mixed'])
   results['sft/mixed'] = {'metrics': max_diff(metrics, ref_metrics),

@@ -107,6 +107,16 @@ def test_rl_step_on_a_mesh_equals_one_device(sharded_results, case):
   assert result['params'] < 1e-5, result
 
 
+@pytest.mark.parametrize('case', ['lora_none/mixed', 'lora_none/tensor',
+                                  'lora_int8/mixed', 'lora_int8/tensor'])
+def test_lora_steps_on_a_mesh_equal_one_device(sharded_results, case):
+  """Adapters (on a float or an int8 base) carry their kernels' logical
+  names: a query adapter's B [r, heads x head_dim] is split over `tensor`."""
+  result = sharded_results[case]
+  assert result['metrics'] < 1e-5 and result['params'] < 1e-5, result
+  assert result['spec'] == str(P(None, 'tensor')), result
+
+
 def test_sft_step_on_a_mesh_equals_one_device(sharded_results):
   result = sharded_results['sft/mixed']
   assert result['metrics'] < 1e-5 and result['params'] < 1e-5, result

@@ -232,3 +232,52 @@ def test_section_errors_fail_before_compute(tmp_path, monkeypatch, variant,
   config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
     recipes.run(config, str(tmp_path / 'run'))
+
+
+def test_lora_run_resumes_like_uninterrupted_and_reports_memory(
+    tmp_path, monkeypatch, capsys):
+  """PPO (a value head that trains) with adapters and a KL term: the memory
+  report splits base and adapters, the reference costs no bytes, and a run
+  interrupted after a checkpoint resumes to the uninterrupted metrics."""
+
+  def lora_config():
+    config = tiny_config(tmp_path / 'data', 'ppo')
+    config.lora.update(rank=4, alpha=8.0)
+    config.algo.kl_coef = 0.05
+    config.update(total_steps=4, checkpoint_every=2)
+    return config
+
+  summary = recipes.run(lora_config(), str(tmp_path / 'full'))
+  report = capsys.readouterr().out
+  sizes = {line.split('  ')[1].strip(): line.split()[-2:]
+           for line in report.splitlines() if line.startswith('  ')
+           and 'mesh' not in line}
+  # The reference is the bound base: only the value head is its own.
+  assert sizes['reference model'][1] == 'B', report
+  assert 'parameters (frozen base)' in sizes, report
+  assert 'parameters (adapters and heads)' in sizes, report
+  records = writers.read_metrics(str(tmp_path / 'full'))
+  assert summary['final/kl'] > 0.0
+
+  real_batch = text_rl.Task.batch
+
+  def failing_batch(self, step, batch_size, stream=0):
+    if stream == 0 and step == 3:
+      raise KeyboardInterrupt('simulated preemption')
+    return real_batch(self, step, batch_size, stream)
+
+  monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
+  with pytest.raises(KeyboardInterrupt):
+    recipes.run(lora_config(), str(tmp_path / 'cut'))
+  monkeypatch.setattr(text_rl.Task, 'batch', real_batch)
+  recipes.run(lora_config(), str(tmp_path / 'cut'))
+  assert strip_timing(writers.read_metrics(str(tmp_path / 'cut'))) == \
+      strip_timing(records)
+
+
+def test_lora_with_the_async_loop_fails_before_compute(tmp_path):
+  config = tiny_config(tmp_path / 'data')
+  config.lora.rank = 4
+  config.loop = 'async'
+  with pytest.raises(ValueError, match=r"config\.lora\.rank.*config\.loop"):
+    recipes.run(config, str(tmp_path / 'run'))
