@@ -62,9 +62,13 @@ class LoraConfig:
   # Storage of the frozen base's adapted kernels: none (its dtype), int8,
   # int4 (QLoRA; per-output-channel absmax scales).
   quantize: str = 'none'
+  # Quantization blocks along the innermost input axis (QLoRA's block-wise
+  # scales, e.g. 64; it must divide that axis); 0: one scale per output
+  # channel. int4 needs blocks to stay close to its base.
+  quantize_block: int = 0
 
   def __post_init__(self):
-    schema.non_negative(self, 'rank')
+    schema.non_negative(self, 'rank', 'quantize_block')
     schema.positive(self, 'alpha')
     schema.in_range(self, 'dropout', 0.0, 1.0)
     schema.one_of(self, 'quantize', QUANTIZE)
@@ -97,12 +101,14 @@ class LoraConfig:
   def provider(self, *, lora: bool = True):
     """The qwix provider: adapters (and the base's quantization), or with
     lora=False only the base's quantization (the adapters-off model)."""
-    qtype = None if self.quantize == 'none' else self.quantize
+    quantized = dict(
+        weight_qtype=None if self.quantize == 'none' else self.quantize,
+        tile_size=self.quantize_block or None)
     if lora:
       return qwix.LoraProvider(module_path=self.pattern, rank=self.rank,
-                               alpha=self.alpha, weight_qtype=qtype)
+                               alpha=self.alpha, **quantized)
     return qwix.PtqProvider([qwix.QuantizationRule(
-        module_path=self.pattern, weight_qtype=qtype)])
+        module_path=self.pattern, **quantized)])
 
 
 def is_adapter(path) -> bool:
@@ -215,7 +221,16 @@ class Adapters:
     def init():
       with flax.linen.logical_axis_rules(()):
         return module.init(jax.random.key(0), *example)['params']
-    return qwix.quantize_params(base, jax.eval_shape(init))
+    try:
+      abstract = jax.eval_shape(init)
+    except ValueError as e:
+      if 'cannot be tiled' not in str(e):
+        raise
+      raise schema.FieldError(
+          'config.lora.quantize_block', f'={self.config.quantize_block} '
+          'must divide the innermost input axis of every adapted kernel '
+          f'(the head size for the attention output): {e}') from None
+    return qwix.quantize_params(base, abstract)
 
 
 def dequantize(base: Params) -> Params:

@@ -16,6 +16,7 @@ import pytest
 
 from jaxrlgen import algos
 from jaxrlgen import export as export_lib
+from jaxrlgen import parallel
 from jaxrlgen import schema
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen.core.types import TrainState
@@ -129,6 +130,12 @@ def test_bad_config_names_the_field(overrides, message):
     schema.parse(lora.LoraConfig, overrides, 'config.lora')
 
 
+def test_quantize_block_must_divide_the_input_axes():
+  with pytest.raises(ValueError, match=r'config\.lora\.quantize_block=16 '
+                     'must divide'):
+    adapted(quantize='int8', quantize_block=16)  # Head size 8.
+
+
 def test_targets_matching_nothing_fail_before_training():
   with pytest.raises(ValueError, match='matches no product'):
     adapted(targets=r'.*/nothing$')
@@ -197,16 +204,22 @@ def test_lora_grpo_learns_the_toy_task():
   assert np.mean(history[-3:]) > np.mean(history[:3]) + 0.4, history
 
 
-@pytest.mark.parametrize('qtype, tolerance', [('int8', 0.02), ('int4', 0.3)])
-def test_quantized_base(qtype, tolerance):
-  """QLoRA: the base's adapted kernels are stored as integers; fresh
-  adapters give the quantized base's logits, a bounded distance from the
-  unquantized model's."""
-  _, env, params, frozen, adapters = adapted(quantize=qtype)
+@pytest.mark.parametrize('qtype, block, tolerance', [
+    ('int8', 0, 0.02), ('int8', 8, 0.02), ('int4', 0, 0.3)])
+def test_quantized_base(qtype, block, tolerance):
+  """QLoRA: the base's adapted kernels are stored as integers (one scale
+  per output channel, or per block of inputs); fresh adapters give the
+  quantized base's logits, a bounded distance from the unquantized
+  model's."""
+  _, env, params, frozen, adapters = adapted(quantize=qtype,
+                                             quantize_block=block)
+  scale = frozen['block_0']['mlp']['up']['kernel'].array.scale
+  assert scale.shape == ((CONFIG.hidden_dim // block, CONFIG.mlp_dim)
+                         if block else (1, CONFIG.mlp_dim))
   leaves = jax.tree.leaves(frozen)
   assert any(x.dtype == jnp.dtype(qtype) for x in leaves)
-  assert lora.count(frozen, lambda p: True) <= lora.count(
-      params, lambda p: True) + 1024  # Scales only on top.
+  assert parallel.bytes_per_device(frozen) < 0.7 * parallel.bytes_per_device(
+      params)
   quantized = _logits_bound(env.policy, frozen, {})
   np.testing.assert_allclose(_logits_bound(env.policy, frozen, adapters),
                              quantized, atol=1e-6)
