@@ -19,6 +19,14 @@ pytree holding the policy's and more (PPO's separate critic), in which case
 `PolicyGradientExperience`) whose leaves all have a leading batch axis B;
 `minibatch_update` shuffles it into minibatches with `jax.tree.map` and runs
 epochs x minibatches of optimizer steps as one `lax.scan`.
+
+Non-finite numbers: `minibatch_update` is where every step's optimizer
+updates happen (RL, SFT, preference and reward-model steps), so the guard
+lives there: an update whose loss or gradient norm is not finite is skipped
+(parameters and optimizer state kept) inside the compiled step, with no host
+sync. The steps add the reward (`enabled`), keep `algo_state` on a skipped
+step and count it (`advance`); `train.loop` stops a run after too many
+skipped steps in a row.
 """
 
 import dataclasses
@@ -153,10 +161,38 @@ def init_algo_state(algo, params: PyTree, rollout=None) -> PyTree:
   return algo.init_state(**kwargs)
 
 
+SKIPPED = 'nonfinite/skipped'
+SKIPPED_STEPS = 'nonfinite/skipped_steps'
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+  """bool[]: whether every floating-point leaf of `tree` is finite."""
+  checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
+def select(pred: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
+  """`on_true` where the scalar `pred` holds, else `on_false`, leaf by leaf
+  (both branches are computed: a select, not a `lax.cond`, so that XLA can
+  write the result in place of a donated input)."""
+  return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
 def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
                      opt_state, experience, key: jax.Array, *,
-                     num_epochs: int = 1, num_minibatches: int = 1):
+                     num_epochs: int = 1, num_minibatches: int = 1,
+                     enabled: jax.Array | bool = True):
   """`num_epochs` shuffled passes of `num_minibatches` optimizer steps.
+
+  The non-finite guard: an optimizer step whose loss or gradient norm is NaN
+  or infinite leaves `params` and `opt_state` as they were (its counters and
+  schedules included), so one bad minibatch never reaches the parameters.
+  The check is per optimizer step, where the update is computed, and the
+  kept values are chosen with `jnp.where` (an elementwise select that XLA
+  fuses into the update in place; reverting a whole multi-minibatch step
+  would need a copy of the parameters and optimizer state). With several
+  minibatches, the finite ones keep their updates.
 
   Args:
     loss_fn: (params, minibatch) -> (loss, metrics).
@@ -164,9 +200,12 @@ def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
     params, opt_state: what is optimised.
     experience: pytree with leading axis B, B divisible by num_minibatches.
     key: PRNG key for the shuffles.
+    enabled: bool[] (or a Python bool); false skips every update (the
+      step's rewards are not finite).
   Returns:
-    (params, opt_state, metrics averaged over all steps, plus `loss` and
-    `grad_norm`).
+    (params, opt_state, metrics averaged over all steps, plus `loss`,
+    `grad_norm` and `nonfinite/skipped`: the fraction of the optimizer
+    steps skipped, 0 or 1 with one minibatch and one epoch).
   """
   batch_size = jax.tree.leaves(experience)[0].shape[0]
   if batch_size % num_minibatches:
@@ -178,9 +217,17 @@ def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
     params, opt_state = carry
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         params, minibatch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    # A NaN or inf anywhere in the gradient makes its norm non-finite (a
+    # finite gradient whose squares overflow does too: also worth skipping).
+    ok = jnp.logical_and(enabled,
+                         jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    params, opt_state = select(
+        ok, (optax.apply_updates(params, updates), new_opt_state),
+        (params, opt_state))
+    metrics = {**metrics, 'loss': loss, 'grad_norm': grad_norm,
+               SKIPPED: 1.0 - ok.astype(jnp.float32)}
     return (params, opt_state), metrics
 
   def epoch(carry, key):
@@ -195,6 +242,28 @@ def minibatch_update(loss_fn, tx: optax.GradientTransformation, params,
   (params, opt_state), metrics = jax.lax.scan(
       epoch, (params, opt_state), jax.random.split(key, num_epochs))
   return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+
+def advance(state: TrainState, metrics: Metrics, **changes):
+  """The state after one step, and its metrics with the skip count.
+
+  Applies `changes` (the update's `params`, `opt_state`, `algo_state`),
+  adds one to `step` and, when the step skipped any update
+  (`metrics['nonfinite/skipped'] > 0`), to `skipped_steps`.
+
+  A skipped step still advances `step`: the loop draws each step's batch and
+  key from the step number, so the next step reads the next batch and the
+  run stays aligned with an uninterrupted one (the skipped batch is not
+  retried: retrying it would make the data order depend on where NaNs
+  struck, and a batch that gives NaN would likely give it again).
+
+  Returns:
+    (new state, metrics plus `nonfinite/skipped_steps`: the count so far).
+  """
+  skipped = (metrics[SKIPPED] > 0).astype(jnp.int32)
+  count = state.skipped_steps + skipped
+  state = state.replace(step=state.step + 1, skipped_steps=count, **changes)
+  return state, {**metrics, SKIPPED_STEPS: count.astype(jnp.float32)}
 
 
 def regularizers(out, rollout: Rollout, ref_logp: jax.Array | None, *,

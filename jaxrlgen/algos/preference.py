@@ -330,8 +330,7 @@ def offline_step(state: TrainState, batch, key: jax.Array, *,
   params, opt_state, metrics = base.minibatch_update(
       lambda p, b: offline_loss(cfg, env, p, b), tx, state.params,
       state.opt_state, experience, key)
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state), metrics
+  return base.advance(state, metrics, params=params, opt_state=opt_state)
 
 
 # --- Reward models -----------------------------------------------------------
@@ -365,8 +364,9 @@ def reward_model_step(state: TrainState, batch, key: jax.Array, *,
   et al. 2016) even when they start from the same trunk.
 
   Returns:
-    (new_state, metrics `loss`, `accuracy`, `margin`, `grad_norm`, averaged
-    over the members).
+    (new_state, metrics `loss`, `accuracy`, `margin`, `grad_norm` and
+    `nonfinite/skipped` (a member's non-finite update is skipped, the
+    others' kept), averaged over the members; `nonfinite/skipped_steps`).
   """
   def member(params, opt_state, member_key):
     weights = None
@@ -386,8 +386,7 @@ def reward_model_step(state: TrainState, batch, key: jax.Array, *,
     metrics = jax.tree.map(jnp.mean, metrics)
   else:
     params, opt_state, metrics = member(state.params, state.opt_state, key)
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state), metrics
+  return base.advance(state, metrics, params=params, opt_state=opt_state)
 
 
 def reward_model_eval(score_fn: ScoreFn, params: Params, batch, *,

@@ -98,6 +98,9 @@ class TrainState:
       to the environment's policy inside a step (`train.step.bind`); never
       differentiated, optimized or checkpointed (a run reloads them from
       its model path). None when every parameter trains.
+    skipped_steps: i32[] steps whose update the non-finite guard skipped
+      (`algos.base.minibatch_update`); checkpointed, so the count survives a
+      resume.
   """
 
   step: jax.Array
@@ -106,6 +109,8 @@ class TrainState:
   ref_params: PyTree | None = None
   algo_state: PyTree = flax.struct.field(default_factory=dict)
   frozen: PyTree | None = None
+  skipped_steps: jax.Array = flax.struct.field(
+      default_factory=lambda: jnp.zeros((), jnp.int32))
 
   @classmethod
   def create(cls, params: PyTree, tx, *, ref_params: PyTree | None = None,

@@ -78,11 +78,18 @@ class RunConfig:
   checkpoint_every: int = 250
   max_checkpoints: int = 2  # Checkpoints kept.
   loop: str = 'sync'  # sync | async (actor lags learner, IMPALA-style).
+  # A step with non-finite rewards, loss or gradient skips its update;
+  # skip: the run stops after max_nonfinite_steps of them in a row; stop:
+  # after the first.
+  nonfinite: str = 'skip'
+  max_nonfinite_steps: int = 10  # Skipped steps in a row that stop a run.
 
   def __post_init__(self):
     schema.non_negative(self, 'seed', 'total_steps', 'checkpoint_every')
-    schema.positive(self, 'log_every', 'max_checkpoints')
+    schema.positive(self, 'log_every', 'max_checkpoints',
+                    'max_nonfinite_steps')
     schema.one_of(self, 'loop', LOOPS)
+    schema.one_of(self, 'nonfinite', loop.NONFINITE_POLICIES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -761,7 +768,10 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
                                log_every=run_cfg.log_every,
                                eval_every=settings.eval.every,
                                checkpoint_every=run_cfg.checkpoint_every,
-                               progress_desc=algo.name),
+                               progress_desc=algo.name,
+                               nonfinite=run_cfg.nonfinite,
+                               max_nonfinite_steps=(
+                                   run_cfg.max_nonfinite_steps)),
         checkpointer=checkpointer, writer=writer, eval_fn=evaluate)
   checkpointer.close()
   if config.model.get('path'):  # The trained policy, for other tools to serve.

@@ -10,11 +10,14 @@ arguments: orbax synchronises the processes, each writes the shards it holds,
 and the primary process writes the metadata and finalises the step directory.
 """
 
+import dataclasses
 import os
 from typing import Any
 
 from absl import logging
 from etils import epath
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 PyTree = Any
@@ -26,6 +29,15 @@ def _without_frozen(state: PyTree) -> PyTree:
   if getattr(state, 'frozen', None) is None:
     return state
   return state.replace(frozen=None)
+
+
+def _concrete(x):
+  """An array leaf as given, or zeros of a `jax.ShapeDtypeStruct`'s shape."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    zeros = jnp.zeros(x.shape, x.dtype)
+    sharding = getattr(x, 'sharding', None)
+    return zeros if sharding is None else jax.device_put(zeros, sharding)
+  return x
 
 
 class Checkpointer:
@@ -119,7 +131,10 @@ class Checkpointer:
         concrete arrays; each restored array takes the leaf's shape, dtype and
         sharding (a leaf without a sharding lands on the default device).
         Its `frozen` base, if any, is not read from the checkpoint but put
-        back as given (concrete weights).
+        back as given (concrete weights). Fields of a dataclass state that
+        the checkpoint lacks (written before they existed, such as
+        `TrainState.skipped_steps`) keep the given values (zeros for
+        abstract leaves).
 
     Returns:
       The restored pytree.
@@ -133,12 +148,36 @@ class Checkpointer:
       step = self.latest_step()
       if step is None:
         raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    restored = self._manager.restore(
-        int(step),
-        args=ocp.args.StandardRestore(_without_frozen(abstract_state)))
+    target = _without_frozen(abstract_state)
+    missing = self._missing_fields(int(step), target)
+    if missing:
+      # Written before these fields existed (e.g. `TrainState.skipped_steps`):
+      # restore the others; these keep the given state's values (zeros for
+      # abstract leaves).
+      logging.warning('Checkpoint %d has no %s: using the initial values.',
+                      step, ', '.join(missing))
+      fields = {f.name: getattr(target, f.name)
+                for f in dataclasses.fields(target) if f.name not in missing}
+      restored = self._manager.restore(
+          int(step), args=ocp.args.StandardRestore(fields))
+      restored = target.replace(
+          **restored, **{name: jax.tree.map(_concrete, getattr(target, name))
+                         for name in missing})
+    else:
+      restored = self._manager.restore(
+          int(step), args=ocp.args.StandardRestore(target))
     if getattr(abstract_state, 'frozen', None) is not None:
       restored = restored.replace(frozen=abstract_state.frozen)
     return restored
+
+  def _missing_fields(self, step: int, state: PyTree) -> list[str]:
+    """The fields of a dataclass `state` that checkpoint `step` lacks."""
+    if not dataclasses.is_dataclass(state):
+      return []
+    tree = getattr(self._manager.item_metadata(step), 'tree', None)
+    if not isinstance(tree, dict):
+      return []
+    return [f.name for f in dataclasses.fields(state) if f.name not in tree]
 
   def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
     """The newest checkpoint restored into `state`'s structure, or `state`

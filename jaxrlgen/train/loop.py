@@ -7,6 +7,15 @@ an uninterrupted one), and around it logs, evaluates, checkpoints and shows
 progress. Metrics are fetched from the device only on logging steps. On any
 error the last completed state is checkpointed and the metrics flushed before
 the error propagates.
+
+Non-finite numbers: the steps skip an update whose rewards, loss or gradient
+are not finite (`algos.base.minibatch_update`) and flag it in
+`nonfinite/skipped`. The loop reads that flag of each step while the next
+one runs (one scalar, one step behind, so the device never waits for the
+host) and raises `NonFiniteError` after `max_nonfinite_steps` flagged steps
+in a row (after the first with `nonfinite='stop'`), naming the first of them
+and its first non-finite metric. A checkpoint is never written of
+parameters that are not finite.
 """
 
 import dataclasses
@@ -18,6 +27,8 @@ import jax
 import numpy as np
 
 from jaxrlgen import parallel
+from jaxrlgen import schema
+from jaxrlgen.algos import base as algo_base
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import plots
 from jaxrlgen.train import progress as progress_lib
@@ -26,6 +37,7 @@ from jaxrlgen.train import writers
 
 StepFn = Callable[[Any, Any, jax.Array], tuple[Any, Mapping[str, jax.Array]]]
 EvalFn = Callable[[Any], Mapping[str, float]]
+NONFINITE_POLICIES = ('skip', 'stop')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,10 +48,113 @@ class LoopConfig:
   checkpoint_every: int = 0  # 0: only at the end (and on errors).
   progress_desc: str = 'train'
   progress_show: tuple[str, ...] = ('reward/mean',)
+  # A step with non-finite numbers skips its update; 'stop' also ends the
+  # run there, 'skip' only after `max_nonfinite_steps` such steps in a row.
+  nonfinite: str = 'skip'
+  max_nonfinite_steps: int = 10
+
+  def __post_init__(self):
+    schema.one_of(self, 'nonfinite', NONFINITE_POLICIES)
+    schema.positive(self, 'max_nonfinite_steps')
+
+  @property
+  def nonfinite_limit(self) -> int:
+    """Skipped steps in a row that stop the run."""
+    return 1 if self.nonfinite == 'stop' else self.max_nonfinite_steps
+
+
+class NonFiniteError(FloatingPointError):
+  """Training met non-finite numbers more often in a row than allowed, or a
+  checkpoint would have held non-finite parameters."""
 
 
 def to_python(metrics: Mapping[str, Any]) -> dict[str, float]:
   return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+# Where non-finite numbers come from, in the order they flow through a step
+# (a NaN reward makes the loss and the gradient NaN too); other metrics follow
+# in name order (a jitted step's metrics come back sorted by name).
+CAUSES = ('reward/mean', 'loss', 'grad_norm')
+
+
+def first_nonfinite(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
+  """The first metric that is NaN or infinite, `CAUSES` first, and its
+  value; None if all are finite."""
+  values = to_python(metrics)
+  for name in (*[c for c in CAUSES if c in values], *sorted(values)):
+    if not np.isfinite(values[name]):
+      return name, values[name]
+  return None
+
+
+_params_finite = jax.jit(algo_base.all_finite)
+
+
+def params_finite(state) -> bool:
+  """Whether every floating-point parameter of `state` (a TrainState, or any
+  pytree) is finite; one compiled reduction, replicated."""
+  return bool(_params_finite(getattr(state, 'params', state)))
+
+
+class _NonfiniteWatch:
+  """Counts the steps in a row that skipped an update, from each step's
+  `nonfinite/skipped` flag (steps without the flag are not watched).
+
+  `push` hands it a step's metrics as the step is dispatched and reads the
+  previous step's flag, which has finished or is about to: the device keeps
+  the new step while the host waits. `flush` reads the last one. A resumed
+  run counts its streak anew.
+  """
+
+  def __init__(self, config: LoopConfig):
+    self.config = config
+    self.pending = None  # (step, metrics) not read yet.
+    self.streak = 0
+    self.first = None  # (step, metrics) of the streak's first step.
+
+  def push(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    self.flush()
+    if algo_base.SKIPPED in metrics:
+      self.pending = (step, metrics)
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    step, metrics = self.pending
+    self.pending = None
+    if not float(np.asarray(metrics[algo_base.SKIPPED])) > 0:
+      self.streak, self.first = 0, None
+      return
+    if not self.streak:
+      self.first = (step, metrics)
+    self.streak += 1
+    logging.warning('Step %d skipped its update: %s.', step,
+                    self._culprit(metrics))
+    if self.streak >= self.config.nonfinite_limit:
+      raise NonFiniteError(self._message(step))
+
+  @staticmethod
+  def _culprit(metrics) -> str:
+    found = first_nonfinite(metrics)
+    if found is None:
+      return ('no metric is non-finite, so the loss or gradient of one of '
+              'its optimizer updates was')
+    return f'{found[0]} = {found[1]}'
+
+  def _message(self, step: int) -> str:
+    first_step, first_metrics = self.first
+    config = self.config
+    steps = (f'step {step} skipped its update' if self.streak == 1 else
+             f'{self.streak} steps in a row ({first_step} to {step}) '
+             'skipped their updates')
+    return (
+        f'Non-finite numbers: {steps} '
+        f'(nonfinite={config.nonfinite!r}, max_nonfinite_steps='
+        f'{config.max_nonfinite_steps}); the first, step {first_step}, has '
+        f'{self._culprit(first_metrics)}. The run stops; its parameters are '
+        'the last finite ones (skipped steps change only the step counter). '
+        'Look at the reward and the learning rate, or allow more skips.')
 
 
 def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
@@ -62,6 +177,11 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
       the first step of a fresh run, every `eval_every` steps and at the end.
   Returns:
     The final state.
+  Raises:
+    NonFiniteError: `config.nonfinite_limit` steps in a row skipped their
+      updates for non-finite numbers (the state is checkpointed as on any
+      error: its parameters are the last finite ones); or the parameters to
+      checkpoint are not finite (nothing is written).
   """
   start = int(state.step)
   total = config.total_steps
@@ -70,6 +190,7 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
   progress = progress_lib.Progress(total, start, desc=config.progress_desc,
                                    show=config.progress_show)
   last_saved = start
+  watch = _NonfiniteWatch(config)
   interval_start, interval_steps = time.perf_counter(), 0
   try:
     for step in range(start, total):
@@ -77,6 +198,7 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
       state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
       interval_steps += 1
       done = step + 1
+      watch.push(done, metrics)
       if done % config.log_every == 0 or done == total:
         metrics = to_python(metrics)  # Blocks until the step has finished.
         now = time.perf_counter()
@@ -85,22 +207,34 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
         interval_start, interval_steps = now, 0
         writer.write(done, metrics)
         progress.update(done, metrics)
+        watch.flush()  # Its flag, now that the step is done anyway.
       if eval_fn is not None and (
           done == total or (config.eval_every and done % config.eval_every == 0)):
         writer.write(done, eval_fn(state))
         interval_start = time.perf_counter()
       if done == total or (config.checkpoint_every
                            and done % config.checkpoint_every == 0):
+        watch.flush()
+        if not params_finite(state):
+          raise NonFiniteError(
+              f'Step {done}: the parameters hold NaN or infinite numbers; '
+              'they are not checkpointed (they were not finite when '
+              'training started, or the step has no non-finite guard).')
         checkpointer.save(done, state)
         last_saved = done
+    watch.flush()
   except BaseException:
-    # Keep everything up to the last completed step.
+    # Keep everything up to the last completed step, unless not finite.
     try:
       completed = int(state.step)
       if completed > last_saved:
-        logging.warning('Interrupted after step %d: saving its checkpoint.',
-                        completed)
-        checkpointer.save(completed, state, force=True)
+        if params_finite(state):
+          logging.warning('Interrupted after step %d: saving its checkpoint.',
+                          completed)
+          checkpointer.save(completed, state, force=True)
+        else:
+          logging.error('Interrupted after step %d, whose parameters are not '
+                        'finite: not checkpointed.', completed)
     except RuntimeError as e:  # The state's buffers were donated to the step.
       logging.error('Could not checkpoint the interrupted run: %s', e)
     raise

@@ -12,6 +12,13 @@ them as two programs with the host reward between.
 
 The step's randomness comes from its `key` argument (the loop folds the step
 number into the run's key), so a resumed run repeats an uninterrupted one.
+
+Non-finite numbers: a step whose rewards, loss or gradient are NaN or
+infinite skips its update (the guard in `algos.base.minibatch_update`, which
+every step's optimizer updates go through; `learner_step` adds the rewards and
+keeps `algo_state`). Its step number still advances (`algos.base.advance`),
+it reports `nonfinite/skipped` and `nonfinite/skipped_steps`, and the loop
+stops the run after `max_nonfinite_steps` skipped steps in a row.
 """
 
 import functools
@@ -120,6 +127,14 @@ def learner_step(state: TrainState, acted: Acted, key: jax.Array, *, env,
   `algo.prepare` only as its `score` (`Algorithm.needs_score`): the reward
   of another rollout of the batch's prompts.
 
+  A non-finite reward skips every update of the step (a NaN reward would
+  reach the advantages of its whole group, or running reward statistics);
+  a non-finite loss or gradient skips its optimizer update
+  (`algos.base.minibatch_update`). A step that skipped any update keeps
+  its `algo_state` too (baselines, KL controllers, target networks: what
+  `prepare` computed from the bad numbers); only `step` and
+  `skipped_steps` change.
+
   Returns:
     (new_state, metrics) with `rl_step`'s metrics.
   """
@@ -133,15 +148,17 @@ def learner_step(state: TrainState, acted: Acted, key: jax.Array, *, env,
   params, opt_state, loss_metrics = algo_base.minibatch_update(
       lambda p, exp: algo.loss(env, p, exp), tx, state.params,
       state.opt_state, experience, update_key, num_epochs=algo.num_epochs,
-      num_minibatches=algo.num_minibatches)
-  state = state.replace(step=state.step + 1, params=params,
-                        opt_state=opt_state, algo_state=algo_state)
+      num_minibatches=algo.num_minibatches,
+      enabled=jnp.all(jnp.isfinite(rewards)))
+  algo_state = algo_base.select(loss_metrics[algo_base.SKIPPED] > 0,
+                                state.algo_state, algo_state)
   metrics = {
       **rollout_metrics(rollout, rewards, getattr(env, 'eos_id', None)),
       **prep_metrics, **loss_metrics}
   if uses_host(reward_fn):
     metrics[FAILURES_METRIC] = jnp.sum(acted.failed, dtype=jnp.float32)
-  return state, metrics
+  return algo_base.advance(state, metrics, params=params, opt_state=opt_state,
+                           algo_state=algo_state)
 
 
 def rl_step(state: TrainState, batch, key: jax.Array, *, env, reward_fn: RewardFn,
@@ -181,13 +198,13 @@ def supervised_rollout(batch) -> Rollout:
 
 def sft_step(state: TrainState, batch, key: jax.Array, *, env,
              tx: optax.GradientTransformation):
-  """One maximum-likelihood step on a supervised batch."""
+  """One maximum-likelihood step on a supervised batch; a non-finite loss
+  or gradient skips its update (`algos.base.minibatch_update`)."""
   env = bind(env, state.frozen)
   params, opt_state, metrics = algo_base.minibatch_update(
       lambda p, r: sft.loss(env, p, r), tx, state.params, state.opt_state,
       supervised_rollout(batch), key)
-  return state.replace(step=state.step + 1, params=params,
-                       opt_state=opt_state), metrics
+  return algo_base.advance(state, metrics, params=params, opt_state=opt_state)
 
 
 def greedy_eval_step(params, batch, frozen=None, *, env, reward_fn: RewardFn):
