@@ -24,13 +24,13 @@ per part and dtype.
   reference model (`beta`; 0: none); the clipped surrogate (epsilon 0.2)
   averaged over all tokens (TRL's loss_type 'dapo'); one AdamW step
   (lr 3e-6, betas 0.9 / 0.99, no weight decay, gradients clipped at global
-  norm 1) for all sequences, their gradient summed over forward and backward
-  passes of `microbatch` sequences (TRL's gradient accumulation; jaxrlgen's
-  minibatches under `optax.MultiSteps`), which keeps both within this
-  machine's memory. Seconds per step after a warm-up step, best and median
-  of `repeats`, and the generation part: within TRL's step, the time in
-  `generate`; for jaxrlgen, its rollout and reward timed alone right after
-  each step.
+  norm 1) for all sequences, the gradient accumulated over forward and
+  backward passes of `microbatch` sequences (TRL's gradient accumulation;
+  jaxrlgen's minibatches under `optax.MultiSteps`), which keeps both within
+  this machine's memory. Seconds per step after a warm-up step, best and
+  median of `repeats` (`ratio`: TRL's over jaxrlgen's), and the generation
+  part: within TRL's step, the time in `generate`; for jaxrlgen, its
+  rollout and reward timed alone right after each step.
 """
 
 import functools
