@@ -46,7 +46,7 @@ def _flags_config(*overrides):
   return flag_values.config
 
 
-def test_gguf_ppo_with_a_reward_from_a_file(tmp_path):
+def test_gguf_ppo_lora_with_a_reward_from_a_file(tmp_path):
   pytest.importorskip('gguf')
   from tests.models import test_gguf  # pylint: disable=g-import-not-at-top
   model = str(tmp_path / 'tiny.gguf')
@@ -58,7 +58,9 @@ def test_gguf_ppo_with_a_reward_from_a_file(tmp_path):
       '--config.data.max_prompt_len=48', '--config.algo.name=ppo',
       '--config.model.value_head=True', '--config.algo.num_epochs=2',
       f'--config.reward.fn={tmp_path / "score.py"}:score',
-      '--config.reward.penalty=-1')
+      '--config.reward.penalty=-1', '--config.reward.backend=process',
+      # Adapters on the GGUF's weights, the critic's value head trained.
+      '--config.lora.rank=4')
   workdir = tmp_path / 'run'
   summary = recipes.run(config, str(workdir))
 
@@ -85,9 +87,16 @@ def test_gguf_ppo_with_a_reward_from_a_file(tmp_path):
   np.testing.assert_allclose(
       summary['eval/accuracy_after'],
       np.mean([line['reward'] for line in lines]), rtol=1e-6)
-  # A run from a released model ends with the policy as a HF directory.
+  # A run from a released model ends with the policy as a HF directory
+  # (adapters merged), and with adapters, with them alone in PEFT's layout.
   assert (workdir / 'hf_model' / 'model.safetensors').exists()
   assert (workdir / 'hf_model' / 'tokenizer.json').exists()
+  adapter_config = json.loads(
+      (workdir / 'adapters' / 'adapter_config.json').read_text())
+  assert adapter_config['r'] == 4
+  assert adapter_config['target_modules'] == [
+      'down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj',
+      'v_proj']
 
 
 def test_reward_terms_and_algorithm_fields_from_flags():
