@@ -15,8 +15,6 @@ a live thread, which the counts show.
 """
 
 import json
-import os
-import threading
 import time
 
 from absl import app
@@ -36,26 +34,9 @@ def hang(unused_text: str) -> float:
   return 0.0
 
 
-def _descendants(pid='self') -> int:
-  n = 0
-  try:
-    tasks = os.listdir(f'/proc/{pid}/task')
-  except OSError:
-    return 0
-  for task in tasks:
-    try:
-      with open(f'/proc/{pid}/task/{task}/children') as f:
-        children = f.read().split()
-    except OSError:
-      continue
-    n += sum(1 + _descendants(c) for c in children)
-  return n
-
-
 def counts() -> dict:
-  return dict(python_threads=threading.active_count(),
-              os_threads=len(os.listdir('/proc/self/task')),
-              processes=_descendants())
+  return dict(zip(('python_threads', 'os_threads', 'processes'),
+                  workers.counts()))
 
 
 def per_item_s(fn, backend: str, b: int = 64, repeats: int = 20) -> float:

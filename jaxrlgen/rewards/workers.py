@@ -464,3 +464,29 @@ def close_all():
   with _POOLS_LOCK:
     for p in _POOLS.values():
       p.close()
+
+
+def descendants(pid: int | str = 'self') -> int:
+  """How many processes run below `pid` (children, theirs, ...), read from
+  /proc (Linux); 0 where it cannot be read. What a test or a benchmark
+  counts to show that hung or crashed items leave nothing behind."""
+  n = 0
+  try:
+    tasks = os.listdir(f'/proc/{pid}/task')
+  except OSError:  # It ended meanwhile, or no /proc.
+    return 0
+  for task in tasks:
+    try:
+      with open(f'/proc/{pid}/task/{task}/children') as f:
+        children = f.read().split()
+    except OSError:
+      continue
+    n += sum(1 + descendants(c) for c in children)
+  return n
+
+
+def counts() -> tuple[int, int, int]:
+  """(Python threads, OS threads, descendant processes) of this process."""
+  return (threading.active_count(), len(os.listdir('/proc/self/task')),
+          descendants())
+

@@ -28,6 +28,20 @@ def strip_timing(records):
   return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
+def interrupt_at_step(monkeypatch, step: int):
+  """Makes the next runs stop (a simulated preemption) when they fetch the
+  training batch of `step`; returns the real `Task.batch` to put back."""
+  real_batch = text_rl.Task.batch
+
+  def failing_batch(self, at, batch_size, stream=0):
+    if stream == 0 and at == step:
+      raise KeyboardInterrupt('simulated preemption')
+    return real_batch(self, at, batch_size, stream)
+
+  monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
+  return real_batch
+
+
 def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch):
   data_dir = tmp_path / 'data'
   full_dir, cut_dir = tmp_path / 'full', tmp_path / 'cut'
@@ -51,14 +65,7 @@ def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch
 
   # Interrupt the second run while it fetches the batch of step 3 (0-based),
   # after three completed steps; the newest scheduled checkpoint is step 2.
-  real_batch = text_rl.Task.batch
-
-  def failing_batch(self, step, batch_size, stream=0):
-    if stream == 0 and step == 3:
-      raise KeyboardInterrupt('simulated preemption')
-    return real_batch(self, step, batch_size, stream)
-
-  monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
+  real_batch = interrupt_at_step(monkeypatch, 3)
   with pytest.raises(KeyboardInterrupt):
     recipes.run(tiny_config(data_dir), str(cut_dir))
   # Nothing completed was lost: the interrupted step-3 state was saved.
@@ -259,14 +266,7 @@ def test_lora_run_resumes_like_uninterrupted_and_reports_memory(
   records = writers.read_metrics(str(tmp_path / 'full'))
   assert summary['final/kl'] > 0.0
 
-  real_batch = text_rl.Task.batch
-
-  def failing_batch(self, step, batch_size, stream=0):
-    if stream == 0 and step == 3:
-      raise KeyboardInterrupt('simulated preemption')
-    return real_batch(self, step, batch_size, stream)
-
-  monkeypatch.setattr(text_rl.Task, 'batch', failing_batch)
+  real_batch = interrupt_at_step(monkeypatch, 3)
   with pytest.raises(KeyboardInterrupt):
     recipes.run(lora_config(), str(tmp_path / 'cut'))
   monkeypatch.setattr(text_rl.Task, 'batch', real_batch)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from jaxrlgen import rewards
-from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.rewards import code
+from tests.rewards import texts as texts_lib
 
 TOK = ByteTokenizer()
 TESTS = 'from math import pi\nassert add(1, 2) == 3\nx = 10\n' \
@@ -47,12 +47,7 @@ def test_hang_keeps_earlier_passes_and_forged_output_does_not_count():
 
 def test_registered_reward_in_jit():
   texts = ['def add(a, b): return a + b', 'def add(a, b): return a - b']
-  ids = [TOK.encode(t, add_eos=True) for t in texts]
-  actions, mask = TOK.pad_batch(ids, max(map(len, ids)), 'right')
-  rollout = Rollout(context={'tokens': jnp.zeros((2, 1), jnp.int32),
-                             'mask': jnp.ones((2, 1), bool)},
-                    actions=jnp.asarray(actions), logp=jnp.zeros(actions.shape),
-                    mask=jnp.asarray(mask))
+  rollout = texts_lib.rollout(TOK, texts)
   tests = ['assert add(1, 2) == 3\nassert add(0, 0) == 0', 'nonsense(']
   batch = {'tests': jnp.asarray(rewards.fields.encode_texts(tests, 64))}
   reward = rewards.make({'unit_tests': 1.0}, tokenizer=TOK, fields=('tests',))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from jaxrlgen import rewards
-from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.rewards import verifiers
+from tests.rewards import texts as texts_lib
 
 TOK = ByteTokenizer()
 
@@ -44,12 +44,7 @@ def test_math_answer(completion, answer, want):
 
 def test_registry_fields_pattern_and_errors_in_jit():
   texts = ['<a>\n1</a>', 'no', '<a>2</a>']
-  ids = [TOK.encode(t, add_eos=True) for t in texts]
-  actions, mask = TOK.pad_batch(ids, max(map(len, ids)), 'right')
-  rollout = Rollout(context={'tokens': jnp.zeros((3, 1), jnp.int32),
-                             'mask': jnp.ones((3, 1), bool)},
-                    actions=jnp.asarray(actions), logp=jnp.zeros(actions.shape),
-                    mask=jnp.asarray(mask))
+  rollout = texts_lib.rollout(TOK, texts)
   gold = ['<a>\n1</a>', 'yes', '2']
   batch = {'solution': jnp.asarray(rewards.fields.encode_texts(gold, 12))}
   reward = rewards.make(

@@ -1,8 +1,6 @@
 """The host-reward process backend against items that hang, crash or loop:
 each costs only its penalty, and nothing is left behind."""
 
-import os
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -11,36 +9,16 @@ import pytest
 
 from jaxrlgen import registry
 from jaxrlgen import rewards as rewards_lib
-from jaxrlgen.core.types import Rollout
 from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.rewards import host
 from jaxrlgen.rewards import workers
 from tests.rewards import bad_items
+from tests.rewards import texts as texts_lib
 
 TOK = ByteTokenizer()
 
 
-def descendants(pid: int | str = 'self') -> int:
-  """Processes below `pid`: children, theirs (the fork server's workers)..."""
-  n = 0
-  try:
-    tasks = os.listdir(f'/proc/{pid}/task')
-  except OSError:  # It ended meanwhile.
-    return 0
-  for task in tasks:
-    try:
-      with open(f'/proc/{pid}/task/{task}/children') as f:
-        children = f.read().split()
-    except OSError:
-      continue
-    n += sum(1 + descendants(c) for c in children)
-  return n
-
-
-def counts() -> tuple[int, int, int]:
-  """(Python threads, OS threads, descendant processes) of this process."""
-  return (threading.active_count(), len(os.listdir('/proc/self/task')),
-          descendants())
+counts = workers.counts
 
 
 def test_every_kind_of_bad_item_costs_only_its_penalty():
@@ -71,12 +49,7 @@ def test_every_kind_of_bad_item_costs_only_its_penalty():
 
 def test_text_reward_gives_the_same_as_threads_in_jit():
   texts, gold = ['1', '2 ', 'x'], ['1', '2', '3']
-  ids = [TOK.encode(t, add_eos=True) for t in texts]
-  actions, mask = TOK.pad_batch(ids, max(map(len, ids)), 'right')
-  rollout = Rollout(context={'tokens': jnp.zeros((3, 1), jnp.int32),
-                             'mask': jnp.ones((3, 1), bool)},
-                    actions=jnp.asarray(actions), logp=jnp.zeros(actions.shape),
-                    mask=jnp.asarray(mask))
+  rollout = texts_lib.rollout(TOK, texts)
   batch = {'answer': jnp.asarray(rewards_lib.fields.encode_texts(gold, 4))}
   got = {}
   for backend in host.BACKENDS:
