@@ -51,6 +51,7 @@ from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen import schema
 from jaxrlgen import tasks
+from jaxrlgen.algos import base as algo_base
 from jaxrlgen.algos import preference
 from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
@@ -62,6 +63,8 @@ from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import reward_model as rm
 from jaxrlgen.models import transformer as tfm
+from jaxrlgen.policies import LMPolicy
+from jaxrlgen.policies import lora as lora_lib
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.rewards import learned
 from jaxrlgen.rewards import text as text_rewards
@@ -149,6 +152,10 @@ class RewardModelConfig:
   # for warm starts 1e-6 apart; batch 128 at 5e-4 gave 0.72 / 0.73.
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
       5e-4, 'cosine', warmup_steps=10)
+  # Adapters on the warm start's frozen trunk (rank 0: train every
+  # parameter); the members of an ensemble share the trunk. The trained
+  # adapters are merged into it before the proxy scores anything.
+  lora: lora_lib.LoraConfig = lora_lib.LoraConfig()
 
   def __post_init__(self):
     schema.positive(self, 'steps', 'batch_size', 'ensemble_size', 'log_every',
@@ -501,21 +508,35 @@ def train_reward_model(cfg: RewardModelConfig, seed: int,
   k = cfg.ensemble_size
   init_key = jax.random.fold_in(jax.random.key(seed), 4)
   tx = optim.make(cfg.optimizer, cfg.steps)
+  policy = LMPolicy(model).with_adapters(cfg.lora)
+  scorer = (lora_lib.AdaptedModel(model, policy.adapters)
+            if cfg.lora.enabled else model)
 
   def build_state(lm_params):
     members = [rm.init_from_lm(lm_params, rm_cfg,
                                jax.random.fold_in(init_key, i))
                for i in range(k)]
+    frozen = None
+    if cfg.lora.enabled:  # The trunk, once; each member's adapters and head.
+      frozen, _ = policy.split_base(members[0])
+      frozen = policy.quantize_base(frozen)
+      members = [{**policy.init_adapters(
+          frozen, jax.random.fold_in(init_key, k + i)), **policy.split_base(
+              member)[1]} for i, member in enumerate(members)]
     params = members[0] if k == 1 else rm.stack(members)
     opt_state = tx.init(params) if k == 1 else jax.vmap(tx.init)(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=opt_state)
+                      opt_state=opt_state, frozen=frozen)
+
+  def score_fn(frozen):
+    return functools.partial(rm.score_completions,
+                             algo_base.bind(scorer, frozen))
 
   state = layout.init(build_state, sft_params)
-  score_fn = functools.partial(rm.score_completions, model)
-  step_fn = layout.jit_step(functools.partial(
-      preference.reward_model_step, score_fn=score_fn, tx=tx,
-      ensemble_size=k), state)
+  step_fn = layout.jit_step(
+      lambda state, batch, key: preference.reward_model_step(
+          state, batch, key, score_fn=score_fn(state.frozen), tx=tx,
+          ensemble_size=k), state)
   heldout = layout.batch(_pair_fields(heldout_pairs.arrays))
   gold_chosen = heldout_pairs.arrays['gold_chosen']
   gold_rejected = heldout_pairs.arrays['gold_rejected']
@@ -523,15 +544,16 @@ def train_reward_model(cfg: RewardModelConfig, seed: int,
   gold_order = np.where(gold_chosen > gold_rejected, 1.0, -1.0)
 
   @functools.partial(jax.jit, out_shardings=parallel.replicated(layout.mesh))
-  def scores(params, batch):
-    fn = functools.partial(preference.pair_scores, score_fn)
+  def scores(params, frozen, batch):
+    fn = functools.partial(preference.pair_scores, score_fn(frozen))
     if k == 1:
       return fn(params, batch)
     chosen, rejected = jax.vmap(fn, in_axes=(0, None))(params, batch)
     return jnp.mean(chosen, axis=0), jnp.mean(rejected, axis=0)
 
   def evaluate(state):
-    chosen, rejected = jax.device_get(scores(state.params, heldout))
+    chosen, rejected = jax.device_get(scores(state.params, state.frozen,
+                                             heldout))
     margin = chosen - rejected
     metrics = {'rm/heldout_accuracy': float(np.mean(margin > 0)),
                'rm/heldout_loss': float(np.mean(np.logaddexp(0.0, -margin)))}
@@ -556,8 +578,13 @@ def train_reward_model(cfg: RewardModelConfig, seed: int,
   # The loop evaluated the final model last.
   final = [r for r in writers.read_metrics(str(run_dir))
            if 'rm/heldout_accuracy' in r][-1]
-  return model, state.params, {k: v for k, v in final.items()
-                               if k.startswith('rm/') and v is not None}
+  params = state.params
+  if cfg.lora.enabled:  # Adapters folded into the trunk: a plain model.
+    merge = lambda p: lora_lib.merge(state.frozen, p, cfg.lora)
+    params = merge(params) if k == 1 else rm.stack(
+        [merge(jax.tree.map(lambda x, i=i: x[i], params)) for i in range(k)])
+  return model, params, {k: v for k, v in final.items()
+                         if k.startswith('rm/') and v is not None}
 
 
 def proxy_reward_fn(cfg: RewardModelConfig, chunk: int, workdir: epath.Path,

@@ -233,6 +233,29 @@ class Adapters:
     return qwix.quantize_params(base, abstract)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdaptedModel:
+  """A Flax module with adapters, called as the module is:
+  `apply({'params': trainable}, ...)` runs it on the bound base merged with
+  the trainable tree. For code that takes a module rather than a policy
+  (a reward model's `score`).
+  """
+
+  module: flax.linen.Module
+  adapters: Adapters
+
+  @property
+  def config(self):
+    return self.module.config
+
+  def bind(self, base: Params) -> 'AdaptedModel':
+    return dataclasses.replace(self, adapters=self.adapters.bind(base))
+
+  def apply(self, variables, *args, **kwargs):
+    return self.adapters.apply(self.module, variables['params'], *args,
+                               **kwargs)
+
+
 def dequantize(base: Params) -> Params:
   """A base tree with any quantized kernel (qwix's WithAux) dequantized."""
   is_quantized = lambda x: type(x).__name__ == 'WithAux'

@@ -623,6 +623,32 @@ def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
   return state.params
 
 
+BASE_FILE = 'frozen_base.json'
+
+
+def record_base(workdir, config: ml_collections.ConfigDict,
+                settings: Settings) -> None:
+  """Writes which weights the checkpoints' adapters sit on (checkpoints hold
+  only the adapters), or checks a resumed run's against it: adapters
+  resumed onto another base would train silently on the wrong model."""
+  base = {'model_path': config.model.get('path') or '',
+          'random_init_seed': (None if config.model.get('path')
+                               else settings.run.seed),
+          'sft_steps': settings.sft.steps,
+          'lora': dataclasses.asdict(settings.lora)}
+  path = workdir / BASE_FILE
+  if path.exists():
+    recorded = json.loads(path.read_text())
+    if recorded != base:
+      raise ValueError(
+          f'{path} says this run\'s adapters were trained on {recorded}, but '
+          f'the config gives {base}: resume with the same config.model.path, '
+          'config.seed, config.sft.steps and config.lora, or use a new '
+          'workdir.')
+  elif parallel.is_primary():
+    path.write_text(json.dumps(base, indent=1))
+
+
 def with_adapters(lora: lora_lib.LoraConfig, env: TextEnv, sampler, params,
                   layout: parallel.Layout, key: jax.Array):
   """The run's pieces with low-rank adapters on `params` as a frozen base.
@@ -718,6 +744,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
 
   frozen = None
   if settings.lora.enabled:  # The loaded weights become the frozen base.
+    record_base(workdir, config, settings)
     env, sampler, frozen, params, layout = with_adapters(
         settings.lora, env, sampler, params, layout,
         jax.random.fold_in(init_key, 3))

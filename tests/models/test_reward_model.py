@@ -118,3 +118,41 @@ def test_reward_models_learn_a_separable_preference():
   assert float(both['accuracy']) >= 0.95, both
   assert not np.allclose(members[0]['value_proj']['kernel'],
                          members[1]['value_proj']['kernel'])
+
+
+def test_adapted_reward_models_learn_and_merge():
+  """Two members of adapters and heads on one frozen, int8 trunk learn the
+  separable preference; merged into the trunk, each is a plain reward
+  model that scores as it did."""
+  from jaxrlgen.algos import base as algo_base  # pylint: disable=g-import-not-at-top
+  from jaxrlgen.policies import LMPolicy  # pylint: disable=g-import-not-at-top
+  from jaxrlgen.policies import lora  # pylint: disable=g-import-not-at-top
+  config = lora.LoraConfig(rank=4, alpha=16.0, quantize='int8')
+  policy = LMPolicy(MODEL).with_adapters(config)
+  frozen, head = policy.split_base(rm.init(CFG, jax.random.key(0)))
+  frozen = policy.quantize_base(frozen)
+  params = rm.stack([{**policy.init_adapters(frozen, jax.random.key(i)),
+                      **head} for i in range(2)])
+  scorer = lora.AdaptedModel(MODEL, policy.adapters)
+  score_fn = lambda frozen: functools.partial(
+      rm.score_completions, algo_base.bind(scorer, frozen))
+  tx = optax.adam(1e-2)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     opt_state=jax.vmap(tx.init)(params), frozen=frozen)
+  step = jax.jit(lambda state, batch, key: preference.reward_model_step(
+      state, batch, key, score_fn=score_fn(state.frozen), tx=tx,
+      ensemble_size=2))
+  for i in range(40):
+    state, metrics = step(state, _toy_pairs(32, jax.random.key(i)),
+                          jax.random.key(100 + i))
+  heldout = _toy_pairs(64, jax.random.key(999))
+  for i in range(2):
+    member = jax.tree.map(lambda x, i=i: x[i], state.params)
+    adapted = jax.jit(functools.partial(
+        preference.reward_model_eval, score_fn(frozen)))(member, heldout)
+    assert float(adapted['accuracy']) >= 0.95, adapted
+    merged = lora.merge(frozen, member, config)
+    plain = jax.jit(functools.partial(
+        preference.reward_model_eval,
+        functools.partial(rm.score_completions, MODEL)))(merged, heldout)
+    np.testing.assert_allclose(plain['margin'], adapted['margin'], rtol=1e-4)

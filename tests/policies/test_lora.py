@@ -253,7 +253,7 @@ def test_checkpoints_hold_the_adapters_not_the_base(tmp_path):
 
 def test_adapters_export_in_peft_layout_that_peft_loads(tmp_path):
   """write_adapters' files, loaded by PEFT onto transformers' model of the
-  base, give our adapted logits."""
+  base, give our adapted logits; so does the merged model, reloaded."""
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   peft = pytest.importorskip('peft')
@@ -272,6 +272,15 @@ def test_adapters_export_in_peft_layout_that_peft_loads(tmp_path):
   with torch.no_grad():
     theirs = model(torch.from_numpy(tokens)).logits.numpy()
   ours = _logits_bound(env.policy, frozen, moved)[:1]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+  # The adapters merged into the base, as a run exports them, reload too.
+  merged_dir = tmp_path / 'merged'
+  hf.save(merged_dir, CONFIG, lora.merge(frozen, moved,
+                                         env.policy.adapters.config))
+  merged = transformers.AutoModelForCausalLM.from_pretrained(
+      merged_dir, dtype=torch.float32).eval()
+  with torch.no_grad():
+    theirs = merged(torch.from_numpy(tokens)).logits.numpy()
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 

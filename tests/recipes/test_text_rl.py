@@ -273,6 +273,11 @@ def test_lora_run_resumes_like_uninterrupted_and_reports_memory(
   recipes.run(lora_config(), str(tmp_path / 'cut'))
   assert strip_timing(writers.read_metrics(str(tmp_path / 'cut'))) == \
       strip_timing(records)
+  # Checkpoints hold only adapters: resuming them onto another base fails.
+  other = lora_config()
+  other.lora.rank = 8
+  with pytest.raises(ValueError, match='frozen_base.json'):
+    recipes.run(other, str(tmp_path / 'cut'))
 
 
 def test_lora_with_the_async_loop_fails_before_compute(tmp_path):
