@@ -142,7 +142,7 @@ def test_adapted_reward_models_learn_and_merge():
   step = jax.jit(lambda state, batch, key: preference.reward_model_step(
       state, batch, key, score_fn=score_fn(state.frozen), tx=tx,
       ensemble_size=2))
-  for i in range(40):
+  for i in range(25):
     state, metrics = step(state, _toy_pairs(32, jax.random.key(i)),
                           jax.random.key(100 + i))
   heldout = _toy_pairs(64, jax.random.key(999))

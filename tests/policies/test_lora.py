@@ -324,6 +324,7 @@ def test_every_rl_step_algorithm_steps_with_adapters(name):
   assert max(moved) > 0, 'nothing trained'
 
 
+@pytest.mark.slow  # A U-Net's step compiles for about 20 s.
 def test_dpok_on_an_adapted_unet_trains_only_its_adapters():
   """DDPO's family on the denoising environment: a U-Net's convolutions
   and dense layers get adapters, a DPOK step moves them (its KL to the

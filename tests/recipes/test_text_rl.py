@@ -241,6 +241,7 @@ def test_section_errors_fail_before_compute(tmp_path, monkeypatch, variant,
     recipes.run(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow  # Three runs of the recipe: about 50 s.
 def test_lora_run_resumes_like_uninterrupted_and_reports_memory(
     tmp_path, monkeypatch, capsys):
   """PPO (a value head that trains) with adapters and a KL term: the memory
