@@ -310,9 +310,6 @@ class AdaptablePolicy:
     return frozen, {k: v for k, v in params.items()
                     if k in self.trainable_heads}
 
-  def _example(self) -> tuple[jax.Array, ...]:
-    raise NotImplementedError(f'{type(self).__name__} defines _example().')
-
   def _apply(self, params: Params, *args, **kwargs):
     if self.adapters is None:
       return self.model.apply({'params': params}, *args, **kwargs)
