@@ -3,7 +3,8 @@
 A policy with adapters keeps two parameter trees apart:
 - the frozen base: the released model's weights, stored once, never
   differentiated, never in the optimizer state or a checkpoint, and
-  optionally quantized (int8 or int4 weights with per-channel scales);
+  optionally quantized (int8 or int4 weights, with absmax scales per output
+  channel or per block of inputs);
 - the trainable tree: the adapter factors (`<kernel>_lora_a` [K, r] and
   `<kernel>_lora_b` [r, N], qwix's names, next to the kernel they adapt)
   and any head an algorithm adds (a critic's value head, Q heads).
@@ -60,7 +61,7 @@ class LoraConfig:
   # all_linear) or a regex over module paths such as 'block_0/attn/q'.
   targets: str = 'all_linear'
   # Storage of the frozen base's adapted kernels: none (its dtype), int8,
-  # int4 (QLoRA; per-output-channel absmax scales).
+  # int4 (QLoRA; absmax scales, see quantize_block).
   quantize: str = 'none'
   # Quantization blocks along the innermost input axis (QLoRA's block-wise
   # scales, e.g. 64; it must divide that axis); 0: one scale per output
@@ -78,6 +79,11 @@ class LoraConfig:
           'the log-probs of a rollout and of the loss must come from the '
           'same function (importance ratios, KL), and dropout would make '
           'every loss pass stochastic. Set config.lora.dropout=0.')
+    if self.quantize_block and self.quantize == 'none':
+      raise schema.FieldError(
+          'quantize_block', f'={self.quantize_block} sets the blocks of a '
+          "quantized base: set config.lora.quantize to 'int8' or 'int4', or "
+          'quantize_block to 0.')
     if self.quantize != 'none' and not self.rank:
       raise schema.FieldError(
           'quantize', f'={self.quantize!r} quantizes the frozen base of an '

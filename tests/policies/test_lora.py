@@ -124,6 +124,7 @@ def test_targets_choose_the_products(targets, adapted_paths):
     ({'rank': 4, 'dropout': 0.1}, r'dropout=0\.1.*not supported'),
     ({'rank': 0, 'quantize': 'int8'}, r'quantize=.*rank > 0'),
     ({'rank': 4, 'quantize': 'int3'}, r'quantize'),
+    ({'rank': 4, 'quantize_block': 64}, r'quantize_block=64.*int8'),
 ])
 def test_bad_config_names_the_field(overrides, message):
   with pytest.raises(ValueError, match=r'config\.lora\.' + message):
