@@ -101,6 +101,8 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
     raise FieldError(field, f'={value!r} must be an integer.')
   if hint is float:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+      if not math.isfinite(value):  # No field means anything by NaN or inf.
+        raise FieldError(field, f'={value!r} must be a finite number.')
       return float(value)
     raise FieldError(field, f'={value!r} must be a number.')
   if hint is str:
