@@ -42,7 +42,42 @@ class FieldError(ValueError):
 
 
 def _hints(cls) -> dict[str, Any]:
-  return typing.get_type_hints(cls)
+  """The annotated fields of `cls` (its ClassVars are not fields)."""
+  return {k: v for k, v in typing.get_type_hints(cls).items()
+          if typing.get_origin(v) is not typing.ClassVar
+          and v is not typing.ClassVar}
+
+
+@dataclasses.dataclass(frozen=True)
+class Means:
+  """What zero or a negative value of a number field means, where it means
+  something (`checkpoint_every=0`: at the end only; `kl_coef=0`: no
+  reference model).
+
+  A schema lists such fields in its class attribute `SPECIAL`:
+
+    SPECIAL: ClassVar[schema.Special] = {
+        'checkpoint_every': schema.Means(zero='checkpoints at the end only')}
+
+  Every other int or float field must reject 0 and negatives in its checks
+  (`positive`, `non_negative`, `in_range`); tests/test_schema.py tries both
+  on every field of every schema, so a new field is covered without a new
+  test.
+  """
+
+  zero: str = ''  # What 0 means; '': 0 is rejected.
+  negative: str = ''  # What a value < 0 means; '': negatives are rejected.
+
+
+Special = Mapping[str, Means]
+
+
+def special(cls) -> dict[str, Means]:
+  """{field: Means} of schema `cls`: its `SPECIAL`, over its base classes'."""
+  out = {}
+  for klass in reversed(cls.__mro__):
+    out.update(vars(klass).get('SPECIAL', {}))
+  return out
 
 
 def _coerce(value: Any, hint: Any, field: str) -> Any:

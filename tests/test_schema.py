@@ -1,6 +1,9 @@
 """Config sections as frozen dataclasses: parsing, types and checks."""
 
 import dataclasses
+import re
+import types
+import typing
 
 import ml_collections
 import pytest
@@ -72,12 +75,19 @@ def _sections():
   # pylint: disable=g-import-not-at-top
   from experiments.ddpo_digits import config as ddpo_config
   from experiments.rlhf_gold import recipe as rlhf_gold
+  from experiments.seqgan import recipe as seqgan
   from jaxrlgen import algos
   from jaxrlgen import tasks
+  from jaxrlgen.envs import search
+  from jaxrlgen.models import transformer
   from jaxrlgen.recipes import text_rl
   # pylint: enable=g-import-not-at-top
   roots = {'config': text_rl.RunConfig, 'config(rlhf_gold)': rlhf_gold.RunConfig,
-           'config(ddpo_digits)': ddpo_config.Config}
+           'config(ddpo_digits)': ddpo_config.Config,
+           'config(seqgan)': seqgan.SeqGANConfig,
+           'config.model': transformer.TransformerConfig,
+           'config.offline': text_rl.OfflineConfig,
+           'config.mcts': search.MCTSConfig}
   roots.update({f'config.{k}': v for k, v in text_rl._SECTIONS.items()})
   roots.update({f'config.{k}(rlhf_gold)': v
                 for k, v in rlhf_gold._SECTIONS.items()})
@@ -98,11 +108,11 @@ def _sections():
 
 
 def _bad_values(hint):
-  """Values of the wrong type for `hint`, and NaN / inf for a float."""
+  """Values of the wrong type for `hint`, and NaN / inf for a number."""
   if hint is float:
     return ['fast', float('nan'), float('inf')]
   if hint in (int, bool):
-    return ['fast', 1.5] if hint is int else ['fast', 3]
+    return ['fast', 1.5, float('nan')] if hint is int else ['fast', 3]
   if hint is str:
     return [3]
   return []  # Unions, tuples, mappings, Any: checked by their own tests.
@@ -129,3 +139,79 @@ def test_every_field_of_every_section_rejects_bad_values():
           missed.append((path, name, value, 'accepted'))
   assert tried > 300, tried
   assert not missed, missed
+
+
+def _number(hint):
+  """int or float when `hint` is one (or one or None), else None."""
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    hint = options[0] if len(options) == 1 else None
+  return hint if hint in (int, float) else None
+
+
+# Fields that the defaults of their section do not leave valid alone.
+_BASE = {'FilesConfig': {'train_files': 'a.jsonl', 'eval_files': 'b.jsonl'}}
+
+# Declarations that wait for jaxrlgen/recipes/text_rl.py (owned by the
+# recipe's author) to carry them in its classes' SPECIAL; delete each once
+# it does.
+_PENDING = {
+    ('RunConfig', 'seed'): schema.Means(zero='a seed like any other'),
+    ('RunConfig', 'total_steps'): schema.Means(
+        zero='no RL steps: the warm start and the evaluations only'),
+    ('RunConfig', 'checkpoint_every'): schema.Means(
+        zero='checkpoints at the end only'),
+    ('SFTConfig', 'steps'): schema.Means(zero='no warm start'),
+    ('RLConfig', 'top_k'): schema.Means(zero='no top-k truncation'),
+    ('RewardConfig', 'target_length'): schema.Means(
+        zero='no target (length_penalty only needs one)'),
+    ('RewardConfig', 'tolerance'): schema.Means(zero='exact answers only'),
+    ('RewardConfig', 'penalty'): schema.Means(
+        zero='a failed item scores 0', negative='a failed item scores this'),
+    ('RewardConfig', 'timeout_s'): schema.Means(zero='no time limit'),
+    ('RewardConfig', 'max_workers'): schema.Means(
+        zero="the backend's default number"),
+}
+
+
+def test_every_number_field_rejects_zero_and_negatives_or_says_why():
+  """Generated from the schemas: each int and float field of each section is
+  given 0 and -1. Either its checks reject the value, with an error naming
+  the field and what it allows, or the section declares in `SPECIAL`
+  (`schema.Means`) what the value means, and then `parse` must accept it."""
+  sections = _sections()
+  tried, declared, missed = 0, 0, []
+  for path, cls in sections.items():
+    real_path = re.sub(r'\(.*?\)', '', path)  # 'config.algo(ppo)' -> 'config.algo'
+    section = real_path.rsplit('.', 1)[-1]
+    base = _BASE.get(cls.__name__, {})
+    means = schema.special(cls)
+    for name, hint in schema._hints(cls).items():  # pylint: disable=protected-access
+      kind = _number(hint)
+      if kind is None:
+        continue
+      mean = means.get(name)
+      if mean is None and cls.__module__ == 'jaxrlgen.recipes.text_rl':
+        mean = _PENDING.get((cls.__name__, name))
+      for what, value in (('zero', kind(0)), ('negative', kind(-1))):
+        tried += 1
+        meaning = getattr(mean, what) if mean else ''
+        try:
+          schema.parse(cls, {**base, name: value}, real_path)
+        except Exception as e:  # pylint: disable=broad-except
+          # Library configs built inside a section name it 'env.eta'.
+          if not isinstance(e, ValueError):
+            missed.append((path, name, value, f'crashed: {e!r}'))
+          elif meaning:
+            missed.append((path, name, value, f'declared ({meaning}) but: {e}'))
+          elif not re.search(rf'(^|\W){section}\.{name}\W', str(e)):
+            missed.append((path, name, value, f'does not name it: {e}'))
+          elif not re.search(r'must|allowed|known|need', str(e)):
+            missed.append((path, name, value, f'no allowed values: {e}'))
+        else:
+          declared += 1
+          if not meaning:
+            missed.append((path, name, value, 'accepted: check it or declare '
+                           'its meaning in SPECIAL'))
+  assert tried > 400, tried
+  assert not missed, '\n'.join(map(str, missed))

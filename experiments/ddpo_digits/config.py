@@ -26,7 +26,7 @@ before anything is computed. `config.algo` is the algorithm's own schema
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import ml_collections
 
@@ -56,12 +56,16 @@ def _fraction(obj, name: str) -> None:
 class DataConfig:
   """`config.data`: the digits and their split."""
 
+  SPECIAL: ClassVar[schema.Special] = {'seed': schema.Means(zero='a seed like any other')}
+
   data_dir: str = ''  # TFDS data_dir; '' means WORKDIR/data.
   heldout_per_class: int = 70  # Digits per class kept for the classifier only.
   seed: int = 0  # Seed of the train / held-out split.
   image_size: int = 8  # Side of the images; > 8 upsamples (bilinear).
 
   def __post_init__(self):
+    schema.positive(self, 'heldout_per_class')
+    schema.non_negative(self, 'seed')
     if self.image_size < digits.IMAGE_SIZE:
       raise schema.FieldError(
           'image_size', f'={self.image_size} must be >= {digits.IMAGE_SIZE}.')
@@ -70,6 +74,10 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
   """`config.classifier`: the reward classifier and its training."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'dropout': schema.Means(zero='no dropout'),
+      'max_shift': schema.Means(zero='no augmentation')}
 
   features: tuple[int, ...] = (32, 64)  # CNN width per resolution level.
   dropout: float = 0.1  # Dropout before the linear layer.
@@ -103,6 +111,10 @@ class ModelConfig:
   dtype: str = 'float32'  # Compute dtype.
   im2col: bool = True  # RL's convolutions as matmuls (fast on CPU in scans).
 
+  def __post_init__(self):
+    # The U-Net's own checks run in Config, at the data's image size.
+    schema.positive(self, 'num_res_blocks', 'embed_dim', 'num_groups')
+
   def unet(self, image_size: int) -> unet_lib.UNetConfig:
     """The U-Net's config at the data's size and classes (checks included)."""
     return unet_lib.UNetConfig(image_size=image_size, channels=1,
@@ -113,6 +125,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """`config.pretrain`: DDPM pretraining of the denoiser."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'label_dropout': schema.Means(
+          zero='no unconditional model (env.guidance_scale must be 1)'),
+      'ema_decay': schema.Means(zero='no average: the last weights')}
 
   steps: int = 1000  # DDPM steps on the train digits.
   batch_size: int = 64  # Images per step.
@@ -131,6 +148,8 @@ class PretrainConfig:
 @dataclasses.dataclass(frozen=True)
 class EnvConfig:
   """`config.env`: the forward process and the denoising MDP."""
+
+  SPECIAL: ClassVar[schema.Special] = {'guidance_scale': schema.Means(zero='the unconditional model alone')}
 
   num_timesteps: int = 1000  # Training timesteps T of the forward process.
   beta_schedule: str = 'linear'  # linear | cosine.
@@ -177,6 +196,11 @@ class RLConfig:
 class RewardConfig:
   """`config.reward`: the weighted image rewards."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'host_penalty': schema.Means(zero='a failed image scores 0',
+                                   negative='a failed image scores this'),
+      'host_workers': schema.Means(zero='one thread per image')}
+
   # (Image reward name, weight) pairs.
   terms: rewards.Terms = (('classifier', 1.0),)
   jpeg_quality: int = 95  # JPEG quality of the jpeg_* rewards.
@@ -185,6 +209,7 @@ class RewardConfig:
   host_workers: int = 4  # Threads encoding images at once; 0: one per image.
 
   def __post_init__(self):
+    schema.in_range(self, 'jpeg_quality', 1, 100)
     image_rewards.check_terms(self.terms)
     schema.in_range(self, 'levels', 2, 256)
     schema.non_negative(self, 'host_workers')
@@ -193,6 +218,8 @@ class RewardConfig:
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
   """`config.eval`: fixed-noise evaluation before, during and after RL."""
+
+  SPECIAL: ClassVar[schema.Special] = {'every': schema.Means(zero='before and after RL only')}
 
   every: int = 20  # RL steps between evaluations.
   samples_per_class: int = 20  # Evaluation samples per class (fixed noise).
@@ -221,6 +248,12 @@ def algo_config(name: str) -> ml_collections.ConfigDict:
 class Config:
   """The whole config: the run's fields and its sections."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other'),
+      'total_steps': schema.Means(
+          zero='no RL steps: pretraining and the evaluations only'),
+      'checkpoint_every': schema.Means(zero='checkpoints at the end only')}
+
   recipe: str = 'experiments.ddpo_digits.recipe:run'  # The recipe that runs it.
   seed: int = 0  # Seeds inits, data order, noise and conditions.
   total_steps: int = 100  # RL steps.
@@ -243,6 +276,7 @@ class Config:
   lora: lora_lib.LoraConfig = lora_lib.LoraConfig(targets='.*')
 
   def __post_init__(self):
+    schema.non_negative(self, 'seed')
     schema.non_negative(self, 'total_steps', 'checkpoint_every')
     schema.positive(self, 'log_every', 'max_checkpoints')
     self.model.unet(self.data.image_size)  # The U-Net's checks.

@@ -46,7 +46,7 @@ files would only add a host-side pipeline between two device computations.
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from etils import epath
 import jax
@@ -100,6 +100,7 @@ class OracleConfig:
   num_samples: int = 10_000  # Oracle samples: the training data (real data).
 
   def __post_init__(self):
+    schema.positive(self, 'embed_dim', 'hidden_dim', 'init_std')
     schema.positive(self, 'num_samples')
 
 
@@ -114,12 +115,17 @@ class GeneratorConfig:
   logprob_chunk: int = 1  # Time steps per chunk of teacher-forced logits.
 
   def __post_init__(self):
+    schema.positive(self, 'embed_dim', 'hidden_dim', 'init_std')
     schema.positive(self, 'sample_block', 'logprob_chunk')
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """MLE pretraining of the generator (and the MLE baseline after it)."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'epochs': schema.Means(zero='no MLE pretraining'),
+      'max_grad_norm': schema.Means(zero='no clipping')}
 
   epochs: int = 120  # MLE epochs (passes over the 10,000 sequences).
   batch_size: int = 64  # Sequences per MLE step.
@@ -135,6 +141,10 @@ class PretrainConfig:
 class DiscriminatorConfig:
   """The CNN discriminator (Zhang & LeCun 2015 with a highway layer)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'dropout_rate': schema.Means(zero='no dropout'),
+      'l2_reg': schema.Means(zero='no L2 penalty')}
+
   embed_dim: int = 64  # Discriminator embedding size.
   filter_widths: tuple[int, ...] = disc_lib.PAPER_WIDTHS  # Window widths.
   num_filters: tuple[int, ...] = disc_lib.PAPER_FILTERS  # Filters per width.
@@ -147,6 +157,9 @@ class DiscriminatorConfig:
   score_chunk: int = 256  # Sequences per forward pass when scoring rewards.
 
   def __post_init__(self):
+    schema.positive(self, 'embed_dim')
+    if not 0 <= self.dropout_rate < 1:
+      raise schema.FieldError('dropout_rate', f'={self.dropout_rate} must be in [0, 1).')
     schema.positive(self, 'learning_rate', 'batch_size', 'score_chunk')
     schema.non_negative(self, 'l2_reg')
     schema.one_of(self, 'dtype', _DTYPES)
@@ -156,6 +169,8 @@ class DiscriminatorConfig:
 @dataclasses.dataclass(frozen=True)
 class DiscriminatorPretrainConfig:
   """Discriminator pretraining against the pretrained generator."""
+
+  SPECIAL: ClassVar[schema.Special] = {'rounds': schema.Means(zero='no discriminator pretraining')}
 
   rounds: int = 50  # Rounds of fresh negatives.
   epochs: int = 3  # Passes over each round's negatives + positives.
@@ -169,6 +184,12 @@ class DiscriminatorPretrainConfig:
 @dataclasses.dataclass(frozen=True)
 class AdversarialConfig:
   """The policy-gradient branches (PG-BLEU and SeqGAN) and their length."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'epochs': schema.Means(zero='no adversarial training'),
+      'rollout_update_rate': schema.Means(
+          zero='the rollout copy is the generator itself'),
+      'max_grad_norm': schema.Means(zero='no clipping')}
 
   epochs: int = 50  # Shrunk (released code: 200-800): epochs of every method.
   batch_size: int = 64  # Sequences per generator step.
@@ -194,6 +215,8 @@ class AdversarialConfig:
 class PgBleuConfig:
   """The PG-BLEU baseline (reward: BLEU against the training data)."""
 
+  SPECIAL: ClassVar[schema.Special] = {'smooth_epsilon': schema.Means(zero='no smoothing')}
+
   max_order: int = 3  # BLEU-3, as the released PG-BLEU code (weights 1/3).
   smooth_epsilon: float = 0.1  # Numerator for orders with no match (0: off).
   learning_rate: float = 0.001  # Adam's default: released code ignores 0.01.
@@ -208,6 +231,8 @@ class PgBleuConfig:
 class EvalConfig:
   """NLL-oracle evaluation."""
 
+  SPECIAL: ClassVar[schema.Special] = {'every': schema.Means(zero='at the start and the end only')}
+
   every: int = 5  # Epochs between NLL-oracle evaluations (paper: 5).
   num_samples: int = 10_000  # Generator samples scored by the oracle.
   chunk: int = 250  # Sequences per sampling / scoring chunk.
@@ -221,6 +246,11 @@ class EvalConfig:
 class SeqGANConfig:
   """The whole config: the top-level fields, the sections, and the checks
   that involve several sections."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other'),
+      'start_token': schema.Means(zero='word 0 (an ordinary word)'),
+      'checkpoint_every': schema.Means(zero='checkpoints at the end only')}
 
   recipe: str = 'experiments.seqgan.recipe:run'  # The recipe that runs it.
   seed: int = 88  # Seeds the oracle, its data, inits, sampling (paper: 88).
@@ -241,9 +271,11 @@ class SeqGANConfig:
   eval: EvalConfig = EvalConfig()
 
   def __post_init__(self):
+    schema.non_negative(self, 'seed')
     for name in ('vocab_size', 'length'):
       if getattr(self, name) < 2:
         raise schema.FieldError(name, f'={getattr(self, name)} must be >= 2.')
+    schema.in_range(self, 'start_token', 0, self.vocab_size - 1)
     schema.positive(self, 'log_every', 'max_checkpoints')
     schema.non_negative(self, 'checkpoint_every')
     n = self.oracle.num_samples

@@ -10,12 +10,14 @@ return - V(s_t), and the policy and value are updated once per rollout:
 """
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
@@ -51,6 +53,9 @@ def a2c_loss(logp: jax.Array, values: jax.Array, advantages: jax.Array,
 class A2CConfig:
   """Hyperparameters of A2C (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'gamma': base.GAMMA_ZERO}
+
   n: int = 8  # Rewards before bootstrapping from V (>= T: Monte-Carlo).
   gamma: float = 1.0  # Discount over tokens.
   vf_coef: float = 0.5  # Weight of the value loss.
@@ -59,6 +64,9 @@ class A2CConfig:
   whiten_advantages: bool = False  # Standardise advantages over the batch.
 
   def __post_init__(self):
+    schema.in_range(self, 'gamma', 0.0, 1.0)
+    schema.positive(self, 'vf_coef')
+    schema.non_negative(self, 'entropy_coef')
     if self.n < 1:
       raise ValueError(f'config.algo.n={self.n} must be >= 1.')
     if self.kl_coef < 0:

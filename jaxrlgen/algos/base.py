@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.core import masked
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
@@ -327,6 +328,16 @@ def behaviour_logp(env, state: TrainState, rollout: Rollout,
       env.evaluate(policy_params(state.params), rollout).logp)
 
 
+# What 0 means for hyperparameters that many algorithms share; each config
+# class lists its own in `SPECIAL` (see `schema.Means`).
+SPECIAL: Mapping[str, schema.Means] = {
+    'kl_coef': schema.Means(zero='no KL term: no reference model'),
+    'kl_reward_coef': schema.Means(zero='no KL penalty in the reward'),
+    'entropy_coef': schema.Means(zero='no entropy bonus'),
+}
+GAMMA_ZERO = schema.Means(zero='a one-step horizon: no later reward counts')
+
+
 def make_config(cls, algo_config: ml_collections.ConfigDict):
   """Builds the frozen hyperparameter dataclass `cls` from `config.algo`.
 
@@ -342,7 +353,8 @@ def make_config(cls, algo_config: ml_collections.ConfigDict):
     raise ValueError(f'Unknown field(s) config.algo.{", config.algo.".join(unknown)}'
                      f' for algorithm {algo_config.get("name")!r}; known '
                      f'fields: {sorted(fields)}.')
-  return cls(**given)
+  # Types coerced, and the checks' errors named 'config.algo.<field>'.
+  return schema.parse(cls, given, 'config.algo')
 
 
 def config_dict(cls, name: str) -> ml_collections.ConfigDict:

@@ -43,6 +43,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import ppo
 from jaxrlgen.algos import reinforce
@@ -141,6 +142,9 @@ class DDPOConfig:
   clipped to [1 - epsilon, 1 + epsilon]).
   """
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'adv_clip': schema.Means(zero='no clipping')}
+
   NAME: ClassVar[str] = 'ddpo_is'
   ESTIMATOR: ClassVar[str] = 'is'
 
@@ -156,6 +160,7 @@ class DDPOConfig:
   num_minibatches: int = 4  # Minibatches per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'epsilon')
     if self.ESTIMATOR not in ESTIMATORS:
       raise ValueError(f'Unknown estimator {self.ESTIMATOR!r}; known: '
                        f'{ESTIMATORS}.')

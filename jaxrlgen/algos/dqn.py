@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import logprob
@@ -102,6 +103,11 @@ def dqn_loss(q: jax.Array, actions: jax.Array, targets: jax.Array,
 class DQNConfig:
   """Hyperparameters of token-level DQN (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'discount': base.GAMMA_ZERO,
+      'reward_shift': schema.Means(zero='no shift',
+                                   negative='rewards shifted down')}
+
   NAME: ClassVar[str] = 'dqn'
 
   discount: float = 1.0  # gamma; episodes are a few tokens long.
@@ -119,6 +125,8 @@ class DQNConfig:
   num_minibatches: int = 1  # Minibatches per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'huber_delta', 'reward_scale')
     if self.loss not in LOSSES:
       raise ValueError(f'config.algo.loss={self.loss!r}; known: {LOSSES}.')
     if self.n_step < 1:

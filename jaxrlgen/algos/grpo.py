@@ -35,6 +35,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core.types import Rollout
@@ -204,6 +205,11 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
 class GRPOConfig:
   """Hyperparameters of GRPO (`config.algo`); the variants' schema too."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL,
+      'beta': schema.Means(zero='no KL term: no reference model'),
+      'overlong_buffer': schema.Means(zero='no overlong punishment')}
+
   NAME: ClassVar[str] = 'grpo'
 
   epsilon_low: float = 0.2  # Lower clip range of the importance ratio.
@@ -221,6 +227,9 @@ class GRPOConfig:
   entropy_coef: float = 0.0  # Bonus on the policy's token entropy.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'epsilon_low', 'epsilon_high')
+    schema.non_negative(self, 'entropy_coef')
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f'config.algo.aggregation={self.aggregation!r}; '
                        f'known: {AGGREGATIONS}.')

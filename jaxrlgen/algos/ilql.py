@@ -40,7 +40,7 @@ sequences; the algorithm itself only sees `Rollout`s and rewards.
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import chex
 import flax.linen as nn
@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import masked
@@ -192,6 +193,12 @@ def decoding_env(env, beta: float):
 class ILQLConfig:
   """Hyperparameters of ILQL (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'gamma': base.GAMMA_ZERO,
+      'cql_coef': schema.Means(zero='no CQL term'),
+      'bc_coef': schema.Means(zero="pi_beta is not trained (the warm start's)"),
+      'beta': schema.Means(zero='decode with pi_beta alone')}
+
   gamma: float = 0.99  # Discount over tokens.
   expectile: float = 0.7  # tau of the expectile value loss (> 0.5: optimism).
   cql_coef: float = 0.01  # Weight of the CQL term (alpha in ILQL eq. 5).
@@ -206,9 +213,14 @@ class ILQLConfig:
   kl_coef: float = 0.0  # Weight of the k3 KL of pi_beta to the reference.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'value_coef')
+    schema.non_negative(self, 'entropy_coef')
     if not 0 < self.expectile < 1:
       raise ValueError(f'config.algo.expectile={self.expectile} must be in '
                        '(0, 1).')
+    if self.tau == 0:  # Polyak rate 0: the target never follows.
+      raise schema.FieldError('tau', '=0 must be in (0, 1].')
     for name in ('gamma', 'tau'):
       value = getattr(self, name)
       if not 0 <= value <= 1:

@@ -19,12 +19,14 @@ A text completion's sequence reward is paid at its last valid token.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import vtrace as vtrace_lib
@@ -97,6 +99,11 @@ def impala_loss(logp: jax.Array, values: jax.Array, behaviour_logp: jax.Array,
 class IMPALAConfig:
   """Hyperparameters of IMPALA (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'discount': base.GAMMA_ZERO,
+      'lambda_': schema.Means(zero='one-step TD targets (no traces)'),
+      'max_staleness': schema.Means(zero='the actor never lags the learner')}
+
   discount: float = 1.0  # gamma; 1: the sequence reward is undiscounted.
   lambda_: float = 1.0  # V-trace's trace coefficient lambda in c_s.
   rho_bar: float = 1.0  # Truncation of the importance weights rho_s.
@@ -109,6 +116,9 @@ class IMPALAConfig:
   num_minibatches: int = 1  # Minibatches per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'value_coef')
+    schema.non_negative(self, 'entropy_coef')
     for name in ('rho_bar', 'c_bar'):
       if getattr(self, name) <= 0:
         raise ValueError(f'config.algo.{name}={getattr(self, name)} must be '

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import logprob
 from jaxrlgen.core import masked
@@ -115,6 +116,11 @@ class ExpertIterationConfig:
   `jaxrlgen.envs.search.MCTSConfig`), the sampler of these runs.
   """
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL,
+      'policy_coef': schema.Means(zero='no policy distillation: values only'),
+      'value_coef': schema.Means(zero='no value regression: policy only')}
+
   NAME: ClassVar[str] = 'mcts_expert_iteration'
 
   policy_target: str = 'tree_policy'  # tree_policy (ExIt TPT) | chosen_action.
@@ -126,6 +132,7 @@ class ExpertIterationConfig:
   num_minibatches: int = 1  # Minibatches per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
     if self.policy_target not in POLICY_TARGETS:
       raise ValueError(f'config.algo.policy_target={self.policy_target!r}; '
                        f'known: {POLICY_TARGETS}.')

@@ -16,12 +16,14 @@ Ouyang et al. 2022 (InstructGPT):
 """
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
@@ -161,6 +163,12 @@ def update_running_stats(stats, x: jax.Array):
 class PPOConfig:
   """Hyperparameters of PPO (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'gamma': base.GAMMA_ZERO,
+      'lambda_': schema.Means(zero='one-step TD advantages'),
+      'value_clip': schema.Means(zero='no value clipping',
+                                 negative='no value clipping')}
+
   epsilon: float = 0.2  # Clip range of the importance ratio.
   value_clip: float = 0.2  # Clip range of the values; <= 0: no value clip.
   vf_coef: float = 0.1  # Weight of the value loss.
@@ -178,6 +186,11 @@ class PPOConfig:
   separate_critic: bool = False  # Value from its own copy of the model.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'epsilon', 'vf_coef', 'kl_target', 'kl_horizon')
+    schema.in_range(self, 'gamma', 0.0, 1.0)
+    schema.in_range(self, 'lambda_', 0.0, 1.0)
+    schema.non_negative(self, 'entropy_coef')
     if self.kl_controller not in KL_CONTROLLERS:
       raise ValueError(f'config.algo.kl_controller={self.kl_controller!r}; '
                        f'known: {KL_CONTROLLERS}.')

@@ -31,7 +31,7 @@ bool[N, T] (completions right-padded, EOS included); see
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import chex
 import flax.struct
@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
@@ -188,6 +189,10 @@ def simpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
 class PreferenceConfig:
   """Hyperparameters of a direct preference loss (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'label_smoothing': schema.Means(zero='plain DPO (no label flips)'),
+      'simpo_gamma': schema.Means(zero='no target margin')}
+
   loss: str = 'dpo'  # dpo | ipo | simpo.
   beta: float = 0.1  # KL strength (DPO / IPO) or reward scale (SimPO).
   label_smoothing: float = 0.0  # Conservative DPO's flip rate; dpo only.
@@ -196,6 +201,8 @@ class PreferenceConfig:
   num_minibatches: int = 1  # Online: minibatches (of prompts) per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.non_negative(self, 'simpo_gamma')
     if self.loss not in LOSSES:
       raise ValueError(f'config.algo.loss={self.loss!r}; known: {LOSSES}.')
     if self.beta <= 0:
@@ -206,9 +213,6 @@ class PreferenceConfig:
     if self.label_smoothing and self.loss != 'dpo':
       raise ValueError('config.algo.label_smoothing (conservative DPO) applies '
                        f"to loss='dpo' only, not {self.loss!r}; set it to 0.")
-    if self.num_epochs < 1 or self.num_minibatches < 1:
-      raise ValueError('config.algo.num_epochs and num_minibatches must be '
-                       '>= 1.')
 
   @property
   def uses_reference(self) -> bool:

@@ -45,11 +45,13 @@ which this on-policy estimator does not correct for; keep them off.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import grpo
 from jaxrlgen.core import masked
@@ -203,6 +205,11 @@ def pg_loss_fn(aggregation: str, entropy_coef: float, kl_coef: float):
 class ReinforceConfig:
   """Hyperparameters of REINFORCE with a moving-average baseline."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL,
+      'baseline_decay': schema.Means(zero="the baseline is the last batch's mean"),
+      'reward_clip': schema.Means(zero='no clipping')}
+
   baseline_decay: float = 0.9  # EMA decay of the mean-reward baseline.
   baseline_init: str = 'first_batch'  # zero | first_batch.
   aggregation: str = 'sequence_sum'  # sequence_sum | token_mean | ...
@@ -253,6 +260,8 @@ def make(cfg: ReinforceConfig) -> base.Algorithm:
 class SCSTConfig:
   """Hyperparameters of self-critical sequence training."""
 
+  SPECIAL: ClassVar[schema.Special] = base.SPECIAL
+
   aggregation: str = 'sequence_sum'  # sequence_sum | token_mean | ...
   entropy_coef: float = 0.0  # Bonus on the policy's token entropy.
   kl_coef: float = 0.0  # k3 KL-to-reference loss term; 0: no reference.
@@ -265,6 +274,11 @@ class SCSTConfig:
 @dataclasses.dataclass(frozen=True)
 class ReMaxConfig:
   """Hyperparameters of ReMax (defaults: its released trainer's choices)."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL,
+      'baseline_decay': schema.Means(zero="the baseline is the last batch's mean"),
+      'reward_clip': schema.Means(zero='no clipping')}
 
   aggregation: str = 'token_mean'  # sequence_sum (Algorithm 1) | token_mean.
   reward_clip: float = 5.0  # Clip r - r_greedy to +-this; 0: off.

@@ -18,11 +18,13 @@ r_i <- r_i - kl_reward_coef * sum_t (logp - ref_logp) (`kl_reward_coef`);
 """
 
 import dataclasses
+from typing import ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import reinforce
 from jaxrlgen.core import masked
@@ -73,6 +75,8 @@ def kl_penalized_rewards(rewards: jax.Array, logp: jax.Array,
 @dataclasses.dataclass(frozen=True)
 class RLOOConfig:
   """Hyperparameters of RLOO (needs config.rl.group_size >= 2)."""
+
+  SPECIAL: ClassVar[schema.Special] = base.SPECIAL
 
   aggregation: str = 'sequence_sum'  # sequence_sum | token_mean | ...
   kl_reward_coef: float = 0.0  # Sequence KL penalty folded into the reward.

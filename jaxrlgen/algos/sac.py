@@ -39,6 +39,7 @@ from a uniform sample of it.
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import chex
 import flax.struct
@@ -46,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import masked
@@ -195,6 +197,14 @@ def temperature_loss(log_alpha: jax.Array, divergence: jax.Array,
 class SACConfig:
   """Hyperparameters of discrete SAC (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      **base.SPECIAL, 'gamma': base.GAMMA_ZERO,
+      'target_kl': schema.Means(
+          zero="prior='reference': the policy is held at the reference"),
+      'target_entropy_ratio': schema.Means(
+          zero="prior='uniform': alpha lets the policy become deterministic"),
+      'actor_delay_steps': schema.Means(zero='the actor trains from step 0')}
+
   gamma: float = 1.0  # Discount over tokens.
   n_step: int = 1  # TD steps before bootstrapping (1: the paper's targets).
   # What the temperature regularises towards: 'uniform' (the paper's
@@ -224,6 +234,10 @@ class SACConfig:
   kl_coef: float = 0.0  # Weight of the k3 KL to the reference policy.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.in_range(self, 'gamma', 0.0, 1.0)
+    schema.positive(self, 'actor_coef', 'critic_coef')
+    schema.non_negative(self, 'actor_delay_steps', 'kl_coef')
     if self.critic_init not in CRITIC_INITS:
       raise ValueError(f'config.algo.critic_init={self.critic_init!r}; '
                        f'known: {CRITIC_INITS}.')
@@ -233,6 +247,8 @@ class SACConfig:
       raise ValueError(f'config.algo.n_step={self.n_step} must be >= 1.')
     if self.target_kl < 0:
       raise ValueError(f'config.algo.target_kl={self.target_kl} must be >= 0.')
+    if self.tau == 0:  # Polyak rate 0: the target never follows.
+      raise schema.FieldError('tau', '=0 must be in (0, 1].')
     for name in ('tau', 'target_entropy_ratio'):
       value = getattr(self, name)
       if not 0 <= value <= 1:

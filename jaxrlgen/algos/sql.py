@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.algos import qlearning
 from jaxrlgen.core import logprob
@@ -142,6 +143,12 @@ def sql_loss(q: jax.Array, target_v: jax.Array, actions: jax.Array,
 class SQLConfig:
   """Hyperparameters of soft Q-learning (`config.algo`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'discount': base.GAMMA_ZERO,
+      'reverse_weight': schema.Means(zero="the paper's equations alone"),
+      'reward_shift': schema.Means(zero='no shift',
+                                   negative='rewards shifted down')}
+
   NAME: ClassVar[str] = 'sql'
 
   objective: str = 'mixed'  # single (eq. 9) | multi (eq. 11) | mixed (mean).
@@ -162,6 +169,8 @@ class SQLConfig:
   num_minibatches: int = 1  # Minibatches per pass.
 
   def __post_init__(self):
+    schema.positive(self, 'num_epochs', 'num_minibatches')
+    schema.positive(self, 'reward_scale')
     if self.objective not in OBJECTIVES:
       raise ValueError(f'config.algo.objective={self.objective!r}; known: '
                        f'{OBJECTIVES}.')

@@ -43,7 +43,7 @@ verifier-guided search, not of the policy alone.
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import chex
 import flax.struct
@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import mctx
 
+from jaxrlgen import schema
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.envs.text import TextState
@@ -67,6 +68,13 @@ Q_NORMALIZATIONS = ('fixed', 'siblings')
 @dataclasses.dataclass(frozen=True)
 class MCTSConfig:
   """How each token is searched for (`config.mcts`); frozen and hashable."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'max_depth': schema.Means(zero='the completion budget'),
+      'dirichlet_fraction': schema.Means(zero='no root noise'),
+      'q_min': schema.Means(zero='the smallest return is 0',
+                            negative='the smallest return'),
+      'gumbel_scale': schema.Means(zero='no root noise (deterministic)')}
 
   policy: str = 'muzero'  # muzero (PUCT) | gumbel_muzero.
   num_simulations: int = 16  # Simulations (tree nodes added) per token.
@@ -101,6 +109,9 @@ class MCTSConfig:
     return cls(**dict(mcts_config))
 
   def __post_init__(self):
+    schema.positive(self, 'dirichlet_alpha', 'pb_c_init', 'pb_c_base',
+                    'max_num_considered_actions')
+    schema.non_negative(self, 'gumbel_scale')
     if self.policy not in POLICIES:
       raise ValueError(f'config.mcts.policy={self.policy!r}; known: '
                        f'{POLICIES}.')

@@ -22,12 +22,14 @@ maps both kinds of name to mesh axes.
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+
+from jaxrlgen import schema
 
 Dtype = Any
 
@@ -40,6 +42,14 @@ ROPE_SCALINGS = ('none', 'linear', 'llama3')
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Hyperparameters; frozen and hashable so it can be a static argument."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'head_dim': schema.Means(zero='hidden_dim // num_heads (as None)'),
+      'max_positions': schema.Means(zero='max_seq_len'),
+      'query_scale': schema.Means(zero='head_dim'),
+      'attn_softcap': schema.Means(zero='no soft cap'),
+      'final_softcap': schema.Means(zero='no soft cap'),
+      'sliding_window': schema.Means(zero='no window: full attention')}
 
   vocab_size: int = 259
   hidden_dim: int = 128
@@ -80,6 +90,14 @@ class TransformerConfig:
   post_norms: bool = False  # Norm each block's attention and MLP output (Gemma 2).
 
   def __post_init__(self):
+    schema.positive(self, 'vocab_size', 'hidden_dim', 'mlp_dim', 'num_layers',
+                    'num_heads', 'num_kv_heads', 'max_seq_len', 'rope_theta',
+                    'norm_eps', 'rope_factor', 'rope_low_freq_factor',
+                    'rope_high_freq_factor', 'rope_original_max_len')
+    schema.non_negative(self, 'max_positions', 'query_scale', 'attn_softcap',
+                        'final_softcap', 'sliding_window')
+    if self.head_dim is not None:
+      schema.non_negative(self, 'head_dim')
     # Configs arrive from ml_collections with lists where tuples belong.
     object.__setattr__(self, 'sliding_layers', tuple(self.sliding_layers))
     for name, value, known in (
@@ -93,6 +111,11 @@ class TransformerConfig:
       raise ValueError(
           f'model.num_heads={self.num_heads} must be a multiple of '
           f'model.num_kv_heads={self.num_kv_heads} (grouped-query attention).')
+    if not self.head_dim and self.hidden_dim % self.num_heads:
+      raise schema.FieldError(
+          'hidden_dim', f'={self.hidden_dim} must be divisible by num_heads='
+          f'{self.num_heads} (each head gets hidden_dim // num_heads), or '
+          'set head_dim.')
     if self.position_type == 'rope' and self.resolved_head_dim % 2:
       raise ValueError(f'head_dim={self.resolved_head_dim} must be even for '
                        'rotary embeddings; change model.hidden_dim or '

@@ -26,7 +26,7 @@ set B to zero, so an adapted model starts equal to its base.
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax
 import jax
@@ -53,6 +53,11 @@ class LoraConfig:
 
   rank 0 trains every parameter (no adapters).
   """
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'rank': schema.Means(zero='no adapters: full fine-tuning'),
+      'dropout': schema.Means(zero='no dropout'),
+      'quantize_block': schema.Means(zero='one scale per output channel')}
 
   rank: int = 0  # r: adapters [K, r] and [r, N]; 0: full fine-tuning.
   alpha: float = 16.0  # The update is scaled by alpha / rank.

@@ -1,6 +1,7 @@
 """'a+b=' -> the sum: the task of the demo and the algorithm tables."""
 
 import dataclasses
+from typing import ClassVar
 
 from jaxrlgen import schema
 from jaxrlgen.data import arithmetic
@@ -10,6 +11,8 @@ from jaxrlgen.tasks import base
 @dataclasses.dataclass(frozen=True)
 class ArithmeticConfig:
   """`config.task` of the arithmetic task (with `name='arithmetic'`)."""
+
+  SPECIAL: ClassVar[schema.Special] = {'seed': schema.Means(zero='a seed like any other')}
 
   max_operand: int = 99  # Operands are drawn from 0..max_operand.
   num_train: int = 8000  # Training (a, b) pairs.

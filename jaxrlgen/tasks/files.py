@@ -42,7 +42,7 @@ import glob
 import json
 import os
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -60,6 +60,11 @@ _VERSION = re.compile(r'\d+\.\d+\.(\d+|\*)')
 @dataclasses.dataclass(frozen=True)
 class FilesConfig:
   """`config.task` of the files task (with `name='files'`)."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'eval_size': schema.Means(zero='none held out (eval_files are given)'),
+      'split_seed': schema.Means(zero='a seed like any other'),
+      'max_records': schema.Means(zero='every record')}
 
   train_files: str = ''  # Comma-separated globs, dirs or tfds:NAME[:SPLIT].
   eval_files: str = ''  # The same for held-out prompts; '': eval_size.

@@ -2,6 +2,7 @@
 linear warmup and cosine decay, after global-norm clipping."""
 
 import dataclasses
+from typing import ClassVar
 
 import ml_collections
 import optax
@@ -15,6 +16,12 @@ SCHEDULES = ('constant', 'cosine')
 class OptimizerConfig:
   """An optimizer section of an experiment config (`config.rl.optimizer`)."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'warmup_steps': schema.Means(zero='no warmup'),
+      'max_grad_norm': schema.Means(zero='no clipping'),
+      'weight_decay': schema.Means(zero='plain Adam'),
+      'b1': schema.Means(zero='no momentum (RMSProp-like)')}
+
   learning_rate: float = 1e-3  # Peak learning rate.
   schedule: str = 'constant'  # constant | cosine (after the warmup, if any).
   warmup_steps: int = 0  # Linear warmup from 0; 0: none.
@@ -27,8 +34,12 @@ class OptimizerConfig:
     schema.positive(self, 'learning_rate')
     schema.one_of(self, 'schedule', SCHEDULES)
     schema.non_negative(self, 'warmup_steps', 'max_grad_norm', 'weight_decay')
-    schema.in_range(self, 'b1', 0.0, 1.0)
-    schema.in_range(self, 'b2', 0.0, 1.0)
+    # Adam divides by 1 - b^t: b = 1 is a division by zero; b2 = 0 is sign
+    # descent, not Adam.
+    if not 0 <= self.b1 < 1:
+      raise schema.FieldError('b1', f'={self.b1} must be in [0, 1).')
+    if not 0 < self.b2 < 1:
+      raise schema.FieldError('b2', f'={self.b2} must be in (0, 1).')
 
 
 def config(learning_rate: float, schedule: str = 'constant',
