@@ -211,7 +211,7 @@ class ToolSet:
   Attributes:
     names: the tools' names, as the model calls them.
     tools: name -> Tool.
-    format: the call format (`formats.Format`).
+    format: the call format (one of `formats.FORMATS`).
     timeout_s: seconds a call may run.
     max_chars: characters of a tool's output kept.
     workers: pool size for tools that run in processes (None: one per core).
