@@ -4,7 +4,13 @@
       --workdir=/tmp/arithmetic_grpo [--config.total_steps=20 ...]
 
 Restarting with the same --workdir resumes from its newest checkpoint.
+
+A preemption notice (SIGTERM; SIGUSR1, which SLURM's --signal=USR1@SECONDS
+sends) saves the checkpoint of the current step, prints where, and exits
+with status 75 (EX_TEMPFAIL): start the same command again to resume.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -12,6 +18,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from jaxrlgen import recipes
+from jaxrlgen.train import preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file.', lock_config=True)
@@ -27,7 +34,12 @@ def main(argv):
     # Library INFO logs (orbax's, mostly) drown the progress bar;
     # --verbosity=0 brings them back.
     logging.set_verbosity(logging.WARNING)
-  recipes.run(_CONFIG.value, _WORKDIR.value)
+  try:
+    with preemption.listen():
+      recipes.run(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == '__main__':

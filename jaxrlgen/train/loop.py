@@ -16,6 +16,17 @@ host) and raises `NonFiniteError` after `max_nonfinite_steps` flagged steps
 in a row (after the first with `nonfinite='stop'`), naming the first of them
 and its first non-finite metric. A checkpoint is never written of
 parameters that are not finite.
+
+Preemption: under `preemption.listen()` (as `experiments.main` runs), a
+SIGTERM or SIGUSR1 makes the loop finish the current step (and its
+evaluation, if one is due, so that the resumed run's metrics are the
+uninterrupted run's), save its checkpoint and raise `preemption.Preempted`.
+
+Killed at any moment (SIGKILL, power loss), a run loses only the steps after
+its last checkpoint: metrics lines are flushed as they are written, a
+checkpoint appears on disk only when complete (orbax renames a finished
+temporary directory), and a resumed run drops the metrics lines after the
+checkpoint it restores and redoes those steps with the same batches and keys.
 """
 
 import dataclasses
@@ -31,6 +42,7 @@ from jaxrlgen import schema
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import plots
+from jaxrlgen.train import preemption
 from jaxrlgen.train import progress as progress_lib
 from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
@@ -182,9 +194,17 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
       updates for non-finite numbers (the state is checkpointed as on any
       error: its parameters are the last finite ones); or the parameters to
       checkpoint are not finite (nothing is written).
+    preemption.Preempted: a preemption notice came (see `preemption`); the
+      state of the step it names is checkpointed.
   """
   start = int(state.step)
   total = config.total_steps
+  if (start < total and preemption.requested()
+      and not jax.distributed.is_initialized()):
+    # The notice came before this stage (while data was built, or in an
+    # earlier stage): nothing new to save.
+    raise preemption.Preempted(start, str(checkpointer.directory),
+                               saved=False)
   if eval_fn is not None and start == 0:
     writer.write(0, eval_fn(state))
   progress = progress_lib.Progress(total, start, desc=config.progress_desc,
@@ -212,17 +232,22 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
           done == total or (config.eval_every and done % config.eval_every == 0)):
         writer.write(done, eval_fn(state))
         interval_start = time.perf_counter()
-      if done == total or (config.checkpoint_every
-                           and done % config.checkpoint_every == 0):
+      preempted = done < total and preemption.reached(done)
+      if preempted or done == total or (
+          config.checkpoint_every and done % config.checkpoint_every == 0):
         watch.flush()
         if not params_finite(state):
           raise NonFiniteError(
               f'Step {done}: the parameters hold NaN or infinite numbers; '
               'they are not checkpointed (they were not finite when '
               'training started, or the step has no non-finite guard).')
-        checkpointer.save(done, state)
+        checkpointer.save(done, state, force=preempted)
         last_saved = done
+      if preempted:
+        raise preemption.Preempted(done, str(checkpointer.directory))
     watch.flush()
+  except preemption.Preempted:
+    raise
   except BaseException:
     # Keep everything up to the last completed step, unless not finite.
     try:
@@ -267,19 +292,23 @@ def run_stage(run_dir, state, *, step_fn: StepFn, batch_fn, key: jax.Array,
       max_to_keep=max_checkpoints)
   try:
     state, resume_step = checkpointer.restore_or(state)
-    if int(state.step) >= config.total_steps:
-      return state, False
-    with writers.MetricWriter(str(run_dir), resume_step=resume_step) as writer:
-      state = fit(state, step_fn=step_fn, batch_fn=batch_fn, key=key,
-                  config=config, checkpointer=checkpointer, writer=writer,
-                  eval_fn=eval_fn)
+    ran = int(state.step) < config.total_steps
+    if ran:
+      with writers.MetricWriter(str(run_dir),
+                                resume_step=resume_step) as writer:
+        state = fit(state, step_fn=step_fn, batch_fn=batch_fn, key=key,
+                    config=config, checkpointer=checkpointer, writer=writer,
+                    eval_fn=eval_fn)
   finally:
     checkpointer.close()
   if plot is not None and parallel.is_primary():
     keys, name, title = plot
-    plots.plot_metrics(writers.read_metrics(str(run_dir)), keys,
-                       str(run_dir / name), title=title)
-  return state, True
+    # Also when the stage was done before: the run that finished it may have
+    # been killed before its plot.
+    if ran or not (run_dir / name).exists():
+      plots.plot_metrics(writers.read_metrics(str(run_dir)), keys,
+                         str(run_dir / name), title=title)
+  return state, ran
 
 
 def fuse_steps(step_fn: StepFn, num_steps: int):

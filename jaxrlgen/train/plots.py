@@ -4,6 +4,7 @@ from collections.abc import Sequence
 import io
 import math
 import os
+import uuid
 from typing import Any
 
 from etils import epath
@@ -91,5 +92,9 @@ def plot_metrics(records: Sequence[dict[str, Any]],
     plt.close(fig)
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(buffer.getvalue())
+  # Written whole or not at all: a run killed mid-write leaves the previous
+  # file (or none), never a truncated PNG that a resumed run would keep.
+  tmp = path.parent / f'.{path.name}.tmp.{uuid.uuid4().hex}'
+  tmp.write_bytes(buffer.getvalue())
+  tmp.replace(path)
   return path
