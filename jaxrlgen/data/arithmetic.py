@@ -13,7 +13,8 @@ again reuses it.
 
 Building is deterministic given the config, so hosts with local disks may each
 build their own copy and hold identical records; on a shared filesystem a
-concurrent build by another process is tolerated (`builders.prepare_and_open`).
+concurrent build by another process is tolerated, a damaged copy rebuilt or
+reported (`builders.open_dataset`).
 """
 
 from collections.abc import Iterator, Sequence
@@ -200,5 +201,4 @@ def load_arithmetic(
   """
   config = ArithmeticConfig(max_operand=max_operand, num_train=num_train,
                             num_test=num_test, seed=seed)
-  return builders.prepare_and_open(ArithmeticBuilder(
-      data_dir=data_dir, config=config, file_format='array_record'))
+  return builders.open_dataset(ArithmeticBuilder, data_dir, config)

@@ -147,8 +147,7 @@ def load_digits(data_dir: str, heldout_per_class: int = 70,
     records `{'image': uint8[8, 8, 1], 'label': int, 'index': int}`.
   """
   config = DigitsConfig(heldout_per_class=heldout_per_class, seed=seed)
-  return builders.prepare_and_open(DigitsBuilder(
-      data_dir=data_dir, config=config, file_format='array_record'))
+  return builders.open_dataset(DigitsBuilder, data_dir, config)
 
 
 def to_arrays(source: Sequence[Mapping[str, Any]], image_size: int = IMAGE_SIZE
