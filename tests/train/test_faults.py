@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -172,3 +173,65 @@ def test_sigterm_saves_exits_75_and_resumes_to_the_same_end(reference):
   assert f'{step}' in os.listdir(workdir / 'checkpoints')
   assert max(r['step'] for r in _jsonl(metrics)) == step
   _resume_and_compare(workdir, reference, 'SIGTERM')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _processes(workdir, env, num_processes, devices=4):
+  """The run as `num_processes` local processes of JAX's distributed
+  runtime (or one), with `devices` CPU devices in all."""
+  port = _free_port()
+  mesh = ('--config.mesh.data=2', '--config.mesh.fsdp=-1')
+  env = {**env, 'XLA_FLAGS': '--xla_force_host_platform_device_count='
+                             f'{devices // num_processes}'}
+  procs = []
+  for i in range(num_processes):
+    multi = () if num_processes == 1 else (
+        f'--config.distributed.coordinator_address=localhost:{port}',
+        f'--config.distributed.num_processes={num_processes}',
+        f'--config.distributed.process_id={i}')
+    procs.append(subprocess.Popen(
+        [*_command(workdir), *mesh, *multi], env=env, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  return procs
+
+
+def _wait(procs):
+  return [(p.wait(timeout=400), p.communicate()[1]) for p in procs]
+
+
+@pytest.mark.slow
+def test_two_processes_preempted_save_one_step_and_resume(reference):
+  root, env = reference['root'], reference['env']
+  [(code, err)] = _wait(_processes(root / 'one_process', env, 1))
+  assert code == 0, err[-3000:]
+  workdir = root / 'two_processes'
+  procs = _processes(workdir, env, 2)
+  metrics = workdir / 'metrics.jsonl'
+  deadline = time.monotonic() + 300
+  while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+    if metrics.exists() and any('reward/mean' in r for r in _jsonl(metrics)):
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)  # Only one host gets the notice.
+  ended = _wait(procs)
+  assert [code for code, _ in ended] == [PREEMPTED] * 2, [
+      err[-2000:] for _, err in ended]
+  steps = {int(err.split('checkpoint of step ')[1].split()[0])
+           for _, err in ended}
+  assert len(steps) == 1, steps  # Both saved the same step.
+  assert f'{steps.pop()}' in os.listdir(workdir / 'checkpoints')
+  ended = _wait(_processes(workdir, env, 2))
+  assert [code for code, _ in ended] == [0, 0], [err[-2000:]
+                                                 for _, err in ended]
+  got, want = _outcome(workdir), _outcome(root / 'one_process')
+  # Two processes equal one of four devices up to float reassociation in
+  # the cross-process reductions (tests/parallel/test_multihost.py).
+  assert [sorted(r) for r in got['metrics']] == [
+      sorted(r) for r in want['metrics']]
+  for g, w in zip(got['metrics'], want['metrics']):
+    assert g == pytest.approx(w, rel=1e-4, abs=1e-5)
