@@ -44,6 +44,8 @@ class TransformerConfig:
   """Hyperparameters; frozen and hashable so it can be a static argument."""
 
   SPECIAL: ClassVar[schema.Special] = {
+      'num_layers': schema.Means(
+          zero='no blocks: embeddings and heads only (a critic head init)'),
       'head_dim': schema.Means(zero='hidden_dim // num_heads (as None)'),
       'max_positions': schema.Means(zero='max_seq_len'),
       'query_scale': schema.Means(zero='head_dim'),
@@ -90,12 +92,12 @@ class TransformerConfig:
   post_norms: bool = False  # Norm each block's attention and MLP output (Gemma 2).
 
   def __post_init__(self):
-    schema.positive(self, 'vocab_size', 'hidden_dim', 'mlp_dim', 'num_layers',
-                    'num_heads', 'num_kv_heads', 'max_seq_len', 'rope_theta',
-                    'norm_eps', 'rope_factor', 'rope_low_freq_factor',
+    schema.positive(self, 'vocab_size', 'hidden_dim', 'mlp_dim', 'num_heads',
+                    'num_kv_heads', 'max_seq_len', 'rope_theta', 'norm_eps',
+                    'rope_factor', 'rope_low_freq_factor',
                     'rope_high_freq_factor', 'rope_original_max_len')
-    schema.non_negative(self, 'max_positions', 'query_scale', 'attn_softcap',
-                        'final_softcap', 'sliding_window')
+    schema.non_negative(self, 'num_layers', 'max_positions', 'query_scale',
+                        'attn_softcap', 'final_softcap', 'sliding_window')
     if self.head_dim is not None:
       schema.non_negative(self, 'head_dim')
     # Configs arrive from ml_collections with lists where tuples belong.
