@@ -13,8 +13,8 @@ matched to the last step the run logged in `metrics.jsonl`.
 
 Writes under `--out`: `curve.json` (every sample: seconds, step, RSS MiB,
 threads; and the verdict) and `curve.png`. The verdict compares RSS after
-warm-up (the first sample at or past `--warmup_steps`) with the last sample
-of the run, and fits a least-squares slope (MiB per 1,000 steps) to the
+warm-up (the first sample at or past `--warmup_steps`) with RSS when the
+last step is logged (before the final evaluation and plots), and fits a least-squares slope (MiB per 1,000 steps) to the
 samples past warm-up. `--max_minutes` stops the child early (SIGTERM, then
 SIGKILL) when the machine cannot give it the full run; the verdict then
 says how many steps it reached.
@@ -44,6 +44,9 @@ _EVERY_K = flags.DEFINE_integer('every_k', 1_000,
                                 'Steps between evaluations and checkpoints.')
 _MAX_MINUTES = flags.DEFINE_float('max_minutes', 0.0,
                                   'Stop the run after this long; 0: never.')
+_OVERRIDE = flags.DEFINE_multi_string(
+    'override', [], 'More config overrides, e.g. '
+    '--override=rl.optimizer.learning_rate=5e-5.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object last.')
 
 CONFIG = 'experiments/arithmetic/config.py:grpo'
@@ -54,7 +57,7 @@ def overrides(steps: int, every_k: int) -> list[str]:
   """The demo with a small batch; the rest of its config as it is."""
   return [
       'rl.batch_size=8', 'rl.group_size=4',  # 2 prompts x 4 samples.
-      'sft.steps=200', 'sft.log_every=100',  # A short warm start.
+      'sft.log_every=100',  # The demo's warm start (600 steps).
       f'total_steps={steps}', 'log_every=100',
       f'checkpoint_every={every_k}', f'eval.every={every_k}',
       'eval.num_examples=64', 'eval.batch_size=64',
@@ -87,21 +90,25 @@ def commit() -> str:
 
 
 def verdict(samples: list[dict], warmup_steps: int) -> dict:
-  """RSS at start, after warm-up and at the end; the slope past warm-up."""
+  """RSS when RL starts, after warm-up and at the last step; the slope past
+  warm-up."""
   rss = np.array([s['rss_mib'] for s in samples])
   steps = np.array([s['step'] for s in samples])
-  late = steps >= warmup_steps
-  result = {'samples': len(samples), 'last_step': int(steps.max()),
-            'rss_start_mib': float(rss[0]), 'rss_peak_mib': float(rss.max()),
-            'rss_end_mib': float(rss[-1])}
+  last = int(steps.max())
+  at_last = int(np.argmax(steps == last))  # Before the final eval and plots.
+  result = {'samples': len(samples), 'last_step': last,
+            'rss_peak_mib': float(rss.max()),
+            'rss_last_step_mib': float(rss[at_last]),
+            'rss_exit_mib': float(rss[-1])}
   if (steps > 0).any():  # The first RL step logged: everything is built.
     result['rss_first_logged_step_mib'] = float(rss[np.argmax(steps > 0)])
+  late = (steps >= warmup_steps) & (np.arange(len(steps)) <= at_last)
   if late.sum() >= 2 and steps[late].max() > steps[late].min():
     first = int(np.argmax(late))
     slope, _ = np.polyfit(steps[late] / 1000.0, rss[late], 1)
     result.update(
         warmup_step=int(steps[first]), rss_after_warmup_mib=float(rss[first]),
-        growth_after_warmup_mib=float(rss[-1] - rss[first]),
+        growth_after_warmup_mib=float(rss[at_last] - rss[first]),
         min_after_warmup_mib=float(rss[late].min()),
         max_after_warmup_mib=float(rss[late].max()),
         slope_mib_per_1k_steps=float(slope))
@@ -136,7 +143,8 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   cmd = [sys.executable, '-m', 'experiments.main', f'--config={CONFIG}',
          f'--workdir={workdir}',
-         *(f'--config.{o}' for o in overrides(_STEPS.value, _EVERY_K.value))]
+         *(f'--config.{o}' for o in overrides(_STEPS.value, _EVERY_K.value)
+           + _OVERRIDE.value)]
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   log = open(os.path.join(out, 'run.log'), 'w')
   start = time.monotonic()
@@ -146,6 +154,8 @@ def main(argv):
   samples, offset, step, stopped = [], 0, 0, False
   while child.poll() is None:
     try:
+      if proc.status() == psutil.STATUS_ZOMBIE:  # Exited; not yet reaped.
+        break
       rss, threads = proc.memory_info().rss / MIB, proc.num_threads()
     except psutil.NoSuchProcess:
       break
@@ -174,6 +184,11 @@ def main(argv):
                 threads_start=samples[0]['threads'],
                 threads_end=samples[-1]['threads'],
                 command=' '.join(cmd[1:]), commit=commit())
+  summary = os.path.join(workdir, 'summary.json')
+  if os.path.exists(summary):  # Whether the policy learnt meanwhile.
+    with open(summary) as f:
+      result.update({k: v for k, v in json.load(f).items()
+                     if k.startswith('eval/accuracy')})
   with open(os.path.join(out, 'curve.json'), 'w') as f:
     json.dump({'verdict': result, 'samples': samples}, f)
   plot(samples, result, os.path.join(out, 'curve.png'))
