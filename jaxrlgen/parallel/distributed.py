@@ -12,6 +12,13 @@ Where the processes find each other:
   * otherwise the environment: `JAX_COORDINATOR_ADDRESS` (with
     `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`), or a cluster JAX detects by
     itself -- Cloud TPU pod slices, SLURM (`srun`), Open MPI, Kubernetes.
+
+When a process dies, the others do not hang: JAX's coordination service
+(hosted by process 0) marks a process that sent no heartbeat for
+`heartbeat_timeout_s` as dead and aborts all the others with an error, even
+one blocked in a collective; if process 0 dies, the others abort as soon as
+its connection drops (docs/scaling.md, "When a host dies";
+tests/parallel/test_dead_host.py).
 """
 
 import os
@@ -43,6 +50,18 @@ def default_config() -> ml_collections.ConfigDict:
       'process_id': -1,  # -1: from $JAX_PROCESS_ID or the cluster.
       # Local devices this process uses; '' for all (e.g. '0,1').
       'local_device_ids': '',
+      # Failure detection (whole seconds; JAX's defaults). A process that
+      # sends no heartbeat for heartbeat_timeout_s is declared dead and
+      # every other process is stopped with an error. Heartbeats come from
+      # a thread of their own (a long step or compile does not miss them);
+      # a lower value notices a dead host sooner but kills a run whose host
+      # freezes entirely (swapping, a paused VM) for that long.
+      'heartbeat_timeout_s': 100,
+      # How long start-up waits for every process to connect.
+      'initialization_timeout_s': 300,
+      # How long an exiting process waits for the others at the shutdown
+      # barrier before it gives up on them.
+      'shutdown_timeout_s': 300,
   })
 
 
@@ -63,6 +82,29 @@ def _multi_process_environment() -> bool:
   return False
 
 
+# config.distributed field -> jax.distributed.initialize argument.
+_TIMEOUTS = {
+    'heartbeat_timeout_s': 'heartbeat_timeout_seconds',
+    'initialization_timeout_s': 'initialization_timeout',
+    'shutdown_timeout_s': 'shutdown_timeout_seconds',
+}
+
+
+def _timeouts(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """The timeout fields as `jax.distributed.initialize` arguments."""
+  defaults = default_config()
+  timeouts = {}
+  for field, argument in _TIMEOUTS.items():
+    value = config.get(field, defaults[field])
+    # JAX takes whole seconds; a bool is an int to Python but not here.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+      raise ValueError(f'config.distributed.{field}={value!r}: give a '
+                       f'positive whole number of seconds (default '
+                       f'{defaults[field]}).')
+    timeouts[argument] = value
+  return timeouts
+
+
 def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   """Starts JAX's distributed runtime when this is a multi-process run.
 
@@ -77,6 +119,7 @@ def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   if config.mode not in MODES:
     raise ValueError(f'config.distributed.mode={config.mode!r}; known: '
                      f'{MODES}.')
+  timeouts = _timeouts(config)  # Checked on one process too.
   if jax.distributed.is_initialized():
     return True
   if config.mode == 'off':
@@ -104,7 +147,7 @@ def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   jax.distributed.initialize(coordinator_address=address,
                              num_processes=num_processes,
                              process_id=process_id,
-                             local_device_ids=local_ids)
+                             local_device_ids=local_ids, **timeouts)
   logging.info('Process %d of %d; %d local of %d devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())

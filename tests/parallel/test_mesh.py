@@ -62,5 +62,33 @@ def test_initialize_errors(monkeypatch, fields, message):
     parallel.initialize(config)
 
 
+@pytest.mark.parametrize('field', ['heartbeat_timeout_s',
+                                   'initialization_timeout_s',
+                                   'shutdown_timeout_s'])
+@pytest.mark.parametrize('value', [0, -5, 2.5, True, '10'])
+def test_initialize_timeout_errors(field, value):
+  # Checked before anything starts, on one process too.
+  config = ml_collections.ConfigDict(
+      {**distributed.default_config().to_dict(), 'mode': 'off', field: value})
+  with pytest.raises(ValueError, match=rf'config\.distributed\.{field}='):
+    parallel.initialize(config)
+
+
+def test_initialize_passes_the_timeouts(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  monkeypatch.setattr(jax.distributed, 'initialize',
+                      lambda **kwargs: calls.append(kwargs))
+  config = distributed.default_config()
+  config.update(coordinator_address='localhost:1234', num_processes=2,
+                process_id=1, heartbeat_timeout_s=7, shutdown_timeout_s=9)
+  assert parallel.initialize(config)
+  assert calls == [dict(coordinator_address='localhost:1234',
+                        num_processes=2, process_id=1, local_device_ids=None,
+                        heartbeat_timeout_seconds=7,
+                        initialization_timeout=300,
+                        shutdown_timeout_seconds=9)]
+
+
 def test_process_shard():
   assert parallel.process_shard(8) == slice(0, 8)
