@@ -3,8 +3,12 @@
 Conventions (batch-major, like every `Rollout` field):
   rewards[b, t]  r_t, the reward that follows action t;
   values[b, t]   v_t = V(s_t), the value of the state action t is taken in;
-  mask[b, t]     step t happened. Masks are prefixes: a trajectory that ends
-                 early is padded, and its last valid step is terminal.
+  mask[b, t]     step t happened. A row's valid steps are its trajectory,
+                 in order, and its last valid step is terminal. They need
+                 not be a prefix: a multi-turn episode's model tokens have
+                 observations between them (`envs.multiturn`); the
+                 recursions run over the valid steps as if they were packed
+                 to the front (`pack`), so a masked step never cuts one.
 A trajectory still running at the last step T - 1 was truncated by the
 horizon; `bootstrap_value` f32[B] = V(s_T) then stands in for the rewards
 beyond it (None: 0, i.e. the horizon ends the episode, as it does for a text
@@ -21,6 +25,22 @@ import jax.numpy as jnp
 from jaxrlgen.core import masked
 
 
+def packing(mask: jax.Array) -> jax.Array:
+  """i32[B, T]: the permutation of each row that puts its valid steps
+  first, in order (the identity for a prefix mask)."""
+  return jnp.argsort(~mask, axis=1, stable=True)
+
+
+def pack(x: jax.Array, order: jax.Array) -> jax.Array:
+  """x[B, T] permuted by `packing`."""
+  return jnp.take_along_axis(x, order, axis=1)
+
+
+def unpack(x: jax.Array, order: jax.Array) -> jax.Array:
+  """The inverse of `pack`."""
+  return jnp.take_along_axis(x, jnp.argsort(order, axis=1), axis=1)
+
+
 def terminal_rewards(scores: jax.Array, mask: jax.Array) -> jax.Array:
   """f32[B, T] holding each trajectory's score at its last valid step, else 0.
 
@@ -29,12 +49,13 @@ def terminal_rewards(scores: jax.Array, mask: jax.Array) -> jax.Array:
 
   Args:
     scores: f32[B] one reward per trajectory.
-    mask: bool[B, T] valid steps (a prefix of each row).
+    mask: bool[B, T] valid steps.
   """
   chex.assert_rank([scores, mask], [1, 2])
   chex.assert_equal_shape_prefix([scores, mask], 1)
-  last = jnp.sum(mask, axis=1) - 1
-  at_last = jnp.arange(mask.shape[1])[None, :] == last[:, None]
+  steps = jnp.arange(mask.shape[1])
+  last = jnp.max(jnp.where(mask, steps[None, :], -1), axis=1)
+  at_last = steps[None, :] == last[:, None]
   return jnp.where(at_last & mask, scores[:, None].astype(jnp.float32), 0.0)
 
 
@@ -88,7 +109,7 @@ def discounted_returns(rewards: jax.Array, mask: jax.Array, *, gamma: float,
 
   Args:
     rewards: f32[B, T] r_t.
-    mask: bool[B, T] valid steps (a prefix of each row).
+    mask: bool[B, T] valid steps .
     gamma: discount.
     bootstrap_value: f32[B] V(s_T) for rows still running at T - 1, or None.
   Returns:
@@ -96,12 +117,14 @@ def discounted_returns(rewards: jax.Array, mask: jax.Array, *, gamma: float,
   """
   chex.assert_rank([rewards, mask], 2)
   chex.assert_equal_shape([rewards, mask])
+  order = packing(mask)
+  rewards, mask = pack(rewards, order), pack(mask, order)
   rewards = jnp.where(mask, rewards.astype(jnp.float32), 0.0)
   discount = gamma * _continues_tp1(mask, bootstrap_value).astype(jnp.float32)
   init = None if bootstrap_value is None else bootstrap_value.astype(
       jnp.float32)
-  return jnp.where(mask, reverse_discounted_cumsum(rewards, discount, init),
-                   0.0)
+  return unpack(jnp.where(
+      mask, reverse_discounted_cumsum(rewards, discount, init), 0.0), order)
 
 
 def n_step_returns(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
@@ -120,7 +143,7 @@ def n_step_returns(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
   Args:
     rewards: f32[B, T] r_t.
     values: f32[B, T] v_t = V(s_t) (garbage at masked steps is ignored).
-    mask: bool[B, T] valid steps (a prefix of each row).
+    mask: bool[B, T] valid steps .
     n: number of rewards before bootstrapping (n >= T: Monte-Carlo returns).
     gamma: discount.
     bootstrap_value: f32[B] V(s_T) for rows still running at T - 1, or None.
@@ -131,6 +154,8 @@ def n_step_returns(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
   chex.assert_equal_shape([rewards, values, mask])
   if n < 1:
     raise ValueError(f'n_step_returns: n={n} must be >= 1.')
+  order = packing(mask)
+  rewards, values, mask = (pack(x, order) for x in (rewards, values, mask))
   rewards = jnp.where(mask, rewards.astype(jnp.float32), 0.0)
   values = jnp.where(mask, values.astype(jnp.float32), 0.0)
   discount_t = gamma * _continues_tp1(mask, bootstrap_value).astype(
@@ -142,7 +167,7 @@ def n_step_returns(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
   for _ in range(min(n, rewards.shape[1])):
     g_t = rewards + discount_t * g_tp1
     g_tp1 = jnp.concatenate([g_t[:, 1:], v_tp1[:, -1:]], axis=1)
-  return jnp.where(mask, g_t, 0.0)
+  return unpack(jnp.where(mask, g_t, 0.0), order)
 
 
 def generalized_advantage_estimation(
@@ -158,7 +183,7 @@ def generalized_advantage_estimation(
   Args:
     rewards: f32[B, T] r_t.
     values: f32[B, T] v_t = V(s_t) (garbage at masked steps is ignored).
-    mask: bool[B, T] valid steps (a prefix of each row).
+    mask: bool[B, T] valid steps .
     gamma: discount.
     lambda_: GAE's lambda (0: one-step TD error, 1: Monte-Carlo return - v_t).
     bootstrap_value: f32[B] V(s_T) for rows still running at T - 1, or None.
@@ -167,6 +192,8 @@ def generalized_advantage_estimation(
   """
   chex.assert_rank([rewards, values, mask], 2)
   chex.assert_equal_shape([rewards, values, mask])
+  order = packing(mask)
+  rewards, values, mask = (pack(x, order) for x in (rewards, values, mask))
   rewards = jnp.where(mask, rewards.astype(jnp.float32), 0.0)
   # `where`, not a product: padded steps may hold NaN or inf values.
   v_t = jnp.where(mask, values.astype(jnp.float32), 0.0)
@@ -175,7 +202,7 @@ def generalized_advantage_estimation(
   delta_t = rewards + gamma * continues * v_tp1 - v_t
   advantages = reverse_discounted_cumsum(delta_t,
                                          gamma * lambda_ * continues)
-  return jnp.where(mask, advantages, 0.0)
+  return unpack(jnp.where(mask, advantages, 0.0), order)
 
 
 def explained_variance(values: jax.Array, targets: jax.Array,

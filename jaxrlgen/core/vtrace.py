@@ -24,9 +24,10 @@ trade the variance of the targets against how fast they contract. With pi = mu
 and rho_bar, c_bar >= 1 the targets are the TD(lambda) lambda-returns (with
 lambda = 1, the n-step returns to the end of the trajectory).
 
-Trajectories are [B, T] arrays with a mask of the steps that happened; a step
-whose successor is masked out is terminal (its next value is 0), and the last
-step of the array bootstraps from `bootstrap_value`.
+Trajectories are [B, T] arrays with a mask of the steps that happened; a
+row's last valid step is terminal (its next value is 0) unless it is the last
+step of the array, which bootstraps from `bootstrap_value`. Masked steps
+between valid ones (a multi-turn episode's observations) are skipped over.
 """
 
 from typing import NamedTuple
@@ -34,6 +35,8 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+
+from jaxrlgen.core import returns
 
 
 class VTraceOutput(NamedTuple):
@@ -67,8 +70,8 @@ def vtrace(values: jax.Array, rewards: jax.Array, log_rhos: jax.Array,
       (garbage at masked steps is ignored).
     rewards: f32[B, T] r_s, the reward after action s.
     log_rhos: f32[B, T] log pi(a_s|x_s) - log mu(a_s|x_s).
-    mask: bool[B, T] steps that happened; a valid step followed by a masked
-      one ends its episode.
+    mask: bool[B, T] steps that happened; a row's last valid step ends its
+      episode (masked steps between valid ones are skipped over).
     bootstrap_value: f32[B] V(x_T) after the last step of the array, for
       trajectories cut off there (default 0: every trajectory terminates).
     discount: gamma.
@@ -83,6 +86,20 @@ def vtrace(values: jax.Array, rewards: jax.Array, log_rhos: jax.Array,
   """
   chex.assert_rank([values, rewards, log_rhos, mask], 2)
   chex.assert_equal_shape([values, rewards, log_rhos, mask])
+  # A row's valid steps are its trajectory even with masked steps between
+  # them (a multi-turn episode's observations): run on them packed.
+  order = returns.packing(mask)
+  out = _vtrace(*(returns.pack(x, order)
+                  for x in (values, rewards, log_rhos, mask)),
+                bootstrap_value=bootstrap_value, discount=discount,
+                lambda_=lambda_, rho_bar=rho_bar, c_bar=c_bar,
+                stop_target_gradients=stop_target_gradients)
+  return jax.tree.map(lambda x: returns.unpack(x, order), out)
+
+
+def _vtrace(values, rewards, log_rhos, mask, *, bootstrap_value, discount,
+            lambda_, rho_bar, c_bar, stop_target_gradients) -> VTraceOutput:
+  """`vtrace` on a prefix mask."""
   batch_size = values.shape[0]
   if bootstrap_value is None:
     bootstrap_value = jnp.zeros((batch_size,), jnp.float32)

@@ -82,15 +82,31 @@ class LMPolicy(lora_lib.AdaptablePolicy):
     return hidden[:, -1], cache
 
   def decode(self, params: Params, token: jax.Array, position: jax.Array,
-             cache: KVCache) -> tuple[jax.Array, KVCache]:
+             cache: KVCache, mask: jax.Array | None = None
+             ) -> tuple[jax.Array, KVCache]:
     """One cached decode step: token i32[N] at rotary position i32[N].
+
+    `mask` bool[N] (default all true) says which rows' tokens are real; a
+    false row's slot is written but never attended to, as a padded prompt
+    slot is (a multi-turn row waiting for the others).
 
     Returns (hidden [N, E] the decoder state after the token, cache).
     """
-    hidden, cache = self._apply(
-        params, token[:, None], position[:, None],
-        jnp.ones((token.shape[0], 1), jnp.bool_), cache)
+    if mask is None:
+      mask = jnp.ones(token.shape, jnp.bool_)
+    hidden, cache = self._apply(params, token[:, None], position[:, None],
+                                mask[:, None], cache)
     return hidden[:, 0], cache
+
+  def extend(self, params: Params, tokens: jax.Array, positions: jax.Array,
+             mask: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Appends L tokens per row to a filled cache in one pass (an
+    environment's observation): tokens, positions i32[N, L], mask bool[N, L]
+    (false slots are never attended to).
+
+    Returns (hidden [N, L, E] the decoder state after each token, cache).
+    """
+    return self._apply(params, tokens, positions, mask, cache)
 
   def hidden_states(self, params: Params, tokens: jax.Array,
                     mask: jax.Array) -> jax.Array:

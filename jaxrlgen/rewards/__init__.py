@@ -25,6 +25,7 @@ from jaxrlgen.rewards import fields
 from jaxrlgen.rewards import functions
 from jaxrlgen.rewards import host
 from jaxrlgen.rewards import image
+from jaxrlgen.envs import multiturn
 from jaxrlgen.rewards import text
 from jaxrlgen.rewards import verifiers
 from jaxrlgen.rewards.base import check_terms
@@ -64,6 +65,18 @@ REWARDS.register('length_penalty', _length_penalty)
 for _name, _factory in verifiers.FACTORIES.items():
   REWARDS.register(_name, _factory)
 REWARDS.register('unit_tests', code.make_unit_tests)
+
+
+def _turn_rewards(*, turn_discount: float = 1.0, **unused):
+  # Multi-turn episodes' per-turn rewards (`envs.multiturn`), discounted
+  # over turns.
+  def turn_rewards(rollout, batch):
+    del batch
+    return multiturn.turn_return(rollout, turn_discount)
+  return turn_rewards
+
+
+REWARDS.register('turn_rewards', _turn_rewards)
 
 __all__ = ['REWARDS', 'Terms', 'Weighted', 'check_terms', 'code', 'fields',
            'functions', 'host', 'image', 'make', 'parse_terms', 'text', 'verifiers']

@@ -63,6 +63,12 @@ def rollout_metrics(rollout: Rollout, rewards: jax.Array,
   if eos_id is not None:
     ended = jnp.any(rollout.mask & (rollout.actions == eos_id), axis=1)
     metrics['completions/clipped_ratio'] = 1.0 - jnp.mean(ended)
+  # Per-row counts an environment keeps (a multi-turn episode's turns and
+  # tool failures), as batch means.
+  stats = (rollout.context.get('stats', {})
+           if isinstance(rollout.context, dict) else {})
+  metrics.update({f'env/{name}': jnp.mean(value.astype(jnp.float32))
+                  for name, value in stats.items()})
   return metrics
 
 

@@ -32,9 +32,10 @@ def setup(*, num_samples: int = 8, num_prompts: int = 4,
   Returns:
     (env, params, batch).
   """
-  cfg = tfm.TransformerConfig(vocab_size=16, hidden_dim=32, mlp_dim=64,
-                              num_layers=1, num_heads=2, num_kv_heads=2,
-                              max_seq_len=12, **model_overrides)
+  cfg = tfm.TransformerConfig(**{
+      'vocab_size': 16, 'hidden_dim': 32, 'mlp_dim': 64, 'num_layers': 1,
+      'num_heads': 2, 'num_kv_heads': 2, 'max_seq_len': 12,
+      **model_overrides})
   env = TextEnv(LMPolicy(tfm.Transformer(cfg)), max_new_tokens=max_new_tokens,
                 eos_id=EOS, pad_id=PAD, num_samples=num_samples)
   batch = {'prompt': jnp.full((num_prompts, 3), 7, jnp.int32),
