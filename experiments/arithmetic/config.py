@@ -21,6 +21,8 @@ import ml_collections
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen import schema
+from jaxrlgen import tools
+from jaxrlgen.envs import multiturn
 from jaxrlgen.envs import search
 from jaxrlgen.models.transformer import TransformerConfig
 from jaxrlgen.policies import lora
@@ -52,6 +54,9 @@ def base(algo: str) -> ml_collections.ConfigDict:
   config.eval = schema.to_config(text_rl.EvalConfig())
   # Low-rank adapters on a frozen base (rank 0: train every parameter).
   config.lora = schema.to_config(lora.LoraConfig())
+  # Multi-turn episodes (max_turns 0: one completion) and their tools.
+  config.multiturn = schema.to_config(multiturn.MultiTurnConfig())
+  config.tools = schema.to_config(tools.ToolsConfig())
   # Devices: mesh axis sizes (-1: the rest) and multi-host start-up.
   config.mesh = parallel.mesh.default_config()
   config.distributed = parallel.distributed.default_config()

@@ -36,6 +36,8 @@ from experiments import variants
 from jaxrlgen import algos
 from jaxrlgen import parallel
 from jaxrlgen import schema
+from jaxrlgen import tools
+from jaxrlgen.envs import multiturn
 from jaxrlgen.policies import lora
 from jaxrlgen.recipes import text_rl
 from jaxrlgen.tasks import files
@@ -82,6 +84,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       every=25, num_examples=100, batch_size=100))
   # Low-rank adapters on a frozen base (rank 0: train every parameter).
   config.lora = schema.to_config(lora.LoraConfig())
+  # Multi-turn episodes (max_turns 0: one completion) and their tools.
+  config.multiturn = schema.to_config(multiturn.MultiTurnConfig())
+  config.tools = schema.to_config(tools.ToolsConfig())
   config.mesh = parallel.mesh.default_config()
   config.distributed = parallel.distributed.default_config()
   return variants.apply(config, arg, VARIANTS, 'rl')

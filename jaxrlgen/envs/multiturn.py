@@ -305,8 +305,7 @@ class MultiTurnEnv(TextEnv):
     responder_state = self.responder.init(rollout_lib.repeat_batch(batch, g))
     keys = jax.random.split(key, k_turns)
     zeros_b = jnp.zeros((b,), jnp.float32)
-    stats0 = {'turns': zeros_b, 'observation_tokens': zeros_b,
-              'failures': zeros_b, 'truncated': zeros_b}
+    stats0 = {name: zeros_b for name in STATS}
 
     def turn(carry, inputs):
       text, responder_state, stats = carry
@@ -374,6 +373,19 @@ class MultiTurnEnv(TextEnv):
     last_real = jax.lax.cummax(jnp.where(mask, columns, -1), axis=1)
     before = jnp.maximum(last_real[:, p - 1:-1], 0)
     return jnp.take_along_axis(hidden, before[..., None], axis=1)
+
+
+def context_spec(batch_size: int, turns: Turns) -> dict:
+  """The shapes of the context fields a multi-turn rollout adds (those of
+  the prompt aside), as jax.ShapeDtypeStructs."""
+  spec = jax.ShapeDtypeStruct
+  per_row = spec((batch_size,), jnp.float32)
+  return {'attend': spec((batch_size, turns.length), jnp.bool_),
+          'turn_rewards': spec((batch_size, turns.max_turns), jnp.float32),
+          'stats': {name: per_row for name in STATS}}
+
+
+STATS = ('turns', 'observation_tokens', 'failures', 'truncated')
 
 
 def turn_return(rollout: Rollout, discount: float = 1.0) -> jax.Array:
@@ -457,3 +469,100 @@ class HostResponder:
     out = jax.pure_callback(self._host, shapes, turn, tokens, mask,
                             vmap_method='sequential')
     return state, Response(*out)
+
+
+def answer(rollout: Rollout, turns: Turns) -> Rollout:
+  """The rollout cut to each episode's last model turn, packed to the front
+  ([B, M], a prefix mask): what a reward of the final answer reads (an
+  exact-match or a unit-test reward), with the context kept (the prompt,
+  `turn_rewards`)."""
+  m, o, k = turns.turn_tokens, turns.observation_tokens, turns.max_turns
+  starts = np.arange(k) * (m + o)
+  spoke = jnp.stack([jnp.any(rollout.mask[:, s:s + m], axis=1)
+                     for s in starts], axis=1)  # [B, K]
+  last = jnp.max(jnp.where(spoke, jnp.arange(k), 0), axis=1)
+  columns = jnp.asarray(starts)[last][:, None] + jnp.arange(m)[None]
+  take = lambda x: jnp.take_along_axis(x, columns, axis=1)
+  return Rollout(context=rollout.context, actions=take(rollout.actions),
+                 logp=take(rollout.logp), mask=take(rollout.mask))
+
+
+def on_answer(reward_fn, turns: Turns):
+  """`reward_fn` scored on each episode's last model turn (`answer`); the
+  terms that read the context (`turn_rewards`) see it whole. Keeps a host
+  reward's `with_failures`."""
+  def scored(rollout, batch):
+    return reward_fn(answer(rollout, turns), batch)
+  if hasattr(reward_fn, 'with_failures'):
+    scored.with_failures = lambda rollout, batch: reward_fn.with_failures(
+        answer(rollout, turns), batch)
+  scored.__name__ = getattr(reward_fn, '__name__', 'reward')
+  return scored
+
+
+# -- The recipe's section --------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTurnConfig:
+  """`config.multiturn`: multi-turn episodes in the generic recipe.
+
+  max_turns = 0 keeps single-turn generation. Otherwise the stream has
+  max_turns x turn_tokens + (max_turns - 1) x observation_tokens slots, which
+  `config.rl.max_new_tokens` must equal. A model turn also ends at any of
+  `stop_strings` (encoded with the tokenizer) and at the tools' close tags.
+  `responder` is 'tools' (`config.tools`: the model calls tools; a turn
+  without a call is its answer and ends the episode) or an import path of a
+  factory `(turns, tokenizer, pad_id) -> Responder`. Rewards of the task
+  score the last model turn (`answer`); the `turn_rewards` term adds the
+  responder's per-turn rewards, discounted by `config.reward.turn_discount`.
+  """
+
+  max_turns: int = 0
+  turn_tokens: int = 64
+  observation_tokens: int = 64
+  stop_strings: tuple[str, ...] = ()
+  responder: str = 'tools'
+
+  def __post_init__(self):
+    from jaxrlgen import schema  # pylint: disable=g-import-not-at-top
+    schema.non_negative(self, 'max_turns')
+    schema.positive(self, 'turn_tokens', 'observation_tokens')
+
+  @property
+  def enabled(self) -> bool:
+    return self.max_turns > 0
+
+
+def tool_replies(toolset, last_turn: int) -> HostFn:
+  """The host function of a tool-calling episode: a turn with a tool call
+  gets the tool's observation (errors, timeouts and cut outputs are
+  observations too, and count as failures); a turn without one is the
+  answer and ends the episode. On the last turn nothing runs."""
+  def replies(turn: int, texts: Sequence[str]) -> list[Reply]:
+    if turn >= last_turn:
+      return [Reply(done=True) for _ in texts]
+    results = toolset.run_calls([text if text else None for text in texts])
+    out = []
+    for result in results:
+      if result is None or result.status == 'no_call':
+        out.append(Reply(done=True))
+      else:
+        out.append(Reply(observation=result.observation,
+                         failed=result.failed))
+    return out
+  return replies
+
+
+def stop_sequences(strings: Sequence[str], tokenizer) -> tuple[
+    tuple[int, ...], ...]:
+  """Token sequences of `strings` (as the tokenizer writes them alone)."""
+  seqs = []
+  for text in strings:
+    ids = tuple(int(i) for i in tokenizer.encode(text, add_eos=False))
+    if not ids:
+      raise ValueError(f'config.multiturn.stop_strings holds {text!r}, '
+                       'which encodes to no tokens.')
+    if ids not in seqs:
+      seqs.append(ids)
+  return tuple(seqs)

@@ -32,15 +32,18 @@ from jaxrlgen import algos
 from jaxrlgen import export as export_lib
 from jaxrlgen.algos import base as algo_base
 from jaxrlgen import parallel
+from jaxrlgen import registry
 from jaxrlgen import rewards
 from jaxrlgen import schema
 from jaxrlgen import tasks
+from jaxrlgen import tools as tools_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import pipeline
 from jaxrlgen.data import scored
 from jaxrlgen.data.hf_tokenizer import HFTokenizer
 from jaxrlgen.data.tokenizer import ByteTokenizer
+from jaxrlgen.envs import multiturn
 from jaxrlgen.envs import search
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.envs.text import TextEnv
@@ -207,10 +210,13 @@ class RewardConfig:
   tests_field: str = 'tests'  # unit_tests: the field holding the asserts.
   sandbox_timeout_s: float = 5.0  # unit_tests: seconds per program.
   sandbox_memory_mb: int = 512  # unit_tests: memory per program.
+  # turn_rewards: weight of turn k's reward is turn_discount ** k.
+  turn_discount: float = 1.0
 
   def __post_init__(self):
     schema.non_negative(self, 'target_length', 'tolerance', 'timeout_s',
                         'max_workers')
+    schema.in_range(self, 'turn_discount', 0.0, 1.0)
     schema.one_of(self, 'backend', HOST_BACKENDS)
     schema.positive(self, 'sandbox_timeout_s', 'sandbox_memory_mb')
     if isinstance(self.terms, str):  # From the command line.
@@ -229,7 +235,8 @@ class RewardConfig:
                 backend=self.backend, max_workers=self.max_workers or None,
                 tests_field=self.tests_field,
                 sandbox_timeout_s=self.sandbox_timeout_s,
-                sandbox_memory_mb=self.sandbox_memory_mb)
+                sandbox_memory_mb=self.sandbox_memory_mb,
+                turn_discount=self.turn_discount)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,15 +266,18 @@ class Settings:
   eval: EvalConfig
   mcts: search.MCTSConfig | None
   lora: lora_lib.LoraConfig
+  multiturn: multiturn.MultiTurnConfig
+  tools: tools_lib.ToolsConfig | None
 
 
 _SECTIONS = {'data': DataConfig, 'sft': SFTConfig, 'rl': RLConfig,
              'reward': RewardConfig, 'eval': EvalConfig,
-             'lora': lora_lib.LoraConfig}
+             'lora': lora_lib.LoraConfig,
+             'multiturn': multiturn.MultiTurnConfig}
 # Sections read elsewhere: model (model_and_tokenizer), algo (algos.make),
-# task (its TaskSpec), offline, mcts, mesh and distributed.
-_OTHER_SECTIONS = ('model', 'algo', 'task', 'offline', 'mcts', 'mesh',
-                   'distributed')
+# task (its TaskSpec), offline, mcts, tools, mesh and distributed.
+_OTHER_SECTIONS = ('model', 'algo', 'task', 'offline', 'mcts', 'tools',
+                   'mesh', 'distributed')
 
 
 def parse(config: ml_collections.ConfigDict) -> Settings:
@@ -279,8 +289,13 @@ def parse(config: ml_collections.ConfigDict) -> Settings:
                           'config.offline') if rl.source == 'offline' else None)
   mcts = (schema.parse(search.MCTSConfig, config.get('mcts'), 'config.mcts')
           if rl.sampler == 'mcts' else None)
+  turns = sections['multiturn']
+  tools = (schema.parse(tools_lib.ToolsConfig, config.get('tools'),
+                        'config.tools')
+           if turns.enabled and turns.responder == 'tools' else None)
   return Settings(run=schema.parse(RunConfig, top, 'config'),
-                  task_name=task_name, task=task, offline=offline, mcts=mcts, **sections)
+                  task_name=task_name, task=task, offline=offline, mcts=mcts,
+                  tools=tools, **sections)
 
 
 def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
@@ -291,6 +306,7 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
     raise ValueError("config.loop='async' runs on one host; use "
                      "config.loop='sync' for a multi-host run.")
   algo_base.check_env(algo, TextEnv)
+  _validate_multiturn(settings)
   if settings.lora.enabled and run.loop == 'async':
     raise ValueError(
         "config.lora.rank > 0 runs with config.loop='sync': the async "
@@ -334,6 +350,59 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
   # it is loaded (rewards.make).
   rewards.check_terms(reward_terms(settings), context_keys=(
       'tokenizer', 'fields', *settings.reward.context()))
+
+
+def _validate_multiturn(settings: Settings) -> None:
+  turns, rl = settings.multiturn, settings.rl
+  if not turns.enabled:
+    return
+  length = multiturn.Turns(turns.max_turns, turns.turn_tokens,
+                           turns.observation_tokens).length
+  if rl.max_new_tokens != length:
+    raise ValueError(
+        f'config.multiturn.max_turns={turns.max_turns} makes a stream of '
+        f'{length} slots (max_turns x turn_tokens + (max_turns - 1) x '
+        f'observation_tokens); set config.rl.max_new_tokens={length} '
+        f'(it is {rl.max_new_tokens}).')
+  for field, value, off in (('config.rl.sampler', rl.sampler, 'policy'),
+                            ('config.rl.source', rl.source, 'online'),
+                            ('config.rl.cache_segments', rl.cache_segments,
+                             1)):
+    if value != off:
+      raise ValueError(f'{field}={value!r} does not work with multi-turn '
+                       f'episodes (config.multiturn.max_turns > 0); set it '
+                       f'to {off!r}.')
+  if turns.responder != 'tools':
+    RESPONDERS.get(turns.responder)  # A bad path fails now.
+
+
+def make_multiturn(settings: Settings, env: TextEnv, tokenizer) -> TextEnv:
+  """`env` as multi-turn episodes (`config.multiturn`), or as it is."""
+  cfg = settings.multiturn
+  if not cfg.enabled:
+    return env
+  stops = tuple(cfg.stop_strings)
+  if cfg.responder == 'tools':
+    toolset = tools_lib.make(settings.tools,
+                             chat_template=getattr(tokenizer, 'chat_template',
+                                                   None))
+    stops += tuple(toolset.stop_strings)
+  turns = multiturn.Turns(cfg.max_turns, cfg.turn_tokens,
+                          cfg.observation_tokens,
+                          multiturn.stop_sequences(stops, tokenizer))
+  if cfg.responder == 'tools':
+    responder = multiturn.HostResponder(
+        multiturn.tool_replies(toolset, cfg.max_turns - 1), tokenizer,
+        cfg.observation_tokens, tokenizer.pad_id)
+  else:
+    factory = RESPONDERS.get(cfg.responder)
+    responder = factory(turns, tokenizer, tokenizer.pad_id)
+  return multiturn.MultiTurnEnv.wrap(env, turns, responder)
+
+
+# `config.multiturn.responder`: import paths of factories
+# `(turns, tokenizer, pad_id) -> Responder` ('tools' is built in).
+RESPONDERS = registry.Registry('responder', 'config.multiturn.responder')
 
 
 def validate_offline(settings: Settings, shards: int) -> None:
@@ -515,7 +584,10 @@ def make_evaluator(env, reward_fn, batches, policy_params,
         params, batch, frozen, env=greedy, reward_fn=reward_fn)
     # Only what the figures and samples read reaches the host (a search's
     # rollout also carries its [B, T, V] weights).
-    context = {k: rollout.context[k] for k in ('tokens', 'mask')}
+    # A multi-turn episode's slots and statistics too.
+    context = {k: rollout.context[k] for k in ('tokens', 'mask', 'attend',
+                                               'stats')
+               if k in rollout.context}
     return reward, failed, rollout.replace(context=context)
 
   eval_step = jax.jit(decode, out_shardings=parallel.replicated(layout.mesh))
@@ -529,8 +601,12 @@ def make_evaluator(env, reward_fn, batches, policy_params,
     mask = np.concatenate([np.asarray(o.mask) for _, _, o in outs])
     if samples is not None:
       samples.write(int(state.step), prefix, outs)
+    stats = {f'eval/{prefix}env/{name}': float(np.mean(np.concatenate(
+        [np.asarray(o.context['stats'][name]) for _, _, o in outs])))
+             for name in outs[0][2].context.get('stats', {})}
     return {f'eval/{prefix}accuracy': float(np.mean(reward)),
-            f'eval/{prefix}mean_length': float(np.mean(np.sum(mask, 1)))}
+            f'eval/{prefix}mean_length': float(np.mean(np.sum(mask, 1))),
+            **stats}
 
   return evaluate
 
@@ -555,10 +631,14 @@ class SampleWriter:
     lines = []
     for reward, failed, rollout in outs:
       prompt, prompt_mask = rollout.context['tokens'], rollout.context['mask']
+      # A multi-turn episode reads as its whole stream: turns and
+      # observations, the padding between them left out.
+      shown = rollout.context.get('attend', rollout.mask)
       for i in range(len(reward)):
         lines.append(json.dumps({
             'prompt': decode(prompt[i], prompt_mask[i], True),
-            'completion': decode(rollout.actions[i], rollout.mask[i], False),
+            'completion': decode(rollout.actions[i], shown[i],
+                                 'attend' in rollout.context),
             'reward': float(reward[i]), 'failed': bool(failed[i])},
                                 ensure_ascii=False))
     path = self.directory / f'{prefix}{step}.jsonl'
@@ -725,7 +805,10 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
   reward_fn = rewards.make(reward_terms(settings), tokenizer=tokenizer,
                            fields=task.fields, **settings.reward.context())
   model = tfm.Transformer(model_cfg)
-  env = make_env(rl, model, tokenizer)
+  text_env = make_env(rl, model, tokenizer)
+  env = make_multiturn(settings, text_env, tokenizer)
+  if isinstance(env, multiturn.MultiTurnEnv):  # The task scores the answer.
+    reward_fn = multiturn.on_answer(reward_fn, env.turns)
   _check_reward_shape(reward_fn, env, rl.num_prompts, settings.data, task)
   sampler = (search.MCTSSampler(env, reward_fn, settings.mcts)
              if settings.mcts is not None else None)
@@ -738,7 +821,9 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
     params = layout.init(functools.partial(tfm.init_params, model_cfg),
                          init_key)
   if settings.sft.steps:
-    sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
+    # Teacher forcing on the task's completions: single-turn.
+    sft_env = dataclasses.replace(text_env, sampling=Sampling(),
+                                  num_samples=1)
     params = warm_start(settings.sft, run_cfg.seed, workdir, task, sft_env,
                         params, layout)
 
@@ -764,8 +849,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
         params, tx, ref_params=ref_params, frozen=frozen,
         algo_state=algo_base.init_algo_state(
             algo, params, rollout=_rollout_spec(
-                rl.batch_size, settings.data.max_prompt_len,
-                env.max_new_tokens)))
+                rl.batch_size, settings.data.max_prompt_len, env)))
 
   offline = None  # config.rl.source='offline': the dataset, sampled once.
   if settings.offline is not None:
@@ -904,11 +988,15 @@ def memory_report(state: TrainState, env: TextEnv, num_prompts: int,
   }) + f'\n  on mesh {sizes} of {jax.process_count()} process(es)'
 
 
-def _rollout_spec(batch_size: int, prompt_len: int, num_steps: int) -> Rollout:
-  """The shapes of a text rollout, as jax.ShapeDtypeStructs."""
+def _rollout_spec(batch_size: int, prompt_len: int, env: TextEnv) -> Rollout:
+  """The shapes of `env`'s rollouts, as jax.ShapeDtypeStructs."""
   spec = jax.ShapeDtypeStruct
-  return Rollout(context={'tokens': spec((batch_size, prompt_len), jnp.int32),
-                          'mask': spec((batch_size, prompt_len), jnp.bool_)},
+  num_steps = env.max_new_tokens
+  context = {'tokens': spec((batch_size, prompt_len), jnp.int32),
+             'mask': spec((batch_size, prompt_len), jnp.bool_)}
+  if isinstance(env, multiturn.MultiTurnEnv):
+    context.update(multiturn.context_spec(batch_size, env.turns))
+  return Rollout(context=context,
                  actions=spec((batch_size, num_steps), jnp.int32),
                  logp=spec((batch_size, num_steps), jnp.float32),
                  mask=spec((batch_size, num_steps), jnp.bool_))
@@ -923,5 +1011,5 @@ def _check_reward_shape(reward_fn, env: TextEnv, num_prompts: int,
   batch = {k: jax.ShapeDtypeStruct((b, *v.shape[1:]), v.dtype)
            for k, v in one.items()}
   step_lib.check_reward(
-      reward_fn, _rollout_spec(b, data.max_prompt_len, env.max_new_tokens),
+      reward_fn, _rollout_spec(b, data.max_prompt_len, env),
       batch)
