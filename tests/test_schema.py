@@ -78,6 +78,7 @@ def _sections():
   from experiments.seqgan import recipe as seqgan
   from jaxrlgen import algos
   from jaxrlgen import tasks
+  from jaxrlgen import tools
   from jaxrlgen.envs import search
   from jaxrlgen.models import transformer
   from jaxrlgen.recipes import text_rl
@@ -87,7 +88,8 @@ def _sections():
            'config(seqgan)': seqgan.SeqGANConfig,
            'config.model': transformer.TransformerConfig,
            'config.offline': text_rl.OfflineConfig,
-           'config.mcts': search.MCTSConfig}
+           'config.mcts': search.MCTSConfig,
+           'config.tools': tools.ToolsConfig}
   roots.update({f'config.{k}': v for k, v in text_rl._SECTIONS.items()})
   roots.update({f'config.{k}(rlhf_gold)': v
                 for k, v in rlhf_gold._SECTIONS.items()})
@@ -171,6 +173,8 @@ _PENDING = {
     ('RewardConfig', 'timeout_s'): schema.Means(zero='no time limit'),
     ('RewardConfig', 'max_workers'): schema.Means(
         zero="the backend's default number"),
+    ('RewardConfig', 'turn_discount'): schema.Means(
+        zero="only the first turn's reward counts"),
 }
 
 
@@ -182,7 +186,8 @@ def test_every_number_field_rejects_zero_and_negatives_or_says_why():
   sections = _sections()
   tried, declared, missed = 0, 0, []
   for path, cls in sections.items():
-    real_path = re.sub(r'\(.*?\)', '', path)  # 'config.algo(ppo)' -> 'config.algo'
+    # 'config.algo(ppo)' -> 'config.algo'
+    real_path = re.sub(r'\(.*?\)', '', path)
     section = real_path.rsplit('.', 1)[-1]
     base = _BASE.get(cls.__name__, {})
     means = schema.special(cls)

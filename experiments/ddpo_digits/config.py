@@ -56,7 +56,8 @@ def _fraction(obj, name: str) -> None:
 class DataConfig:
   """`config.data`: the digits and their split."""
 
-  SPECIAL: ClassVar[schema.Special] = {'seed': schema.Means(zero='a seed like any other')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other')}
 
   data_dir: str = ''  # TFDS data_dir; '' means WORKDIR/data.
   heldout_per_class: int = 70  # Digits per class kept for the classifier only.
@@ -149,7 +150,8 @@ class PretrainConfig:
 class EnvConfig:
   """`config.env`: the forward process and the denoising MDP."""
 
-  SPECIAL: ClassVar[schema.Special] = {'guidance_scale': schema.Means(zero='the unconditional model alone')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'guidance_scale': schema.Means(zero='the unconditional model alone')}
 
   num_timesteps: int = 1000  # Training timesteps T of the forward process.
   beta_schedule: str = 'linear'  # linear | cosine.
@@ -219,7 +221,8 @@ class RewardConfig:
 class EvalConfig:
   """`config.eval`: fixed-noise evaluation before, during and after RL."""
 
-  SPECIAL: ClassVar[schema.Special] = {'every': schema.Means(zero='before and after RL only')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'every': schema.Means(zero='before and after RL only')}
 
   every: int = 20  # RL steps between evaluations.
   samples_per_class: int = 20  # Evaluation samples per class (fixed noise).

@@ -95,7 +95,8 @@ UNUSED_RL_FIELDS = ('reference_dtype', 'source', 'sampler')
 class RunConfig:
   """The top-level fields of the config."""
 
-  SPECIAL: ClassVar[schema.Special] = {'seed': schema.Means(zero='a seed like any other')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other')}
 
   recipe: str = 'experiments.rlhf_gold.recipe:run'  # The recipe that runs it.
   seed: int = 0  # Seeds init, data order, pair labels and sampling.
@@ -143,7 +144,8 @@ class PairsConfig:
 class RewardModelConfig:
   """`config.rm`: the proxy reward model."""
 
-  SPECIAL: ClassVar[schema.Special] = {'std_coef': schema.Means(zero="the ensemble's mean alone")}
+  SPECIAL: ClassVar[schema.Special] = {
+      'std_coef': schema.Means(zero="the ensemble's mean alone")}
 
   steps: int = 600  # Bradley-Terry steps of the proxy reward model.
   batch_size: int = 128  # Pairs per step.
@@ -246,7 +248,8 @@ class GRPOSweepConfig(_PolicySweep):
 class DPOSweepConfig:
   """`config.dpo`: one offline DPO run on the training pairs per beta."""
 
-  SPECIAL: ClassVar[schema.Special] = {'label_smoothing': schema.Means(zero='plain DPO')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'label_smoothing': schema.Means(zero='plain DPO')}
 
   # DPO betas, one run each; the first is summary.json's.
   betas: tuple[float, ...] = (0.1, 0.03)

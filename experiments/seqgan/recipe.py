@@ -159,7 +159,8 @@ class DiscriminatorConfig:
   def __post_init__(self):
     schema.positive(self, 'embed_dim')
     if not 0 <= self.dropout_rate < 1:
-      raise schema.FieldError('dropout_rate', f'={self.dropout_rate} must be in [0, 1).')
+      raise schema.FieldError(
+          'dropout_rate', f'={self.dropout_rate} must be in [0, 1).')
     schema.positive(self, 'learning_rate', 'batch_size', 'score_chunk')
     schema.non_negative(self, 'l2_reg')
     schema.one_of(self, 'dtype', _DTYPES)
@@ -170,7 +171,8 @@ class DiscriminatorConfig:
 class DiscriminatorPretrainConfig:
   """Discriminator pretraining against the pretrained generator."""
 
-  SPECIAL: ClassVar[schema.Special] = {'rounds': schema.Means(zero='no discriminator pretraining')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'rounds': schema.Means(zero='no discriminator pretraining')}
 
   rounds: int = 50  # Rounds of fresh negatives.
   epochs: int = 3  # Passes over each round's negatives + positives.
@@ -215,7 +217,8 @@ class AdversarialConfig:
 class PgBleuConfig:
   """The PG-BLEU baseline (reward: BLEU against the training data)."""
 
-  SPECIAL: ClassVar[schema.Special] = {'smooth_epsilon': schema.Means(zero='no smoothing')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'smooth_epsilon': schema.Means(zero='no smoothing')}
 
   max_order: int = 3  # BLEU-3, as the released PG-BLEU code (weights 1/3).
   smooth_epsilon: float = 0.1  # Numerator for orders with no match (0: off).
@@ -231,7 +234,8 @@ class PgBleuConfig:
 class EvalConfig:
   """NLL-oracle evaluation."""
 
-  SPECIAL: ClassVar[schema.Special] = {'every': schema.Means(zero='at the start and the end only')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'every': schema.Means(zero='at the start and the end only')}
 
   every: int = 5  # Epochs between NLL-oracle evaluations (paper: 5).
   num_samples: int = 10_000  # Generator samples scored by the oracle.

@@ -207,7 +207,8 @@ class ReinforceConfig:
 
   SPECIAL: ClassVar[schema.Special] = {
       **base.SPECIAL,
-      'baseline_decay': schema.Means(zero="the baseline is the last batch's mean"),
+      'baseline_decay': schema.Means(
+          zero="the baseline is the last batch's mean"),
       'reward_clip': schema.Means(zero='no clipping')}
 
   baseline_decay: float = 0.9  # EMA decay of the mean-reward baseline.
@@ -277,7 +278,8 @@ class ReMaxConfig:
 
   SPECIAL: ClassVar[schema.Special] = {
       **base.SPECIAL,
-      'baseline_decay': schema.Means(zero="the baseline is the last batch's mean"),
+      'baseline_decay': schema.Means(
+          zero="the baseline is the last batch's mean"),
       'reward_clip': schema.Means(zero='no clipping')}
 
   aggregation: str = 'token_mean'  # sequence_sum (Algorithm 1) | token_mean.

@@ -43,13 +43,14 @@ one `jax.pure_callback` per turn boundary for the whole batch
 """
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrlgen import schema
 from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs.text import TextEnv
@@ -518,6 +519,9 @@ class MultiTurnConfig:
   responder's per-turn rewards, discounted by `config.reward.turn_discount`.
   """
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'max_turns': schema.Means(zero='single-turn generation')}
+
   max_turns: int = 0
   turn_tokens: int = 64
   observation_tokens: int = 64
@@ -525,7 +529,6 @@ class MultiTurnConfig:
   responder: str = 'tools'
 
   def __post_init__(self):
-    from jaxrlgen import schema  # pylint: disable=g-import-not-at-top
     schema.non_negative(self, 'max_turns')
     schema.positive(self, 'turn_tokens', 'observation_tokens')
 

@@ -12,7 +12,8 @@ from jaxrlgen.tasks import base
 class ArithmeticConfig:
   """`config.task` of the arithmetic task (with `name='arithmetic'`)."""
 
-  SPECIAL: ClassVar[schema.Special] = {'seed': schema.Means(zero='a seed like any other')}
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other')}
 
   max_operand: int = 99  # Operands are drawn from 0..max_operand.
   num_train: int = 8000  # Training (a, b) pairs.
