@@ -683,8 +683,11 @@ def model_logical_axes(model_cfg: tfm.TransformerConfig):
 
 
 def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
-               params, layout: parallel.Layout | None = None):
-  """Supervised warm start as its own run under `workdir/sft`; its params."""
+               params, layout: parallel.Layout | None = None,
+               run: RunConfig | None = None):
+  """Supervised warm start as its own run under `workdir/sft`; its params.
+  `run` (config's top level) gives its non-finite policy."""
+  run = run or RunConfig()
   layout = layout or default_layout(env.policy.config)
   tx = optim.make(sft.optimizer, sft.steps)
   state = layout.init(
@@ -698,7 +701,9 @@ def warm_start(sft: SFTConfig, seed: int, workdir, task: Task, env: TextEnv,
       key=jax.random.key(seed + 1),
       config=loop.LoopConfig(total_steps=sft.steps, log_every=sft.log_every,
                              checkpoint_every=sft.steps,
-                             progress_desc='sft', progress_show=('nll',)),
+                             progress_desc='sft', progress_show=('nll',),
+                             nonfinite=run.nonfinite,
+                             max_nonfinite_steps=run.max_nonfinite_steps),
       plot=(('nll', 'entropy'), 'sft.png', 'Supervised warm start'))
   return state.params
 
@@ -825,7 +830,7 @@ def _run(config, settings: Settings, algo, workdir, tokenizer, model_cfg,
     sft_env = dataclasses.replace(text_env, sampling=Sampling(),
                                   num_samples=1)
     params = warm_start(settings.sft, run_cfg.seed, workdir, task, sft_env,
-                        params, layout)
+                        params, layout, run_cfg)
 
   frozen = None
   if settings.lora.enabled:  # The loaded weights become the frozen base.

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrlgen import parallel
@@ -321,12 +322,17 @@ def fuse_steps(step_fn: StepFn, num_steps: int):
   Returns:
     fused(state, batches, keys) -> (state, metrics), where `batches` has a
     leading axis of `num_steps` (one batch per step), `keys` is
-    key[num_steps], and `metrics` are the last step's.
+    key[num_steps], and `metrics` are the last step's, except
+    `nonfinite/skipped`: its largest over the steps, so that a skip in any
+    of them reaches the loop's watch.
   """
   def fused(state, batches, keys):
     def body(state, batch_and_key):
       return step_fn(state, *batch_and_key)
     state, metrics = jax.lax.scan(body, state, (batches, keys),
                                   length=num_steps)
-    return state, jax.tree.map(lambda m: m[-1], metrics)
+    last = jax.tree.map(lambda m: m[-1], metrics)
+    if algo_base.SKIPPED in metrics:
+      last[algo_base.SKIPPED] = jnp.max(metrics[algo_base.SKIPPED])
+    return state, last
   return fused

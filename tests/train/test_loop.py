@@ -64,3 +64,18 @@ def test_run_stage_trains_skips_when_done_and_resumes(tmp_path):
   whole, _ = _stage(tmp_path / 'b', 8)
   assert ran and int(resumed.step) == 8
   np.testing.assert_allclose(resumed.params, whole.params, rtol=1e-6)
+
+
+def test_fused_steps_report_a_skip_in_any_step():
+  """The fused metrics are the last step's, but a skipped update in any
+  step reaches the loop's non-finite watch."""
+  def step(state, batch, key):
+    del key
+    return state + 1, {'x': state, 'nonfinite/skipped': batch['skip']}
+
+  fused = jax.jit(loop.fuse_steps(step, 3))
+  keys = jax.random.split(jax.random.key(0), 3)
+  _, metrics = fused(jnp.zeros(()), {'skip': jnp.array([0.0, 1.0, 0.0])},
+                     keys)
+  assert float(metrics['x']) == 2.0
+  assert float(metrics['nonfinite/skipped']) == 1.0
