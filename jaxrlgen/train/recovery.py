@@ -8,10 +8,17 @@ tests/train/test_recovery.py):
   default/_METADATA garbled or cut    json.JSONDecodeError, UnicodeDecodeError
   default/_METADATA missing           FileNotFoundError
   array_metadatas/ or _sharding cut   JSONDecodeError, ValueError (tensorstore)
-  an array data file cut, garbled     ValueError from tensorstore: OUT_OF_RANGE,
-    or missing, a manifest.ocdbt        DATA_LOSS or NOT_FOUND, naming the file
+  OCDBT's index (default/d/, small     ValueError from tensorstore: OUT_OF_RANGE,
+    arrays inline) cut, garbled or      DATA_LOSS or NOT_FOUND, naming the file
+    missing; a manifest.ocdbt
+  a large array's data file (default/ Exception ('Encountered error while
+    ocdbt.process_0/d/) cut or missing  reading array index ...')
   the item directory missing          ValueError ('... `Composite` ...'), and
                                       every later step read fails alike
+
+Bytes flipped inside a large array's data file are NOT detected: the chunk
+decompresses and the wrong values are restored (orbax 0.12 stores no
+checksum of the array data).
 
 `restore_latest_good` tries the steps newest first. A step that fails is
 reported (logged with its error) and the next older one is tried; once one
