@@ -154,30 +154,6 @@ def _number(hint):
 # Fields that the defaults of their section do not leave valid alone.
 _BASE = {'FilesConfig': {'train_files': 'a.jsonl', 'eval_files': 'b.jsonl'}}
 
-# Declarations that wait for jaxrlgen/recipes/text_rl.py (owned by the
-# recipe's author) to carry them in its classes' SPECIAL; delete each once
-# it does.
-_PENDING = {
-    ('RunConfig', 'seed'): schema.Means(zero='a seed like any other'),
-    ('RunConfig', 'total_steps'): schema.Means(
-        zero='no RL steps: the warm start and the evaluations only'),
-    ('RunConfig', 'checkpoint_every'): schema.Means(
-        zero='checkpoints at the end only'),
-    ('SFTConfig', 'steps'): schema.Means(zero='no warm start'),
-    ('RLConfig', 'top_k'): schema.Means(zero='no top-k truncation'),
-    ('RewardConfig', 'target_length'): schema.Means(
-        zero='no target (length_penalty only needs one)'),
-    ('RewardConfig', 'tolerance'): schema.Means(zero='exact answers only'),
-    ('RewardConfig', 'penalty'): schema.Means(
-        zero='a failed item scores 0', negative='a failed item scores this'),
-    ('RewardConfig', 'timeout_s'): schema.Means(zero='no time limit'),
-    ('RewardConfig', 'max_workers'): schema.Means(
-        zero="the backend's default number"),
-    ('RewardConfig', 'turn_discount'): schema.Means(
-        zero="only the first turn's reward counts"),
-}
-
-
 def test_every_number_field_rejects_zero_and_negatives_or_says_why():
   """Generated from the schemas: each int and float field of each section is
   given 0 and -1. Either its checks reject the value, with an error naming
@@ -196,8 +172,6 @@ def test_every_number_field_rejects_zero_and_negatives_or_says_why():
       if kind is None:
         continue
       mean = means.get(name)
-      if mean is None and cls.__module__ == 'jaxrlgen.recipes.text_rl':
-        mean = _PENDING.get((cls.__name__, name))
       for what, value in (('zero', kind(0)), ('negative', kind(-1))):
         tried += 1
         meaning = getattr(mean, what) if mean else ''

@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import json
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import jax
@@ -51,6 +51,7 @@ from jaxrlgen.models import hf
 from jaxrlgen.models import transformer as tfm
 from jaxrlgen.policies import LMPolicy
 from jaxrlgen.policies import lora as lora_lib
+from jaxrlgen.recipes import checks
 from jaxrlgen.train import async_loop
 from jaxrlgen.train import checkpoint as checkpoint_lib
 from jaxrlgen.train import loop
@@ -72,6 +73,12 @@ SAMPLING_METHODS = ('gumbel', 'inverse_cdf')
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """The top-level fields of the config."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'seed': schema.Means(zero='a seed like any other'),
+      'total_steps': schema.Means(
+          zero='no RL steps: the warm start and the evaluations only'),
+      'checkpoint_every': schema.Means(zero='checkpoints at the end only')}
 
   recipe: str = 'text_rl'  # Registered name or import path of the recipe.
   seed: int = 0  # Seeds init, data order and sampling.
@@ -111,6 +118,9 @@ class DataConfig:
 class SFTConfig:
   """`config.sft`: the supervised warm start."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'steps': schema.Means(zero='no warm start')}
+
   steps: int = 600  # Warm-start steps; 0: none.
   batch_size: int = 64  # Examples per warm-start step.
   log_every: int = 50  # Steps between warm-start log lines.
@@ -125,6 +135,9 @@ class SFTConfig:
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   """`config.rl`: sampling and the RL optimizer."""
+
+  SPECIAL: ClassVar[schema.Special] = {
+      'top_k': schema.Means(zero='no top-k truncation')}
 
   batch_size: int = 256  # Sequences per step (prompts x group_size).
   group_size: int = 8  # Samples per prompt, sharing one prefill.
@@ -189,6 +202,15 @@ HOST_BACKENDS = ('thread', 'process')
 class RewardConfig:
   """`config.reward`: a weighted sum of rewards."""
 
+  SPECIAL: ClassVar[schema.Special] = {
+      'target_length': schema.Means(zero='none (length_penalty needs one)'),
+      'tolerance': schema.Means(zero='exact answers only'),
+      'penalty': schema.Means(zero='a failed item scores 0',
+                              negative='a failed item scores this'),
+      'timeout_s': schema.Means(zero='no time limit'),
+      'max_workers': schema.Means(zero="the backend's default number"),
+      'turn_discount': schema.Means(zero="only the first turn's reward counts")}
+
   # (reward name or import path, weight) pairs, or the same written as a
   # dict literal ("{'my.mod:score': 1.0, 'format': 0.1}"); (): the task's
   # default reward (or `fn`).
@@ -249,6 +271,8 @@ class EvalConfig:
 
   def __post_init__(self):
     schema.positive(self, 'every', 'num_examples', 'batch_size')
+    # Otherwise the remainder would be dropped from every evaluation.
+    schema.divisible(self, 'num_examples', 'batch_size')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,6 +370,7 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
   if rl.sampler == 'mcts' and run.loop != 'sync':
     raise ValueError("config.rl.sampler='mcts' needs config.loop='sync'.")
   validate_offline(settings, shards)
+  checks.check(settings, algo, model_cfg, mesh)
   # Names, import paths and signatures; the task's fields are checked once
   # it is loaded (rewards.make).
   rewards.check_terms(reward_terms(settings), context_keys=(

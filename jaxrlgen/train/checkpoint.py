@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxrlgen.train import recovery
+
 PyTree = Any
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -180,14 +182,19 @@ class Checkpointer:
     return [f.name for f in dataclasses.fields(state) if f.name not in tree]
 
   def restore_or(self, state: PyTree) -> tuple[PyTree, int]:
-    """The newest checkpoint restored into `state`'s structure, or `state`
-    itself when there is none; and the step to resume metrics from (-1 for
-    a fresh run, so that stale lines of a crashed one are dropped)."""
-    step = self.latest_step()
-    if step is None:
-      return state, -1
-    logging.warning('Resuming from %s, step %d.', self.directory, step)
-    return self.restore(step, state), step
+    """The newest checkpoint that restores, into `state`'s structure, or
+    `state` itself when there is none; and the step to resume metrics from
+    (-1 for a fresh run, so that stale lines of a crashed one are dropped).
+
+    A damaged checkpoint is reported and set aside (`<step>.corrupt`), and
+    the next older one restored (`recovery.restore_latest_good`); if none
+    restores, `recovery.NoGoodCheckpointError` names each step's error.
+    """
+    return recovery.restore_latest_good(self, state)
+
+  def reload(self) -> None:
+    """Lists the steps on disk again (after steps were renamed away)."""
+    self._manager.reload()
 
   def wait_until_finished(self) -> None:
     """Blocks until an asynchronous save (if any) is on disk."""

@@ -124,4 +124,4 @@ def _set_aside(checkpointer, steps: list[int]) -> None:
   # Every process sees the renames before any lists the steps again.
   ocp.multihost.sync_global_processes('jaxrlgen_recovery_set_aside')
   # The manager caches its step list; it must not offer the renamed ones.
-  checkpointer._manager.reload()  # pylint: disable=protected-access
+  checkpointer.reload()
