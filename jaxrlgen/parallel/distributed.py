@@ -17,11 +17,14 @@ When a process dies, the others do not hang: JAX's coordination service
 (hosted by process 0) marks a process that sent no heartbeat for
 `heartbeat_timeout_s` as dead and aborts all the others with an error, even
 one blocked in a collective; if process 0 dies, the others abort as soon as
-its connection drops (docs/scaling.md, "When a host dies";
+its connection drops. A process that fails with an uncaught exception leaves
+at once rather than wait at JAX's shutdown barrier (`_exit_on_error`), so
+that the others see it die (docs/scaling.md, "When a host dies";
 tests/parallel/test_dead_host.py).
 """
 
 import os
+import sys
 
 from absl import logging
 import jax
@@ -105,6 +108,32 @@ def _timeouts(config: ml_collections.ConfigDict) -> dict[str, int]:
   return timeouts
 
 
+def _exit_on_error(excepthook):
+  """`sys.excepthook` for one process of several: report, then leave now.
+
+  A process that ends by an uncaught exception would otherwise wait at JAX's
+  shutdown barrier (an atexit handler) for up to `shutdown_timeout_s`, still
+  sending heartbeats, while the others wait for it inside a collective: the
+  whole run would hang that long. Leaving without the barrier stops the
+  heartbeats, and the others abort within `heartbeat_timeout_s` (at once when
+  this is process 0, whose exit takes the coordination service with it).
+  Other atexit work is skipped too; checkpoints are written by then or
+  left incomplete, and an incomplete one is never read. SystemExit (a clean
+  exit, a preemption) does not come here and keeps the barrier.
+  """
+  def hook(kind, value, traceback):
+    excepthook(kind, value, traceback)
+    sys.stderr.write(f'Process {jax.process_index()} of '
+                     f'{jax.process_count()} failed: exiting without JAX\'s '
+                     'shutdown barrier, so that the others stop too.\n')
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
+  hook.jaxrlgen_exit_on_error = True
+  return hook
+
+
 def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   """Starts JAX's distributed runtime when this is a multi-process run.
 
@@ -151,6 +180,9 @@ def initialize(config: ml_collections.ConfigDict | None = None) -> bool:
   logging.info('Process %d of %d; %d local of %d devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  if jax.process_count() > 1 and not getattr(
+      sys.excepthook, 'jaxrlgen_exit_on_error', False):
+    sys.excepthook = _exit_on_error(sys.excepthook)
   return True
 
 

@@ -2,12 +2,16 @@
 
 Starts the two processes of `launch/local_devices.sh --processes=2` (the
 commands its `--dry-run` prints), waits until they train and have written a
-checkpoint, SIGKILLs one, and requires the other to exit with an error within
-a bound: JAX's coordination service declares the dead process unhealthy after
+checkpoint, and ends one: SIGKILL, or an exception raised in its main thread
+(a signal handler installed by a `sitecustomize` module on the test's
+PYTHONPATH). The other must exit with an error within a bound: JAX's
+coordination service declares the dead process unhealthy after
 `config.distributed.heartbeat_timeout_s` (here 10 s; or at once when the
 dead one is process 0, which hosts the service) and aborts every other
-process, also one blocked in a collective with the dead one. The newest
-checkpoint left on disk must then resume a run.
+process, also one blocked in a collective with the dead one. A process that
+fails by an exception must not linger at JAX's shutdown barrier
+(`shutdown_timeout_s`, left here at its 300 s default) while the other waits
+for it. The newest checkpoint left on disk must then resume a run.
 """
 
 import os
@@ -39,8 +43,17 @@ OVERRIDES = (
     'eval.num_examples=32', 'eval.batch_size=16', 'total_steps=100000',
     'log_every=1', 'checkpoint_every=2', 'max_checkpoints=2', 'mesh.data=2',
     'mesh.fsdp=-1', f'distributed.heartbeat_timeout_s={HEARTBEAT_S}',
-    f'distributed.shutdown_timeout_s={HEARTBEAT_S}',
 )
+
+# Makes SIGUSR2 raise an exception in the main thread of a process of the
+# run: a Python error at an arbitrary point of training.
+SITECUSTOMIZE = '''
+import os, signal
+if os.environ.get('JAXRLGEN_TEST_RAISE_ON_SIGUSR2'):
+  def _raise(signum, frame):
+    raise RuntimeError('test_dead_host: an error raised on SIGUSR2')
+  signal.signal(signal.SIGUSR2, _raise)
+'''
 
 
 def _free_port() -> int:
@@ -49,9 +62,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _env():
+def _env(*paths):
   return {**os.environ, 'PYTHON': sys.executable,
-          'PYTHONPATH': REPO + os.pathsep + os.environ.get('PYTHONPATH', '')}
+          'PYTHONPATH': os.pathsep.join(
+              (*paths, REPO, os.environ.get('PYTHONPATH', '')))}
 
 
 def _launcher(workdir, data_dir, *flags, overrides=OVERRIDES):
@@ -95,15 +109,19 @@ def _tail(path, chars=4000) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('victim', [1, 0])
-def test_survivor_exits_with_an_error(tmp_path, victim):
+@pytest.mark.parametrize('how, victim', [('kill', 1), ('kill', 0),
+                                         ('raise', 1)])
+def test_survivor_exits_with_an_error(tmp_path, how, victim):
   workdir, data_dir = tmp_path / 'run', tmp_path / 'data'
   logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  (tmp_path / 'site').mkdir()
+  (tmp_path / 'site' / 'sitecustomize.py').write_text(SITECUSTOMIZE)
+  env = {**_env(str(tmp_path / 'site')), 'JAXRLGEN_TEST_RAISE_ON_SIGUSR2': '1'}
   procs = []
   try:
     for command, log in zip(_process_commands(workdir, data_dir), logs):
       with open(log, 'w') as out:
-        procs.append(subprocess.Popen(command, cwd=REPO, env=_env(),
+        procs.append(subprocess.Popen(command, cwd=REPO, env=env,
                                       stdout=out, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + START_BOUND_S
     while not (_rl_rows(workdir) >= 3 and _checkpoints(workdir)):
@@ -113,7 +131,8 @@ def test_survivor_exits_with_an_error(tmp_path, victim):
       time.sleep(0.5)
 
     survivor = procs[1 - victim]
-    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].send_signal(
+        signal.SIGKILL if how == 'kill' else signal.SIGUSR2)
     killed_at = time.monotonic()
     try:
       survivor.wait(timeout=EXIT_BOUND_S)
@@ -123,10 +142,18 @@ def test_survivor_exits_with_an_error(tmp_path, victim):
     elapsed = time.monotonic() - killed_at
     log = _tail(logs[1 - victim], 20000)
     assert survivor.returncode != 0, log
-    assert re.search(r'distributed service|coordination service|heartbeat',
-                     log), log
+    # Which error ends it depends on where the dead process left it: the
+    # coordination service's abort (missed heartbeats, or process 0 gone),
+    # a gloo read on a closed connection, or a collective that no longer
+    # matches; an exception then takes `distributed._exit_on_error`.
+    assert re.search(r'distributed service|coordination service|heartbeat|'
+                     r'Gloo|exiting without JAX', log), log
     print(f'process {1 - victim} exited ({survivor.returncode}) '
-          f'{elapsed:.1f} s after process {victim} was killed')
+          f'{elapsed:.1f} s after process {victim} was ended ({how})')
+    if how == 'raise':
+      procs[victim].wait(timeout=EXIT_BOUND_S)
+      assert procs[victim].returncode == 1
+      assert 'an error raised on SIGUSR2' in _tail(logs[victim], 20000)
   finally:
     for proc in procs:
       if proc.poll() is None:

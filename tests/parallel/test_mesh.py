@@ -90,5 +90,15 @@ def test_initialize_passes_the_timeouts(monkeypatch):
                         shutdown_timeout_seconds=9)]
 
 
+def test_exit_on_error_reports_then_exits(monkeypatch):
+  seen, exits = [], []
+  monkeypatch.setattr(distributed.os, '_exit', exits.append)
+  hook = distributed._exit_on_error(lambda *args: seen.append(args[1]))
+  error = RuntimeError('boom')
+  hook(RuntimeError, error, None)
+  assert seen == [error] and exits == [1]
+  assert hook.jaxrlgen_exit_on_error
+
+
 def test_process_shard():
   assert parallel.process_shard(8) == slice(0, 8)
