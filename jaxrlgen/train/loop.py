@@ -5,8 +5,9 @@ The loop owns nothing about the algorithm: it calls a jitted
 each step (both pure functions of the step number, so a resumed run repeats
 an uninterrupted one), and around it logs, evaluates, checkpoints and shows
 progress. Metrics are fetched from the device only on logging steps. On any
-error the last completed state is checkpointed and the metrics flushed before
-the error propagates.
+error the metrics are flushed and, in a one-process run, the last completed
+state is checkpointed before the error propagates (a multi-process save
+needs every process, and the others are mid-step or dead).
 
 Non-finite numbers: the steps skip an update whose rewards, loss or gradient
 are not finite (`algos.base.minibatch_update`) and flag it in
@@ -253,7 +254,13 @@ def fit(state, *, step_fn: StepFn, batch_fn: Callable[[int], Any],
     # Keep everything up to the last completed step, unless not finite.
     try:
       completed = int(state.step)
-      if completed > last_saved:
+      if completed > last_saved and jax.process_count() > 1:
+        # A save is collective, and the other processes are not here (they
+        # are mid-step, or dead): a lone save would fail or wait forever.
+        logging.error('Interrupted after step %d in process %d of %d: not '
+                      'checkpointed (a save needs every process).',
+                      completed, jax.process_index(), jax.process_count())
+      elif completed > last_saved:
         if params_finite(state):
           logging.warning('Interrupted after step %d: saving its checkpoint.',
                           completed)

@@ -92,6 +92,8 @@ def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch
     ({'mesh.data': -1, 'mesh.fsdp': -1}, r'config\.mesh'),
     ({'rl.reference_dtype': 'float16'}, r'config\.rl\.reference_dtype'),
     ({'distributed.mode': 'always'}, r'config\.distributed\.mode'),
+    ({'distributed.heartbeat_timeout_s': 0},
+     r'config\.distributed\.heartbeat_timeout_s'),
 ])
 def test_bad_config_fails_before_compute(tmp_path, monkeypatch, overrides,
                                          message):
