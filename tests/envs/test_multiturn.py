@@ -46,13 +46,23 @@ def _rollout(env, params, batch, seed=0):
   return jax.jit(env.rollout)(params, batch, jax.random.key(seed))
 
 
-def test_stream_layout_budgets_and_loss_mask():
-  env, params, batch = _env(num_samples=8)
-  r = jax.device_get(_rollout(env, params, batch))
-  m, o = 3, 3
-  assert r.actions.shape == (32, env.turns.length) == (32, 2 * m + o)
+@pytest.fixture(scope='module')
+def episodes():
+  """16 episodes of the CopyGame (every prompt's secret 9, as the host
+  responder's test needs), compiled once for the tests that read them."""
+  env, params, batch = _env(num_samples=4)
+  batch = {**batch, 'secret': jnp.full((4,), 9)}
+  rollout = _rollout(env, params, batch, seed=7)
+  return env, params, batch, rollout
+
+
+def test_stream_layout_budgets_and_loss_mask(episodes):
+  env, _, batch, r = episodes
+  r = jax.device_get(r)
+  m, o, g = 3, 3, 4
+  assert r.actions.shape == (16, env.turns.length) == (16, 2 * m + o)
   attend = r.context['attend']
-  for i in range(32):
+  for i in range(16):
     turn1, obs, turn2 = (slice(0, m), slice(m, m + o),
                          slice(m + o, 2 * m + o))
     # The loss mask covers model tokens only; they are attended to.
@@ -71,58 +81,57 @@ def test_stream_layout_budgets_and_loss_mask():
       continue
     # The observation: right-aligned, the control token then the secret.
     np.testing.assert_array_equal(r.actions[i, obs][attend[i, obs]],
-                                  [SAY, batch['secret'][i // 8]])
+                                  [SAY, batch['secret'][i // g]])
     assert attend[i, obs][-2:].all() and not attend[i, obs][:-2].any()
     assert r.mask[i, turn2][0]
   # Turn rewards: only the last turn pays, 1 for copying the secret.
   first = r.actions[:, m + o]
   played = r.mask[:, m + o]
-  want = (played & (first == np.repeat(batch['secret'], 8))).astype(float)
+  want = (played & (first == np.repeat(batch['secret'], g))).astype(float)
   np.testing.assert_array_equal(r.context['turn_rewards'][:, 1], want)
   np.testing.assert_array_equal(r.context['turn_rewards'][:, 0], 0)
 
 
-@pytest.mark.parametrize('turns', [
-    multiturn.Turns(2, 3, 3, ((STOP,),)),
-    multiturn.Turns(3, 4, 2),  # No stops: every turn runs its budget.
-])
-def test_cached_logprobs_equal_teacher_forced(turns):
-  env, params, batch = _env(num_samples=4, turns=turns)
-  r = _rollout(env, params, batch, seed=3)
+def _assert_cached_equals_teacher_forced(env, params, r):
   out = jax.jit(env.evaluate)(params, r)
   np.testing.assert_allclose(np.where(r.mask, out.logp, 0.0),
                              np.where(r.mask, r.logp, 0.0), atol=2e-5)
+  return np.asarray(out.logp)
 
 
-def test_stream_is_token_exact():
-  """Each episode, with its padding slots removed, is one plain sequence:
-  a single-turn pass over prompt + those tokens gives the model tokens the
+def test_cached_logprobs_equal_teacher_forced_and_are_token_exact(episodes):
+  """The rollout's log-probs are the teacher-forced pass's; and each
+  episode, with its padding slots removed, is one plain sequence: a
+  single-turn pass over prompt + those tokens gives the model tokens the
   same log-probs."""
-  env, params, batch = _env(num_samples=4)
-  r = jax.device_get(_rollout(env, params, batch, seed=5))
-  plain = TextEnv(env.policy, max_new_tokens=env.turns.length,
-                  eos_id=toy.EOS, pad_id=toy.PAD)
-  got = np.asarray(jax.jit(env.evaluate)(params, r).logp)
-  for i in range(r.actions.shape[0]):
+  env, params, _, r = episodes
+  got = _assert_cached_equals_teacher_forced(env, params, r)
+  r = jax.device_get(r)
+  b, t = r.actions.shape
+  actions = np.full((b, t), toy.PAD, np.int32)
+  for i in range(b):  # Each episode's real tokens, packed to the front.
+    tokens = r.actions[i][r.context['attend'][i]]
+    actions[i, :len(tokens)] = tokens
+  plain = TextEnv(env.policy, max_new_tokens=t, eos_id=toy.EOS,
+                  pad_id=toy.PAD)
+  single = Rollout(context={'tokens': r.context['tokens'],
+                            'mask': r.context['mask']},
+                   actions=jnp.asarray(actions), logp=jnp.zeros((b, t)),
+                   mask=jnp.ones((b, t), bool))
+  want = np.asarray(jax.jit(plain.evaluate)(params, single).logp)
+  for i in range(b):
     keep = r.context['attend'][i]
-    tokens = r.actions[i][keep]
-    actions = np.full((1, env.turns.length), toy.PAD, np.int32)
-    actions[0, :len(tokens)] = tokens
-    single = Rollout(
-        context={'tokens': r.context['tokens'][i:i + 1],
-                 'mask': r.context['mask'][i:i + 1]},
-        actions=jnp.asarray(actions), logp=jnp.zeros((1, actions.shape[1])),
-        mask=jnp.ones((1, actions.shape[1]), bool))
-    want = np.asarray(plain.evaluate(params, single).logp)[0, :len(tokens)]
-    model = r.mask[i][keep]  # The model's tokens among the kept ones.
-    np.testing.assert_allclose(got[i][r.mask[i]], want[model], atol=2e-5)
+    model = r.mask[i][keep]  # The model's tokens among the real ones.
+    np.testing.assert_allclose(got[i][r.mask[i]],
+                               want[i, :int(keep.sum())][model], atol=2e-5)
 
 
-def _copy_game_on_host(turn, texts, *, tokenizer_secret):
-  """CopyGame in Python: the same answers through the host callback."""
-  del tokenizer_secret
-  return [multiturn.Reply(observation=f'{SAY} {9}', done=turn >= 1)
-          for _ in texts]
+@pytest.mark.slow
+def test_cached_logprobs_equal_teacher_forced_without_stops():
+  env, params, batch = _env(num_samples=4,
+                            turns=multiturn.Turns(3, 4, 2))
+  _assert_cached_equals_teacher_forced(
+      env, params, _rollout(env, params, batch, seed=3))
 
 
 class _IdsTokenizer:
@@ -137,9 +146,8 @@ class _IdsTokenizer:
     return [int(t) for t in text.split()]
 
 
-def test_host_responder_equals_the_game_in_jax():
-  env, params, batch = _env(num_samples=4)
-  batch = {**batch, 'secret': jnp.full((4,), 9)}
+def test_host_responder_equals_the_game_in_jax(episodes):
+  env, params, batch, want = episodes
   calls = []
 
   def host_game(turn, texts):
@@ -150,7 +158,6 @@ def test_host_responder_equals_the_game_in_jax():
 
   host = dataclasses_replace_responder(env, multiturn.HostResponder(
       host_game, _IdsTokenizer(), env.turns.observation_tokens, toy.PAD))
-  want = _rollout(env, params, batch, seed=7)
   got = _rollout(host, params, batch, seed=7)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(got),
                jax.device_get(want))
