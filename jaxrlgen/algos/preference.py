@@ -271,12 +271,19 @@ def sequence_logp(env, params, rollout: Rollout) -> jax.Array:
 
 
 def _both(batch) -> Rollout:
-  """Chosen then rejected completions as one Rollout of 2N rows."""
+  """Chosen then rejected completions as one Rollout of 2N rows. Pairs of
+  multi-turn episodes also carry their real slots (`chosen_attend`,
+  `rejected_attend`: `envs.multiturn`), which the environment reads."""
   cat = lambda a, b: jnp.concatenate([a, b], axis=0)
-  return completion_rollout(cat(batch['prompt'], batch['prompt']),
+  both = completion_rollout(cat(batch['prompt'], batch['prompt']),
                             cat(batch['prompt_mask'], batch['prompt_mask']),
                             cat(batch['chosen'], batch['rejected']),
                             cat(batch['chosen_mask'], batch['rejected_mask']))
+  if 'chosen_attend' in batch:
+    both = both.replace(context={
+        **both.context,
+        'attend': cat(batch['chosen_attend'], batch['rejected_attend'])})
+  return both
 
 
 def pair_logp(env, params, batch) -> tuple[jax.Array, jax.Array]:
@@ -454,6 +461,9 @@ def make_online_dpo(cfg: PreferenceConfig) -> base.Algorithm:
         'rejected': take(rollout.actions, rejected),
         'rejected_mask': take(rollout.mask, rejected),
     }
+    if 'attend' in rollout.context:  # Multi-turn episodes.
+      triples['chosen_attend'] = take(rollout.context['attend'], chosen)
+      triples['rejected_attend'] = take(rollout.context['attend'], rejected)
     ref = state.ref_params if cfg.uses_reference else None
     experience = with_reference(cfg, env, ref, triples,
                                 weight=valid.astype(jnp.float32))

@@ -330,7 +330,7 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
     raise ValueError("config.loop='async' runs on one host; use "
                      "config.loop='sync' for a multi-host run.")
   algo_base.check_env(algo, TextEnv)
-  _validate_multiturn(settings)
+  _validate_multiturn(settings, algo)
   if settings.lora.enabled and run.loop == 'async':
     raise ValueError(
         "config.lora.rank > 0 runs with config.loop='sync': the async "
@@ -377,10 +377,16 @@ def validate(settings: Settings, algo: algo_base.Algorithm, tokenizer,
       'tokenizer', 'fields', *settings.reward.context()))
 
 
-def _validate_multiturn(settings: Settings) -> None:
+def _validate_multiturn(settings: Settings, algo: algo_base.Algorithm
+                        ) -> None:
   turns, rl = settings.multiturn, settings.rl
   if not turns.enabled:
     return
+  if algo.needs_score:
+    raise ValueError(
+        f'config.algo.name={algo.name!r} decodes the prompts again for its '
+        'baseline, which a multi-turn episode cannot (its environment reads '
+        'the batch); use another algorithm, or config.multiturn.max_turns=0.')
   length = multiturn.Turns(turns.max_turns, turns.turn_tokens,
                            turns.observation_tokens).length
   if rl.max_new_tokens != length:

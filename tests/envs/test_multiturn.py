@@ -229,3 +229,33 @@ def test_algorithms_learn_to_read_the_observation(name, overrides, lr):
   assert np.mean(history[:5]) < 0.25, history
   assert np.mean(history[-10:]) > 0.6, history
   assert float(metrics['env/turns']) > 1.5
+
+
+# Text algorithms that take a multi-turn rollout as it is: all but those
+# that decode the prompts again (SCST and ReMax's greedy baseline cannot
+# replay the environment; the recipe refuses them) and MCTS expert
+# iteration, which learns from a search's rollouts.
+EVERY = ('a2c', 'dapo', 'dqn', 'dr_grpo', 'grpo', 'gspo', 'ilql', 'impala',
+         'online_dpo', 'ppo', 'reinforce', 'rloo', 'sac', 'sql')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', EVERY)
+def test_every_text_algorithm_trains_on_episodes(name):
+  env, params, _ = _env(num_samples=4, value_head=name in ('a2c', 'impala',
+                                                          'ppo'))
+  algo = algos.make(algos.default_config(name))
+  tx = optax.adam(1e-3)
+  reward_fn = rewards.REWARDS.get('turn_rewards')()
+  state = toy.train_state(algo, env, params, _batch(jax.random.key(0)), tx)
+  step = jax.jit(functools.partial(step_lib.rl_step, env=env,
+                                   reward_fn=reward_fn, algo=algo, tx=tx))
+  before = jax.tree.map(np.asarray, state.params)
+  for i in range(2):
+    key = jax.random.key(i)
+    state, metrics = step(state, _batch(key), key)
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.array_equal(a, np.asarray(b)), before,
+      state.params))
+  assert any(moved)

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from experiments.arithmetic import config as arithmetic
+from jaxrlgen import algos
 from jaxrlgen import recipes
 from jaxrlgen import tools
 from jaxrlgen.envs import multiturn
@@ -83,4 +84,13 @@ def test_bad_multiturn_settings_fail_before_compute(tmp_path, monkeypatch,
   config = _config(tmp_path / 'data')
   config.update_from_flattened_dict(overrides)
   with pytest.raises(ValueError, match=message):
+    recipes.run(config, str(tmp_path / 'run'))
+
+
+def test_algorithms_that_decode_again_are_refused(tmp_path, monkeypatch):
+  monkeypatch.setattr(text_rl, 'load_task', None)  # Never reached.
+  config = _config(tmp_path / 'data')
+  config.algo = algos.default_config('scst')
+  config.rl.group_size = 1
+  with pytest.raises(ValueError, match=r"config\.algo\.name='scst'"):
     recipes.run(config, str(tmp_path / 'run'))
