@@ -511,7 +511,9 @@ class MultiTurnConfig:
   max_turns = 0 keeps single-turn generation. Otherwise the stream has
   max_turns x turn_tokens + (max_turns - 1) x observation_tokens slots, which
   `config.rl.max_new_tokens` must equal. A model turn also ends at any of
-  `stop_strings` (encoded with the tokenizer) and at the tools' close tags.
+  `stop_strings` (encoded with the tokenizer) and, with responder='tools',
+  at the tools' close tags (a responder given by import path gets only
+  `stop_strings`: list its call's close tag there).
   `responder` is 'tools' (`config.tools`: the model calls tools; a turn
   without a call is its answer and ends the episode) or an import path of a
   factory `(turns, tokenizer, pad_id) -> Responder`. Rewards of the task
