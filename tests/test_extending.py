@@ -1,6 +1,7 @@
 """docs/extending.md runs as written: its `# File:` blocks are written out
 and its other Python blocks run in order, in a fresh directory."""
 
+import pytest
 import os
 import re
 import sys
@@ -14,6 +15,7 @@ def blocks() -> list[str]:
     return re.findall(r'```python\n(.*?)```', f.read(), re.S)
 
 
+@pytest.mark.slow
 def test_guide_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.syspath_prepend(str(tmp_path))

@@ -3,6 +3,7 @@ finite-difference gradients); advantage-weighted decoding = its formula, in
 the heads and in the sampler; learning from a fixed offline dataset of scored
 toy sequences."""
 
+import pytest
 import functools
 
 from absl.testing import parameterized
@@ -159,6 +160,7 @@ def test_decoding_samples_from_the_formula():
   np.testing.assert_array_equal(greedy.actions[:, 0], first[::2])
 
 
+@pytest.mark.slow
 def test_ilql_improves_on_its_offline_data():
   """ILQL trained on a fixed dataset of random-policy samples decodes a policy
   that beats the data; margin: sampled mean reward +0.12 over the dataset."""

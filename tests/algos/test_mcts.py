@@ -88,6 +88,7 @@ def test_config_errors_name_the_field():
     algos.make(config)
 
 
+@pytest.mark.slow
 def test_expert_iteration_raises_greedy_reward_on_toy_task():
   """A tiny policy distils Gumbel MuZero searches (8 simulations per token)
   on the fives task; margin: the greedy decode of the distilled policy gains

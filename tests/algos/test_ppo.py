@@ -1,6 +1,7 @@
 """PPO: KL-in-reward, KL controller and losses against NumPy (values and
 finite-difference gradients); a learning test; the separate critic."""
 
+import pytest
 import dataclasses
 import functools
 
@@ -296,6 +297,7 @@ def test_ppo_raises_reward_on_toy_task():
                              coefs[-1], rtol=0.1)
 
 
+@pytest.mark.slow
 def test_separate_critic_initialises_and_trains():
   config = algos.default_config('ppo')
   config.update(separate_critic=True, kl_coef=0.0, num_epochs=2,

@@ -2,6 +2,7 @@
 (values and finite-difference gradients); the critics' initialisation; a
 learning test on the toy task."""
 
+import pytest
 import functools
 
 from absl.testing import parameterized
@@ -200,6 +201,7 @@ def test_critics_start_from_the_policy_with_zero_q():
   assert set(state['target_params']) == set(sac.CRITICS)
 
 
+@pytest.mark.slow
 def test_sac_raises_reward_on_toy_task():
   """A tiny policy learns to emit token 5; margin: mean reward +0.25."""
   env, params, batch = toy.setup()

@@ -1,6 +1,7 @@
 """Soft Q-learning: the PCL losses and their gradient against NumPy; learning
 on the toy task from on-policy samples and from a fixed offline dataset."""
 
+import pytest
 import dataclasses
 import functools
 
@@ -137,6 +138,7 @@ def test_sql_raises_reward_on_toy_task():
       jnp.abs(online - start).sum())
 
 
+@pytest.mark.slow
 def test_sql_learns_from_a_fixed_offline_dataset():
   """Offline SQL on 4 x 16 scored samples of the initial (near-uniform)
   policy improves on it; margin: the learned policy's sampled reward exceeds

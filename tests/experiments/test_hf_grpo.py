@@ -42,6 +42,7 @@ def checkpoint(tmp_path_factory):
   return str(path)
 
 
+@pytest.mark.slow
 def test_hf_grpo_runs_and_exports(checkpoint, tmp_path):
   config = arithmetic.get_config('hf')
   config.model.update(path=checkpoint, param_dtype='float32', dtype='float32')

@@ -46,6 +46,7 @@ def _flags_config(*overrides):
   return flag_values.config
 
 
+@pytest.mark.slow
 def test_gguf_ppo_lora_with_a_reward_from_a_file(tmp_path):
   pytest.importorskip('gguf')
   from tests.models import test_gguf  # pylint: disable=g-import-not-at-top

@@ -67,6 +67,7 @@ def test_loss_is_cross_entropy_plus_output_l2():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_learns_to_separate_oracle_from_random_sequences():
   vocab, length = 30, 8
   oracle_cfg = lstm.LSTMConfig(vocab_size=vocab, embed_dim=8, hidden_dim=8,

@@ -1,6 +1,7 @@
 """The reward model: the head read at the last real token; it learns a
 separable toy preference with the Bradley-Terry loss."""
 
+import pytest
 import functools
 
 import jax
@@ -90,6 +91,7 @@ def _toy_pairs(n, key):
           'rejected_mask': jnp.ones((n, 4), bool)}
 
 
+@pytest.mark.slow
 def test_reward_models_learn_a_separable_preference():
   """Two bootstrapped members trained at once; each alone and their mean
   separate held-out pairs, and the bootstrap keeps them apart."""
@@ -120,6 +122,7 @@ def test_reward_models_learn_a_separable_preference():
                          members[1]['value_proj']['kernel'])
 
 
+@pytest.mark.slow
 def test_adapted_reward_models_learn_and_merge():
   """Two members of adapters and heads on one frozen, int8 trunk learn the
   separable preference; merged into the trunk, each is a plain reward

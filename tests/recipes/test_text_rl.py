@@ -42,6 +42,7 @@ def interrupt_at_step(monkeypatch, step: int):
   return real_batch
 
 
+@pytest.mark.slow
 def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch):
   data_dir = tmp_path / 'data'
   full_dir, cut_dir = tmp_path / 'full', tmp_path / 'cut'
@@ -144,6 +145,7 @@ def test_unknown_recipe(tmp_path):
     recipes.run(config, str(tmp_path / 'run'))
 
 
+@pytest.mark.slow
 def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
   config = tiny_config(tmp_path / 'data')
   config.algo.beta = 0.04  # GRPO with a KL term: the reference is used.
@@ -165,6 +167,7 @@ def test_bfloat16_reference_and_memory_report(tmp_path, capsys):
       to_bytes(sizes['parameters']) / 2, rel=0.02)
 
 
+@pytest.mark.slow
 def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
   config = tiny_config(tmp_path / 'data', 'mcts')
   config.rl.batch_size = 8
@@ -180,6 +183,7 @@ def test_mcts_sampler_run_trains_and_reports_search_accuracy(tmp_path):
   assert summary['final/search/entropy'] >= 0.0
 
 
+@pytest.mark.slow
 def test_offline_run_reads_its_stored_dataset(tmp_path):
   config = tiny_config(tmp_path / 'data', 'sql_offline')
   config.update(total_steps=2, checkpoint_every=2)
