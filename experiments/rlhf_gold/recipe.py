@@ -145,17 +145,27 @@ class RewardModelConfig:
   """`config.rm`: the proxy reward model."""
 
   SPECIAL: ClassVar[schema.Special] = {
-      'std_coef': schema.Means(zero="the ensemble's mean alone")}
+      'std_coef': schema.Means(zero="the ensemble's mean alone"),
+      'trunk_steps': schema.Means(zero="the policy's warm start as it is")}
 
-  steps: int = 600  # Bradley-Terry steps of the proxy reward model.
+  # Bradley-Terry steps of the proxy reward model. At 600 steps (5e-4) the
+  # proxy underfitted: its held-out accuracy was still rising when the
+  # cosine schedule ended, at 0.67-0.82 against the gold order on seeds
+  # 0-4 (experiments/rlhf_gold/README.md, "Why the proxy failed").
+  steps: int = 1800
   batch_size: int = 128  # Pairs per step.
+  # Supervised steps on the task's demonstrations that continue the policy's
+  # warm start for the proxy's trunk alone (under rm_trunk/sft/): a trunk
+  # that can add tells near answers from far ones. The policy keeps its weak
+  # warm start.
+  trunk_steps: int = 1000
   ensemble_size: int = 1  # Members (bootstrapped); > 1 enables std_coef.
   # Conservative reward mean - std_coef * std (ensembles).
   std_coef: float = 0.0
   log_every: int = 50  # Steps between log lines.
   eval_every: int = 200  # Steps between held-out accuracy evaluations.
-  # At 1e-3 (batch 64) the held-out accuracy swung between 0.62 and 0.72
-  # for warm starts 1e-6 apart; batch 128 at 5e-4 gave 0.72 / 0.73.
+  # At 1e-3 the proxy learnt faster on some seeds and stalled at 0.75 on
+  # others.
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(
       5e-4, 'cosine', warmup_steps=10)
   # Adapters on the warm start's frozen trunk (rank 0: train every
@@ -166,6 +176,7 @@ class RewardModelConfig:
   def __post_init__(self):
     schema.positive(self, 'steps', 'batch_size', 'ensemble_size', 'log_every',
                     'eval_every')
+    schema.non_negative(self, 'trunk_steps')
     if self.std_coef and self.ensemble_size < 2:
       raise schema.FieldError(
           'std_coef', f'={self.std_coef} needs an ensemble: set '
@@ -507,6 +518,19 @@ def _fit(name: str, workdir: epath.Path, state, *, step_fn, batch_fn, key,
 
 # --- Stage 3: the proxy reward model -----------------------------------------
 
+def rm_trunk(settings: Settings, rm_cfg: RewardModelConfig,
+             workdir: epath.Path, begun: 'Start', layout: parallel.Layout):
+  """The proxy's initial trunk: the policy's warm start, trained further for
+  `rm_cfg.trunk_steps` supervised steps (under `workdir/rm_trunk/sft`)."""
+  if not rm_cfg.trunk_steps:
+    return begun.sft_params
+  sft = dataclasses.replace(settings.sft, steps=rm_cfg.trunk_steps)
+  sft_env = dataclasses.replace(begun.env, sampling=Sampling(), num_samples=1)
+  return text_rl.warm_start(sft, settings.run.seed + 11, workdir / 'rm_trunk',
+                            begun.task, sft_env, _copy(begun.sft_params),
+                            layout)
+
+
 def train_reward_model(cfg: RewardModelConfig, seed: int,
                        workdir: epath.Path, model_cfg: tfm.TransformerConfig,
                        sft_params, train_pairs, heldout_pairs,
@@ -767,11 +791,27 @@ def plot_gold_vs_kl(curves: dict, sft: dict, path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle('Reward over-optimisation (Gao et al. 2022) in small')
     fig.tight_layout()
-    path = epath.Path(path)
-    with path.open('wb') as f:
-      fig.savefig(f, format='png', dpi=100)
+    plots.save(fig, path)
   finally:
     plots.plt.close(fig)
+
+
+# An over-optimisation peak: gold rises at least PEAK_RISE above the warm
+# start, then falls at least PEAK_FALL below its peak by the end, while the
+# proxy ends higher than it was at the gold peak. Standard errors of the
+# evaluation's gold mean are about 0.02 (512 samples of a [0, 1] reward).
+PEAK_RISE = 0.03
+PEAK_FALL = 0.05
+
+
+def overoptimised(records: list[dict], sft_gold: float) -> bool:
+  """Whether one run's eval records show the over-optimisation peak."""
+  peak = max(records, key=lambda r: r['eval/gold_reward'])
+  last = records[-1]
+  return bool(peak['eval/gold_reward'] - sft_gold >= PEAK_RISE
+              and peak['eval/gold_reward'] - last['eval/gold_reward']
+              >= PEAK_FALL
+              and last['eval/proxy_reward'] > peak['eval/proxy_reward'])
 
 
 def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
@@ -789,6 +829,8 @@ def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
     summary[f'run/{name}/exact_match'] = last['eval/exact_match']
     summary[f'run/{name}/peak_gold_reward'] = peak['eval/gold_reward']
     summary[f'run/{name}/kl_at_peak_gold'] = peak['eval/kl']
+    summary[f'run/{name}/overoptimised'] = overoptimised(
+        records, sft['eval/gold_reward'])
   for method in METHODS:
     coefs = settings.coefs(method)
     if not coefs:  # The method was left out.
@@ -815,8 +857,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 start_time)
 
 
-def _run(settings: Settings, workdir: epath.Path, tokenizer,
-         layout: parallel.Layout, start_time: float) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """What stages 1 and 2 give the later ones."""
+
+  task: text_rl.Task
+  env: TextEnv  # The policy's sampling environment.
+  gold_fn: Any  # (rollout, batch) -> f32[B], the hidden gold reward.
+  sft_params: Any  # The warm start's parameters.
+  train_pairs: pref_data.PreferenceData
+  heldout_pairs: pref_data.PreferenceData
+
+
+def start(settings: Settings, workdir: epath.Path, tokenizer,
+          layout: parallel.Layout) -> Start:
+  """Stages 1 and 2 (or their saved results): warm start and pairs."""
   seed = settings.run.seed
   model = tfm.Transformer(settings.model)
   env = text_rl.make_env(settings.rl, model, tokenizer)
@@ -824,19 +879,27 @@ def _run(settings: Settings, workdir: epath.Path, tokenizer,
                               scale=settings.gold.scale)
   task = text_rl.load_task(settings.task_name, settings.task, settings.data,
                            seed, workdir, tokenizer)
-
   params = layout.init(functools.partial(tfm.init_params, settings.model),
                        jax.random.key(seed))
   if settings.sft.steps:
     sft_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
     params = text_rl.warm_start(settings.sft, seed, workdir, task, sft_env,
                                 params, layout)
-  sft_params = params
-
   train_pairs, heldout_pairs = make_pairs(settings.pairs, seed, workdir, task,
-                                          env, sft_params, gold_fn, layout)
+                                          env, params, gold_fn, layout)
+  return Start(task, env, gold_fn, params, train_pairs, heldout_pairs)
+
+
+def _run(settings: Settings, workdir: epath.Path, tokenizer,
+         layout: parallel.Layout, start_time: float) -> dict:
+  seed = settings.run.seed
+  begun = start(settings, workdir, tokenizer, layout)
+  task, env, gold_fn = begun.task, begun.env, begun.gold_fn
+  sft_params = begun.sft_params
+  train_pairs, heldout_pairs = begun.train_pairs, begun.heldout_pairs
   rm_model, rm_params, rm_metrics = train_reward_model(
-      settings.rm, seed, workdir, settings.model, sft_params, train_pairs,
+      settings.rm, seed, workdir, settings.model,
+      rm_trunk(settings, settings.rm, workdir, begun, layout), train_pairs,
       heldout_pairs, layout)
   logging.warning('Proxy reward model: held-out accuracy %.3f (gold order '
                   '%.3f).', rm_metrics['rm/heldout_accuracy'],

@@ -82,18 +82,25 @@ def plot_metrics(records: Sequence[dict[str, Any]],
     if title:
       fig.suptitle(title)
     fig.tight_layout()
-    # Rendering to memory and writing the bytes through epath also works for
-    # remote paths, which matplotlib cannot open itself.
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=100)
+    return save(fig, path)
   finally:
     # pyplot keeps every open figure alive; a long run that plots repeatedly
     # would otherwise leak them.
     plt.close(fig)
+
+
+def save(fig, path) -> epath.Path:
+  """Writes `fig` as a PNG at `path`, whole or not at all; returns the path.
+
+  A run killed mid-write leaves the previous file (or none), never a
+  truncated PNG that a resumed run would keep. The caller closes `fig`.
+  """
+  # Rendering to memory and writing the bytes through epath also works for
+  # remote paths, which matplotlib cannot open itself.
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=100)
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  # Written whole or not at all: a run killed mid-write leaves the previous
-  # file (or none), never a truncated PNG that a resumed run would keep.
   tmp = path.parent / f'.{path.name}.tmp.{uuid.uuid4().hex}'
   tmp.write_bytes(buffer.getvalue())
   tmp.replace(path)
