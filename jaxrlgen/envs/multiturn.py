@@ -409,7 +409,7 @@ class Reply(NamedTuple):
   failed: bool = False
 
 
-HostFn = Callable[[int, Sequence[str]], Sequence[Reply]]
+HostFn = Callable[..., Sequence[Reply]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -420,23 +420,38 @@ class HostResponder:
   `jax.pure_callback` per turn for the whole batch; observations are
   encoded with `tokenizer` (no BOS or EOS) and cut to `observation_tokens`.
   Hashed by identity (a static argument of the jitted step).
+
+  `fields` names per-sequence batch fields (a scripted user's facts, a
+  task's answer) that `fn` also gets, as `fn(turn, texts, rows)` with
+  `rows[i]` a dict of row i's values as NumPy arrays (scalars for [B]
+  fields).
   """
 
   fn: HostFn
   tokenizer: Any
   observation_tokens: int
   pad_id: int
+  fields: tuple[str, ...] = ()
 
   def init(self, batch):
-    del batch
-    return ()
+    missing = [f for f in self.fields if f not in batch]
+    if missing:
+      raise ValueError(
+          f'HostResponder(fields={self.fields}): the batch has no field '
+          f'{missing}; its fields: {sorted(batch)}.')
+    return {f: batch[f] for f in self.fields}
 
-  def _host(self, turn, tokens, mask):
+  def _host(self, turn, tokens, mask, state):
     tokens, mask = np.asarray(tokens), np.asarray(mask, bool)
     b, o = tokens.shape[0], self.observation_tokens
     texts = [self.tokenizer.decode(tokens[i][mask[i]], stop_at_eos=False)
              if mask[i].any() else '' for i in range(b)]
-    replies = list(self.fn(int(turn), texts))
+    if self.fields:
+      values = {f: np.asarray(v) for f, v in state.items()}
+      rows = [{f: v[i] for f, v in values.items()} for i in range(b)]
+      replies = list(self.fn(int(turn), texts, rows))
+    else:
+      replies = list(self.fn(int(turn), texts))
     if len(replies) != b:
       raise ValueError(f'The responder {self.fn!r} returned {len(replies)} '
                        f'replies for {b} rows.')
@@ -467,7 +482,7 @@ class HostResponder:
               jax.ShapeDtypeStruct((b,), jnp.float32),
               jax.ShapeDtypeStruct((b,), jnp.bool_),
               jax.ShapeDtypeStruct((b,), jnp.bool_))
-    out = jax.pure_callback(self._host, shapes, turn, tokens, mask,
+    out = jax.pure_callback(self._host, shapes, turn, tokens, mask, state,
                             vmap_method='sequential')
     return state, Response(*out)
 

@@ -168,6 +168,35 @@ def test_host_responder_equals_the_game_in_jax(episodes):
   assert calls[0][1][0] == row0
 
 
+def test_host_responder_reads_record_fields():
+  # Every prompt its own secret: the host game says the row's secret, read
+  # from the batch field, and must equal the game in JAX.
+  env, params, batch = _env(num_samples=2)
+  want = _rollout(env, params, batch, seed=5)
+  seen = []
+
+  def host_game(turn, texts, rows):
+    seen.append([int(row['secret']) for row in rows])
+    return [multiturn.Reply(
+        observation=f'{SAY} {int(row["secret"])}', done=turn >= 1,
+        reward=float(turn >= 1 and t.split()[:1] == [str(row['secret'])]))
+            for t, row in zip(texts, rows)]
+
+  host = dataclasses_replace_responder(env, multiturn.HostResponder(
+      host_game, _IdsTokenizer(), env.turns.observation_tokens, toy.PAD,
+      fields=('secret',)))
+  got = _rollout(host, params, batch, seed=5)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(got),
+               jax.device_get(want))
+  # Rows are the prompts' samples, repeated num_samples times.
+  assert seen[0] == [8, 8, 9, 9, 10, 10, 11, 11]
+  missing = dataclasses_replace_responder(env, multiturn.HostResponder(
+      host_game, _IdsTokenizer(), env.turns.observation_tokens, toy.PAD,
+      fields=('user',)))
+  with pytest.raises(ValueError, match=r"no field \['user'\]"):
+    _rollout(missing, params, batch)
+
+
 def dataclasses_replace_responder(env, responder):
   import dataclasses  # pylint: disable=g-import-not-at-top
   return dataclasses.replace(env, responder=responder)
