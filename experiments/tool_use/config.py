@@ -7,17 +7,24 @@ for a few steps on demonstrations of whole episodes,
   prompt    model turn 1          calculator              model turn 2
 
 then trained with GRPO on two-turn episodes (jaxrlgen.envs.multiturn) where
-the calculator answers the model's call, against the exact match of the last
-turn with the product. See README.md for the results.
+the calculator answers the model's call, against the last turn's answer.
+See README.md for the results.
 
   python -m experiments.tool_use.make_data   # the JSONL under data/ (committed)
   python -m experiments.main --config=experiments/tool_use/config.py \
       --workdir=/tmp/tool_use
 
-Variants (after ':', comma-separated): `direct` -- the same model and
-budgets without a tool: warm start on the bare product, single-turn GRPO;
-`smoke` -- every stage at tiny sizes. The calculator can be taken away from
-a run with `--config.multiturn.responder=experiments/tool_use/responders.py:unavailable`
+The reward is the exact match plus a shaped term, the fraction of the
+product's digits written in their place (`rewards.py`); the reported
+`eval/accuracy` is then that sum's mean, and `python -m
+experiments.tool_use.score WORKDIR` gives the exact-match accuracy.
+
+Variants (after ':', comma-separated): `exact` -- the earlier run (a
+200-step warm start, exact match only, 2e-4 constant), on which GRPO did
+not gain; `direct` -- the same model and budgets without a tool: warm start
+on the bare product, single-turn GRPO; `smoke` -- every stage at tiny
+sizes. The calculator can be taken away from a run with
+`--config.multiturn.responder=experiments/tool_use/responders.py:unavailable`
 and `"--config.multiturn.stop_strings=('</tool>',)"` (a custom responder
 does not bring the tools' stop strings).
 """
@@ -45,6 +52,15 @@ def _direct(config):
   config.model.max_seq_len = PROMPT_LEN + 8
 
 
+def _exact(config):
+  """The earlier run (README's History): a warm start that already copies
+  0.84 of the results, exact match only, 2e-4 constant."""
+  config.sft.steps = 200
+  config.reward.terms = (('exact_match', 1.0),)
+  config.rl.optimizer.update(learning_rate=2e-4, schedule='constant')
+  config.eval.every = 50
+
+
 def _smoke(config):
   config.model.update(hidden_dim=32, mlp_dim=64, num_layers=1)
   config.task.max_records = 64
@@ -54,7 +70,7 @@ def _smoke(config):
   config.update(total_steps=2, log_every=1, checkpoint_every=2)
 
 
-VARIANTS = {'direct': _direct, 'smoke': _smoke}
+VARIANTS = {'exact': _exact, 'direct': _direct, 'smoke': _smoke}
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -80,13 +96,18 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
                           responder='tools')
   config.tools.update(names=('calculator',), format='tags')
   config.rl.max_new_tokens = 2 * TURN + OBSERVATION
-  # A deliberately short warm start: the format half-learnt, room for RL.
-  config.sft.update(steps=200, batch_size=32, log_every=50)
+  # A deliberately short warm start: the call is learnt, the copy of the
+  # result half (seed 0: 0.55; 80 steps copy nothing, 120 already 0.80;
+  # where the jump falls moves with the seed, README.md).
+  config.sft.update(steps=100, batch_size=32, log_every=50)
   config.rl.update(batch_size=128, group_size=8)  # 16 prompts x 8 samples.
-  # 5e-4 (the demo's) with 8 prompts x 16 samples swung the held-out
-  # accuracy from 0.84 to 0.53-0.67 (README.md).
-  config.rl.optimizer.learning_rate = 2e-4
-  config.eval.update(every=50, num_examples=256, batch_size=128)
+  # Partial credit for near-copies: groups that are all wrong still rank.
+  config.reward.terms = (('exact_match', 1.0),
+                         ('experiments.tool_use.rewards:digits_in_place', 1.0))
+  # At a constant 2e-4 the held-out accuracy swung between 0.48 and 0.69
+  # to the end; the cosine decay lets the policy settle (README.md).
+  config.rl.optimizer.update(learning_rate=3e-4, schedule='cosine')
+  config.eval.update(every=25, num_examples=256, batch_size=128)
   config.update(total_steps=200, log_every=10, checkpoint_every=50)
   for name in VARIANTS:
     if name in names:
