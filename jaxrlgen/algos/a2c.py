@@ -21,6 +21,7 @@ from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 
 
@@ -98,7 +99,8 @@ def make(cfg: A2CConfig) -> base.Algorithm:
     mask = rollout.mask
     values = jax.lax.stop_gradient(
         env.evaluate(state.params, rollout, with_values=True).values)
-    token_rewards = returns.terminal_rewards(rewards, mask)
+    token_rewards = returns.token_rewards(
+        rewards, mask, rollout_lib.step_rewards(rollout))
     value_targets = returns.n_step_returns(token_rewards, values, mask,
                                            n=cfg.n, gamma=cfg.gamma)
     advantages = value_targets - jnp.where(mask, values, 0.0)

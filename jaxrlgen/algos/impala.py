@@ -29,25 +29,10 @@ import jax.numpy as jnp
 from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
+from jaxrlgen.core import returns
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core import vtrace as vtrace_lib
 from jaxrlgen.core.types import Rollout
-
-
-def terminal_rewards(rewards: jax.Array, mask: jax.Array) -> jax.Array:
-  """Places each sequence's reward at its last valid step.
-
-  Args:
-    rewards: f32[B] one reward per sequence.
-    mask: bool[B, T] valid steps.
-  Returns:
-    f32[B, T], zero except at the last valid step of each sequence (all zero
-    for a sequence without valid steps).
-  """
-  chex.assert_rank([rewards, mask], [1, 2])
-  t = mask.shape[1]
-  last = t - 1 - jnp.argmax(mask[:, ::-1], axis=1)
-  at_last = (jnp.arange(t)[None, :] == last[:, None]) & mask
-  return jnp.where(at_last, rewards[:, None].astype(jnp.float32), 0.0)
 
 
 def impala_loss(logp: jax.Array, values: jax.Array, behaviour_logp: jax.Array,
@@ -159,7 +144,8 @@ def make(cfg: IMPALAConfig) -> base.Algorithm:
     # mu is what the actor really sampled from (its own, possibly stale
     # parameters and truncated sampling): never recompute it.
     experience = IMPALAExperience(
-        rollout=rollout, rewards=terminal_rewards(rewards, rollout.mask),
+        rollout=rollout, rewards=returns.token_rewards(
+            rewards, rollout.mask, rollout_lib.step_rewards(rollout)),
         ref_logp=(base.reference_logp(env, state, rollout) if cfg.kl_coef
                   else None))
     return experience, state.algo_state, {}

@@ -27,6 +27,7 @@ from jaxrlgen import schema
 from jaxrlgen.algos import base
 from jaxrlgen.core import masked
 from jaxrlgen.core import returns
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 
 KL_CONTROLLERS = ('fixed', 'adaptive')
@@ -35,7 +36,8 @@ REWARD_NORMS = ('none', 'batch', 'running')
 
 def kl_penalized_rewards(scores: jax.Array, logp: jax.Array,
                          ref_logp: jax.Array, mask: jax.Array, *,
-                         kl_coef: jax.Array | float) -> jax.Array:
+                         kl_coef: jax.Array | float,
+                         step_rewards: jax.Array | None = None) -> jax.Array:
   """Per-token rewards r_t = score [at the last token] - kl_coef * (logp - ref_logp).
 
   Ziegler et al. 2019, eq. 2: R(x, y) = r(x, y) - beta log(pi(y|x) /
@@ -48,13 +50,16 @@ def kl_penalized_rewards(scores: jax.Array, logp: jax.Array,
     ref_logp: f32[B, T] log-probs under the reference policy.
     mask: bool[B, T] valid steps (a prefix of each row).
     kl_coef: beta (a scalar, possibly traced).
+    step_rewards: f32[B, T] rewards given at steps, included in `scores`
+      (`returns.token_rewards`), or None.
   Returns:
     f32[B, T] rewards, 0 at masked steps.
   """
   chex.assert_rank([scores, logp, ref_logp, mask], [1, 2, 2, 2])
   chex.assert_equal_shape([logp, ref_logp, mask])
   penalty = kl_coef * (logp - ref_logp)
-  return jnp.where(mask, returns.terminal_rewards(scores, mask) - penalty, 0.0)
+  return jnp.where(
+      mask, returns.token_rewards(scores, mask, step_rewards) - penalty, 0.0)
 
 
 def adaptive_kl_coef(kl_coef: jax.Array, observed_kl: jax.Array, *,
@@ -278,21 +283,26 @@ def make(cfg: PPOConfig) -> base.Algorithm:
     old_logp = base.behaviour_logp(env, state, rollout, policy_params)
     old_values = jax.lax.stop_gradient(values_of(env, state.params, rollout))
     scores = rewards.astype(jnp.float32)
+    shift, scale = 0.0, 1.0
     if cfg.reward_norm == 'batch':
-      scores = (scores - jnp.mean(scores)) / (jnp.std(scores) + 1e-8)
+      shift, scale = jnp.mean(scores), jnp.std(scores) + 1e-8
     elif cfg.reward_norm == 'running':
       # Normalise by statistics that include this batch, so the first batch
       # is already on the right scale.
       stats = update_running_stats(algo_state['reward_stats'], scores)
       std = jnp.sqrt(stats['m2'] / jnp.maximum(stats['count'], 1.0))
-      scores = (scores - stats['mean']) / (std + 1e-8)
+      shift, scale = stats['mean'], std + 1e-8
       algo_state['reward_stats'] = stats
+    scores = (scores - shift) / scale
+    # Rewards the environment gave at steps, on the returns' scale.
+    steps = rollout_lib.step_rewards(rollout)
+    steps = None if steps is None else steps / scale
     metrics = {}
     if cfg.uses_reference:
       ref_logp = base.reference_logp(env, state, rollout)
       kl_coef = algo_state['kl_coef']
       token_rewards = kl_penalized_rewards(scores, old_logp, ref_logp, mask,
-                                           kl_coef=kl_coef)
+                                           kl_coef=kl_coef, step_rewards=steps)
       sequence_kl = jnp.mean(masked.masked_sum(old_logp - ref_logp, mask,
                                                axis=1))
       if cfg.kl_controller == 'adaptive':
@@ -303,7 +313,7 @@ def make(cfg: PPOConfig) -> base.Algorithm:
           'kl': masked.masked_mean(base.k3_kl(old_logp, ref_logp), mask),
           'kl/sequence': sequence_kl, 'kl_coef': kl_coef})
     else:
-      token_rewards = returns.terminal_rewards(scores, mask)
+      token_rewards = returns.token_rewards(scores, mask, steps)
     advantages = returns.generalized_advantage_estimation(
         token_rewards, old_values, mask, gamma=cfg.gamma, lambda_=cfg.lambda_)
     value_targets = advantages + jnp.where(mask, old_values, 0.0)

@@ -59,6 +59,24 @@ def terminal_rewards(scores: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.where(at_last & mask, scores[:, None].astype(jnp.float32), 0.0)
 
 
+def token_rewards(scores: jax.Array, mask: jax.Array,
+                  step_rewards: jax.Array | None = None) -> jax.Array:
+  """f32[B, T] per-step rewards of trajectories whose returns are `scores`.
+
+  Without `step_rewards` this is `terminal_rewards`. With them (rewards an
+  environment gave at individual steps, f32[B, T], e.g. a multi-turn
+  episode's turn rewards at each turn's last token; `scores` includes their
+  sum, as `core.rollout.score` makes it) each step keeps its own reward and
+  the rest of the return lands at the last valid step, so the rewards still
+  sum to `scores`.
+  """
+  if step_rewards is None:
+    return terminal_rewards(scores, mask)
+  chex.assert_equal_shape([step_rewards, mask])
+  step = jnp.where(mask, step_rewards.astype(jnp.float32), 0.0)
+  return terminal_rewards(scores - jnp.sum(step, axis=1), mask) + step
+
+
 def _continues_tp1(mask: jax.Array, bootstrap_value: jax.Array | None):
   """bool[B, T]: whether step t + 1 exists, i.e. whether to bootstrap past t.
 

@@ -118,11 +118,33 @@ def unroll_segments(step: StepFn, state, key: jax.Array, num_steps: int, *,
   return state, jax.tree.map(lambda *x: jnp.concatenate(x, axis=1), *pieces)
 
 
+# The rollout context key of rewards an environment gives at individual
+# steps, f32[B, T] (a multi-turn episode's turn rewards placed at each
+# turn's last token). They count toward the return: `score` adds their sum;
+# algorithms with per-step returns place them (`returns.token_rewards`).
+STEP_REWARDS = 'step_rewards'
+
+
+def step_rewards(rollout) -> jax.Array | None:
+  """The rollout's `STEP_REWARDS` (masked to its valid steps), or None."""
+  context = rollout.context
+  if not isinstance(context, dict) or STEP_REWARDS not in context:
+    return None
+  return jnp.where(rollout.mask, context[STEP_REWARDS], 0.0)
+
+
 def score(reward_fn, rollout, batch) -> tuple[jax.Array, jax.Array]:
   """(rewards f32[B], failed bool[B]) of any reward `(rollout, batch) ->
   f32[B]`: a host reward (one with `with_failures`) reports the items that
-  failed and got their penalty; a pure one never fails."""
+  failed and got their penalty; a pure one never fails. Rewards the
+  environment gave at steps (`STEP_REWARDS`) are added: the result is each
+  trajectory's return."""
   if hasattr(reward_fn, 'with_failures'):
-    return reward_fn.with_failures(rollout, batch)
-  rewards = reward_fn(rollout, batch)
-  return rewards, jnp.zeros(rewards.shape, jnp.bool_)
+    rewards, failed = reward_fn.with_failures(rollout, batch)
+  else:
+    rewards = reward_fn(rollout, batch)
+    failed = jnp.zeros(rewards.shape, jnp.bool_)
+  steps = step_rewards(rollout)
+  if steps is not None:
+    rewards = rewards + jnp.sum(steps, axis=1)
+  return rewards, failed

@@ -32,7 +32,12 @@ state the rollout sampled from. Every algorithm that works on single-turn
 text reads a multi-turn rollout through `evaluate` unchanged.
 
 Per-turn rewards: `context['turn_rewards']` f32[B, K] (0 for turns that did
-not happen), read by the `turn_rewards` reward term (discounted over turns).
+not happen), read by the `turn_rewards` reward term (discounted over turns,
+added to the episode's reward). Or, with `place_turn_rewards`, placed in
+the stream at each turn's last model token (`context['step_rewards']`,
+`core.rollout.STEP_REWARDS`): they count toward every algorithm's return,
+and those with per-token returns and a critic (PPO, A2C, IMPALA) credit
+each at the token where it was earned, discounted by their own gamma.
 `context['stats']` holds per-row counts (`turns`, `observation_tokens`,
 `failures`, `truncated`) that the step logs as `env/...`.
 
@@ -179,6 +184,9 @@ class MultiTurnEnv(TextEnv):
 
   turns: Turns = Turns()
   responder: Responder | None = None
+  # Turn rewards also in the stream, at each turn's last model token
+  # (`context['step_rewards']`); then do not add the `turn_rewards` term.
+  place_turn_rewards: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -205,12 +213,13 @@ class MultiTurnEnv(TextEnv):
           f'{window} tokens.')
 
   @classmethod
-  def wrap(cls, env: TextEnv, turns: Turns,
-           responder: Responder) -> 'MultiTurnEnv':
+  def wrap(cls, env: TextEnv, turns: Turns, responder: Responder,
+           place_turn_rewards: bool = False) -> 'MultiTurnEnv':
     fields = {f.name: getattr(env, f.name) for f in dataclasses.fields(
         TextEnv)}
     fields['max_new_tokens'] = turns.length
-    return cls(**fields, turns=turns, responder=responder)
+    return cls(**fields, turns=turns, responder=responder,
+               place_turn_rewards=place_turn_rewards)
 
   # -- Generation ----------------------------------------------------------
 
@@ -297,7 +306,8 @@ class MultiTurnEnv(TextEnv):
     Returns:
       A Rollout of B = N G episodes and T = `turns.length` slots (see the
       module docstring), with `context` = {'tokens', 'mask'} (the prompt),
-      'attend' bool[B, T], 'turn_rewards' f32[B, K] and 'stats'.
+      'attend' bool[B, T], 'turn_rewards' f32[B, K], 'stats' and, with
+      `place_turn_rewards`, 'step_rewards' f32[B, T].
     """
     prompt, prompt_mask = batch['prompt'], batch['prompt_mask']
     g, k_turns = self.num_samples, self.turns.max_turns
@@ -354,6 +364,9 @@ class MultiTurnEnv(TextEnv):
         'turn_rewards': jnp.concatenate([turn_rewards, last_reward[:, None]],
                                         axis=1),
         'stats': stats}
+    if self.place_turn_rewards:
+      context[rollout_lib.STEP_REWARDS] = place_turn_rewards(
+          stream.valid, context['turn_rewards'], self.turns)
     return Rollout(context=context, actions=stream.token, logp=stream.logp,
                    mask=stream.valid)
 
@@ -376,14 +389,39 @@ class MultiTurnEnv(TextEnv):
     return jnp.take_along_axis(hidden, before[..., None], axis=1)
 
 
-def context_spec(batch_size: int, turns: Turns) -> dict:
+def context_spec(batch_size: int, turns: Turns,
+                 place_turn_rewards: bool = False) -> dict:
   """The shapes of the context fields a multi-turn rollout adds (those of
   the prompt aside), as jax.ShapeDtypeStructs."""
   spec = jax.ShapeDtypeStruct
   per_row = spec((batch_size,), jnp.float32)
-  return {'attend': spec((batch_size, turns.length), jnp.bool_),
-          'turn_rewards': spec((batch_size, turns.max_turns), jnp.float32),
-          'stats': {name: per_row for name in STATS}}
+  out = {'attend': spec((batch_size, turns.length), jnp.bool_),
+         'turn_rewards': spec((batch_size, turns.max_turns), jnp.float32),
+         'stats': {name: per_row for name in STATS}}
+  if place_turn_rewards:
+    out[rollout_lib.STEP_REWARDS] = spec((batch_size, turns.length),
+                                         jnp.float32)
+  return out
+
+
+def place_turn_rewards(mask: jax.Array, turn_rewards: jax.Array,
+                       turns: Turns) -> jax.Array:
+  """f32[B, T]: each turn's reward at that turn's last model token, 0 elsewhere.
+
+  Args:
+    mask: bool[B, T] the stream's model tokens (`Rollout.mask`).
+    turn_rewards: f32[B, K] (0 for turns that did not happen).
+    turns: the stream's layout.
+  """
+  m, o, k = turns.turn_tokens, turns.observation_tokens, turns.max_turns
+  slots = jnp.arange(turns.length)
+  turn_of = slots // (m + o)
+  in_turn = (turn_of[None, :] == jnp.arange(k)[:, None]) & (
+      slots % (m + o) < m)[None, :]  # [K, T]: the model slots of turn k.
+  spoken = mask[:, None, :] & in_turn[None]  # [B, K, T]
+  last = jnp.max(jnp.where(spoken, slots, -1), axis=2)  # [B, K]
+  at = slots[None, None, :] == last[:, :, None]  # [B, K, T]
+  return jnp.sum(jnp.where(at, turn_rewards[:, :, None], 0.0), axis=1)
 
 
 STATS = ('turns', 'observation_tokens', 'failures', 'truncated')
@@ -534,6 +572,9 @@ class MultiTurnConfig:
   factory `(turns, tokenizer, pad_id) -> Responder`. Rewards of the task
   score the last model turn (`answer`); the `turn_rewards` term adds the
   responder's per-turn rewards, discounted by `config.reward.turn_discount`.
+  Or `place_turn_rewards` puts each turn's reward at the turn's last token
+  (`MultiTurnEnv.place_turn_rewards`): the return counts it, and PPO, A2C
+  and IMPALA credit it there, under their own gamma.
   """
 
   SPECIAL: ClassVar[schema.Special] = {
@@ -544,6 +585,8 @@ class MultiTurnConfig:
   observation_tokens: int = 64
   stop_strings: tuple[str, ...] = ()
   responder: str = 'tools'
+  # Turn rewards at each turn's last token (not with the turn_rewards term).
+  place_turn_rewards: bool = False
 
   def __post_init__(self):
     schema.non_negative(self, 'max_turns')

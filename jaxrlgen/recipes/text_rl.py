@@ -405,6 +405,12 @@ def _validate_multiturn(settings: Settings, algo: algo_base.Algorithm
                        f'to {off!r}.')
   if turns.responder != 'tools':
     RESPONDERS.get(turns.responder)  # A bad path fails now.
+  if turns.place_turn_rewards and 'turn_rewards' in reward_terms(settings):
+    raise ValueError(
+        'config.multiturn.place_turn_rewards=True already adds the turn '
+        'rewards to the return (at each turn\'s last token); remove the '
+        "'turn_rewards' term from config.reward.terms, or set "
+        'place_turn_rewards=False to keep the term.')
 
 
 def make_multiturn(settings: Settings, env: TextEnv, tokenizer) -> TextEnv:
@@ -428,7 +434,8 @@ def make_multiturn(settings: Settings, env: TextEnv, tokenizer) -> TextEnv:
   else:
     factory = RESPONDERS.get(cfg.responder)
     responder = factory(turns, tokenizer, tokenizer.pad_id)
-  return multiturn.MultiTurnEnv.wrap(env, turns, responder)
+  return multiturn.MultiTurnEnv.wrap(env, turns, responder,
+                                    cfg.place_turn_rewards)
 
 
 # `config.multiturn.responder`: import paths of factories
@@ -1031,7 +1038,8 @@ def _rollout_spec(batch_size: int, prompt_len: int, env: TextEnv) -> Rollout:
   context = {'tokens': spec((batch_size, prompt_len), jnp.int32),
              'mask': spec((batch_size, prompt_len), jnp.bool_)}
   if isinstance(env, multiturn.MultiTurnEnv):
-    context.update(multiturn.context_spec(batch_size, env.turns))
+    context.update(multiturn.context_spec(batch_size, env.turns,
+                                          env.place_turn_rewards))
   return Rollout(context=context,
                  actions=spec((batch_size, num_steps), jnp.int32),
                  logp=spec((batch_size, num_steps), jnp.float32),

@@ -12,6 +12,7 @@ import pytest
 
 from jaxrlgen import algos
 from jaxrlgen.algos import impala
+from jaxrlgen.core import returns
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.envs.text import TextEnv
 from jaxrlgen.models import transformer as tfm
@@ -68,9 +69,10 @@ def np_loss(logp, values, vs, adv, mask, value_coef):
 class IMPALAReferenceTest(parameterized.TestCase):
 
   def test_terminal_rewards(self):
+    # What IMPALA places its sequence rewards with (no step rewards).
     mask = np.concatenate([MASK, np.zeros((1, 3), bool)])
     rewards = np.append(SEQ_REWARDS, 3.0)
-    got = impala.terminal_rewards(jnp.asarray(rewards), jnp.asarray(mask))
+    got = returns.token_rewards(jnp.asarray(rewards), jnp.asarray(mask))
     np.testing.assert_array_equal(got, np_terminal_rewards(rewards, mask))
 
   @parameterized.product(

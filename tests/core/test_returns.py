@@ -128,6 +128,24 @@ class ReturnsTest(parameterized.TestCase):
     want[0, 4], want[1, 2], want[2, 0] = 1.0, -2.0, 3.0
     np.testing.assert_array_equal(got, want)
 
+  def test_token_rewards_keep_step_rewards_and_the_rest_at_the_end(self):
+    # A non-prefix mask (a multi-turn stream: model tokens around masked
+    # observation slots); step rewards at masked slots are dropped.
+    mask = np.array([[1, 1, 0, 0, 1], [1, 0, 1, 0, 0]], bool)
+    steps = np.array([[0.0, 0.5, 7.0, 0.0, 0.25], [0.3, 0.0, 0.0, 0.0, 0.0]],
+                     np.float32)
+    scores = np.array([2.0, -1.0], np.float32)  # Include the step rewards.
+    got = returns.token_rewards(jnp.asarray(scores), jnp.asarray(mask),
+                                jnp.asarray(steps))
+    want = np.where(mask, steps, 0.0)
+    want[0, 4] += 2.0 - 0.75
+    want[1, 2] += -1.0 - 0.3
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(np.sum(got, axis=1), scores, rtol=1e-6)
+    np.testing.assert_array_equal(
+        returns.token_rewards(jnp.asarray(scores), jnp.asarray(mask)),
+        returns.terminal_rewards(jnp.asarray(scores), jnp.asarray(mask)))
+
   def test_explained_variance(self):
     targets = np.where(MASK, REWARDS, 0.0)
     values = np.where(MASK, VALUES, 0.0)

@@ -16,6 +16,8 @@ import pytest
 
 from jaxrlgen import algos
 from jaxrlgen import rewards
+from jaxrlgen.core import returns
+from jaxrlgen.core import rollout as rollout_lib
 from jaxrlgen.core.types import Rollout
 from jaxrlgen.envs import games
 from jaxrlgen.envs import multiturn
@@ -197,6 +199,65 @@ def test_host_responder_reads_record_fields():
     _rollout(missing, params, batch)
 
 
+def _np_placed(mask, turn_rewards, turns):
+  """Each turn's reward at its last model token, by a loop."""
+  out = np.zeros(mask.shape, np.float32)
+  span = turns.turn_tokens + turns.observation_tokens
+  for row in range(mask.shape[0]):
+    for k in range(turns.max_turns):
+      slots = [t for t in range(k * span, k * span + turns.turn_tokens)
+               if mask[row, t]]
+      if slots:
+        out[row, slots[-1]] += turn_rewards[row, k]
+  return out
+
+
+def test_placed_turn_rewards_reach_the_return_and_the_critic():
+  env, params, batch = _env(num_samples=2, value_head=True)
+
+  def host_game(turn, texts, rows):
+    # 0.5 for the first turn, 1 for copying the secret in the second.
+    return [multiturn.Reply(
+        observation=f'{SAY} {int(row["secret"])}', done=turn >= 1,
+        reward=0.5 if turn == 0 else float(
+            t.split()[:1] == [str(row['secret'])]))
+            for t, row in zip(texts, rows)]
+
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  env = dataclasses.replace(env, place_turn_rewards=True, responder=(
+      multiturn.HostResponder(host_game, _IdsTokenizer(),
+                              env.turns.observation_tokens, toy.PAD,
+                              fields=('secret',))))
+  r = _rollout(env, params, batch, seed=5)
+  mask = np.asarray(r.mask)
+  turn_rewards = np.asarray(r.context['turn_rewards'])
+  assert turn_rewards[:, 0].min() == 0.5  # Every row spoke twice or once.
+  placed = _np_placed(mask, turn_rewards, env.turns)
+  np.testing.assert_allclose(r.context['step_rewards'], placed)
+  # The return: the task's reward (0.25 here) plus every turn's.
+  per_seq = rollout_lib.repeat_batch(batch, 2)
+  total, _ = rollout_lib.score(
+      lambda ro, b: jnp.full((ro.batch_size,), 0.25), r, per_seq)
+  np.testing.assert_allclose(total, 0.25 + turn_rewards.sum(axis=1),
+                             rtol=1e-6)
+  # PPO's critic targets: GAE over the turn rewards where they were earned,
+  # and the task's reward at the episode's last token.
+  config = algos.default_config('ppo')
+  config.update(kl_coef=0.0, gamma=0.9, lambda_=0.8)
+  algo = algos.make(config)
+  state = toy.train_state(algo, env, params, batch, optax.adam(1e-3))
+  experience, _, _ = algo.prepare(env, state, r, total, jax.random.key(0))
+  tokens = placed.copy()
+  last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+  tokens[np.arange(len(last)), last] += 0.25
+  values = env.evaluate(state.params, r, with_values=True).values
+  want = returns.generalized_advantage_estimation(
+      jnp.asarray(tokens), values, r.mask, gamma=0.9, lambda_=0.8
+  ) + jnp.where(r.mask, values, 0.0)
+  np.testing.assert_allclose(np.where(mask, experience.value_targets, 0.0),
+                             np.where(mask, want, 0.0), rtol=1e-5, atol=1e-6)
+
+
 def dataclasses_replace_responder(env, responder):
   import dataclasses  # pylint: disable=g-import-not-at-top
   return dataclasses.replace(env, responder=responder)
@@ -216,7 +277,7 @@ def test_bad_turns_and_envs_are_refused():
     games.CopyGame(1, toy.PAD, prefix=(SAY,))
 
 
-def _learn(name, overrides, num_steps, seed=0, lr=1e-2):
+def _learn(name, overrides, num_steps, seed=0, lr=1e-2, placed=False):
   env, params, _ = _env(num_samples=8, value_head=name == 'ppo')
   config = algos.default_config(name)
   for key, value in overrides.items():
@@ -224,6 +285,10 @@ def _learn(name, overrides, num_steps, seed=0, lr=1e-2):
   algo = algos.make(config)
   tx = optax.adam(lr)
   reward_fn = rewards.REWARDS.get('turn_rewards')()
+  if placed:  # The turn rewards come in the stream alone.
+    import dataclasses  # pylint: disable=g-import-not-at-top
+    env = dataclasses.replace(env, place_turn_rewards=True)
+    reward_fn = lambda rollout, batch: jnp.zeros((rollout.batch_size,))
   state = toy.train_state(algo, env, params, _batch(jax.random.key(0)), tx)
   step = jax.jit(functools.partial(step_lib.rl_step, env=env,
                                    reward_fn=reward_fn, algo=algo, tx=tx),
@@ -244,17 +309,19 @@ def _batch(key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name,overrides,lr', [
-    ('grpo', {'beta': 0.0}, 1e-2),
-    ('ppo', {'kl_coef': 0.0}, 3e-3),
-    ('reinforce', {}, 1e-2),
+@pytest.mark.parametrize('name,overrides,lr,placed', [
+    ('grpo', {'beta': 0.0}, 1e-2, False),
+    ('ppo', {'kl_coef': 0.0}, 3e-3, False),
+    ('ppo', {'kl_coef': 0.0}, 3e-3, True),
+    ('reinforce', {}, 1e-2, False),
 ])
-def test_algorithms_learn_to_read_the_observation(name, overrides, lr):
+def test_algorithms_learn_to_read_the_observation(name, overrides, lr, placed):
   """From about 1/16 (ignoring the observation) to most of the optimal 1.
   Each step draws new secrets, so a policy that copies some of the 8 and
   not others scores unevenly from step to step: the margin is on the mean
-  of the last 10 steps."""
-  history, metrics = _learn(name, overrides, num_steps=80, lr=lr)
+  of the last 10 steps. `placed`: the turn rewards in the stream."""
+  history, metrics = _learn(name, overrides, num_steps=80, lr=lr,
+                            placed=placed)
   assert np.mean(history[:5]) < 0.25, history
   assert np.mean(history[-10:]) > 0.6, history
   assert float(metrics['env/turns']) > 1.5

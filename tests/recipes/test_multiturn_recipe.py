@@ -50,10 +50,14 @@ def test_tool_replies_answer_calls_and_end_on_answers():
 
 
 @pytest.mark.slow
-def test_multiturn_run_logs_turns_and_writes_whole_episodes(tmp_path):
+@pytest.mark.parametrize('placed', [False, True])
+def test_multiturn_run_logs_turns_and_writes_whole_episodes(tmp_path, placed):
   config = _config(tmp_path / 'data',
                    responder=f'{os.path.abspath(__file__)}:echo_responder')
-  config.reward.terms = (('exact_match', 1.0), ('turn_rewards', 1.0))
+  # The turn rewards through the term, or placed in the stream.
+  config.reward.terms = (('exact_match', 1.0),) + (
+      () if placed else (('turn_rewards', 1.0),))
+  config.multiturn.place_turn_rewards = placed
   recipes.run(config, str(tmp_path / 'run'))
   records = writers.read_metrics(str(tmp_path / 'run'))
   train = [r for r in records if 'env/turns' in r]
@@ -74,6 +78,9 @@ def test_multiturn_run_logs_turns_and_writes_whole_episodes(tmp_path):
     ({'multiturn.turn_tokens': 0}, r'config\.multiturn\.turn_tokens'),
     ({'multiturn.responder': 'nowhere.py:make'}, "no file 'nowhere.py'"),
     ({'tools.names': ('abacus',)}, r'config\.tools\.names'),
+    ({'multiturn.place_turn_rewards': True,
+      'reward.terms': (('exact_match', 1.0), ('turn_rewards', 1.0))},
+     r'place_turn_rewards=True already adds'),
 ])
 def test_bad_multiturn_settings_fail_before_compute(tmp_path, monkeypatch,
                                                     overrides, message):
