@@ -100,7 +100,10 @@ class RunConfig:
 
   recipe: str = 'experiments.rlhf_gold.recipe:run'  # The recipe that runs it.
   seed: int = 0  # Seeds init, data order, pair labels and sampling.
-  total_steps: int = 500  # RL steps of each PPO / GRPO run.
+  # RL steps of each PPO / GRPO run. At 500, unregularised PPO had not yet
+  # over-optimised the 1,800-step proxy on some seeds (seed 0: gold still at
+  # its peak at step 450, KL 4.6).
+  total_steps: int = 800
   log_every: int = 10  # Steps between metric fetches and log lines.
   checkpoint_every: int = 100  # Steps between checkpoints of each run.
   max_checkpoints: int = 1  # Checkpoints kept per run.
@@ -796,27 +799,34 @@ def plot_gold_vs_kl(curves: dict, sft: dict, path) -> None:
     plots.plt.close(fig)
 
 
-# An over-optimisation peak: gold rises at least PEAK_RISE above the warm
-# start, then falls at least PEAK_FALL below its peak by the end, while the
-# proxy ends higher than it was at the gold peak. Standard errors of the
-# evaluation's gold mean are about 0.02 (512 samples of a [0, 1] reward).
+# An over-optimisation peak, on the evaluations smoothed over PEAK_WINDOW
+# consecutive points (one evaluation's gold mean has a standard error of
+# about 0.02, its proxy mean about 0.05): gold rises at least PEAK_RISE above
+# the warm start, then ends at least PEAK_FALL below its peak, while the
+# proxy ends no lower than it was at the gold peak.
 PEAK_RISE = 0.03
 PEAK_FALL = 0.05
+PEAK_WINDOW = 3
 
 
 def overoptimised(records: list[dict], sft_gold: float) -> bool:
   """Whether one run's eval records show the over-optimisation peak."""
-  peak = max(records, key=lambda r: r['eval/gold_reward'])
-  last = records[-1]
-  return bool(peak['eval/gold_reward'] - sft_gold >= PEAK_RISE
-              and peak['eval/gold_reward'] - last['eval/gold_reward']
-              >= PEAK_FALL
-              and last['eval/proxy_reward'] > peak['eval/proxy_reward'])
+  if len(records) < 2 * PEAK_WINDOW:
+    return False
+  smooth = lambda key: np.convolve([r[key] for r in records],
+                                   np.ones(PEAK_WINDOW) / PEAK_WINDOW,
+                                   mode='valid')
+  gold, proxy = smooth('eval/gold_reward'), smooth('eval/proxy_reward')
+  peak = int(np.argmax(gold))
+  return bool(gold[peak] - sft_gold >= PEAK_RISE
+              and gold[peak] - gold[-1] >= PEAK_FALL
+              and proxy[-1] >= proxy[peak])
 
 
 def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
-              wall_time: float) -> dict:
-  summary = {'wall_time_s': wall_time, **rm_metrics,
+              times: dict[str, float]) -> dict:
+  """`times`: this invocation's `wall_time_s` and `cpu_time_s`."""
+  summary = {**times, **rm_metrics,
              'gold_reward/sft': sft['eval/gold_reward'],
              'proxy_reward/sft': sft['eval/proxy_reward'],
              'exact_match/sft': sft['eval/exact_match']}
@@ -844,7 +854,8 @@ def summarize(settings: Settings, rm_metrics: dict, sft: dict, curves: dict,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole study; returns the summary."""
-  start_time = time.time()
+  # The process's CPU time too: wall time on a shared machine says little.
+  start_time = (time.time(), time.process_time())
   settings = parse(config)
   tokenizer = ByteTokenizer()
   mesh = parallel.make_mesh(config.mesh)
@@ -891,7 +902,7 @@ def start(settings: Settings, workdir: epath.Path, tokenizer,
 
 
 def _run(settings: Settings, workdir: epath.Path, tokenizer,
-         layout: parallel.Layout, start_time: float) -> dict:
+         layout: parallel.Layout, start_time: tuple[float, float]) -> dict:
   seed = settings.run.seed
   begun = start(settings, workdir, tokenizer, layout)
   task, env, gold_fn = begun.task, begun.env, begun.gold_fn
@@ -925,7 +936,8 @@ def _run(settings: Settings, workdir: epath.Path, tokenizer,
   # (fixed key and prompts): their step-0 point is the warm start's.
   sft = curves[next(iter(curves))][0]
   summary = summarize(settings, rm_metrics, sft, curves,
-                      time.time() - start_time)
+                      {'wall_time_s': time.time() - start_time[0],
+                       'cpu_time_s': time.process_time() - start_time[1]})
   plot_path = workdir / 'gold_vs_kl.png'
   if parallel.is_primary() and (
       not plot_path.exists() or any(trained for _, trained in runs.values())):

@@ -96,7 +96,8 @@ def tables(summaries: dict[str, dict]) -> str:
   lines += ['', '| seed | proxy accuracy, gold order | proxy accuracy, '
             'noisy labels | gold of the warm start | best KL-regularised '
             'PPO gain | best KL-regularised GRPO gain | over-optimisation '
-            'peaks | wall time |', '|---|---|---|---|---|---|---|---|']
+            'peaks | wall time | CPU time |',
+            '|---|---|---|---|---|---|---|---|---|']
   for seed, s in summaries.items():
     gain = gains(s)
     best = lambda method: max(
@@ -108,7 +109,8 @@ def tables(summaries: dict[str, dict]) -> str:
         f'| {seed} | {s.get("rm/heldout_gold_accuracy", nan):.3f} | '
         f'{s["rm/heldout_accuracy"]:.3f} | {s["gold_reward/sft"]:.3f} | '
         f'{best("ppo"):+.3f} | {best("grpo"):+.3f} | '
-        f'{", ".join(peaks) or "none"} | {s["wall_time_s"] / 60:.1f} min |')
+        f'{", ".join(peaks) or "none"} | {s["wall_time_s"] / 60:.1f} min | '
+        f'{s.get("cpu_time_s", nan) / 60:.1f} min |')
   lines += ['', '| figure | ' + ' | '.join(HEADLINE) + ' |',
             '|---|' + '---|' * len(HEADLINE),
             '| mean ± std | ' + ' | '.join(fmt(k) for k in HEADLINE) + ' |',
@@ -161,13 +163,18 @@ def main(argv):
     config.seed = int(seed)
     workdirs[seed] = workdir / f'seed{seed}'
     summaries[seed] = recipe.run(config, str(workdirs[seed]))
-    # The wall time of the invocation that trained (a finished study found
+    # The times of the invocation that trained (a finished study found
     # again takes seconds).
-    summaries[seed]['wall_time_s'] = writers.read_summary(
-        workdirs[seed])['wall_time_s']
+    saved = writers.read_summary(workdirs[seed])
+    for key in ('wall_time_s', 'cpu_time_s'):
+      if key in saved:
+        summaries[seed][key] = saved[key]
     # Written after every seed: an interrupted sweep keeps what it has.
     (workdir / 'seeds.json').write_text(json.dumps(
         {'seeds': summaries, 'aggregate': aggregate(summaries)}, indent=1))
+  summaries = dict(sorted(summaries.items(), key=lambda kv: int(kv[0])))
+  (workdir / 'seeds.json').write_text(json.dumps(
+      {'seeds': summaries, 'aggregate': aggregate(summaries)}, indent=1))
   (workdir / 'seeds.md').write_text(tables(summaries))
   plot(workdirs, summaries, workdir / 'seeds_gold_vs_kl.png')
   print(tables(summaries))

@@ -21,7 +21,7 @@ from jaxrlgen.train import writers
 TOK = ByteTokenizer()
 # The proxy's held-out accuracy against the gold order that a shrunk study
 # must reach (measured: see test_proxy_learns_the_gold_order_on_two_seeds).
-GOLD_ORDER_MARGIN = 0.75
+GOLD_ORDER_MARGIN = 0.80
 
 
 def smoke_config(data_dir):
@@ -138,29 +138,27 @@ def test_run_writes_outputs_and_restart_redoes_nothing(tmp_path):
   # A restart finds every stage finished: same figures, no new lines.
   again = recipes.run(config, str(workdir))
   for key, value in summary.items():
-    if key != 'wall_time_s':
+    if key not in ('wall_time_s', 'cpu_time_s'):
       assert again[key] == pytest.approx(value, rel=1e-5, abs=1e-6,
                                          nan_ok=True), key
   assert writers.read_metrics(str(workdir / 'ppo_kl_coef0')) == records
 
 
-@pytest.mark.slow  # Two warm starts, their pairs and proxies (~2 min).
+@pytest.mark.slow  # Two warm starts, their pairs and proxies (~5 min).
 def test_proxy_learns_the_gold_order_on_two_seeds(tmp_path):
   # The study's proxy once underfitted (0.67-0.82 held-out accuracy against
-  # the gold order on seeds 0-4, still rising when its schedule ended).
-  # Shrunk: a quarter of the training pairs; the model and the proxy's
-  # training as the study's defaults.
+  # the gold order on seeds 0-4). The study shrunk to the stages that make
+  # the proxy (warm start, pairs, the proxy's trunk and its training), with
+  # the default config: measured 0.908 and 0.882 against the gold order,
+  # 0.807 and 0.758 against the noisy labels (whose ceiling is ~0.82).
   config = rlhf_gold_config.get_config('')
   config.data.data_dir = str(tmp_path / 'data')
-  config.pairs.num_train = 4096
-  config.rm.eval_every = config.rm.steps
   for seed in (0, 1):
     result = diagnose.diagnose_seed(config, seed, tmp_path, ['default'],
                                     eval_every=config.rm.steps)
     final = result['default']['final']
-    # The labels' noise ceiling is about 0.80 on the noisy labels.
     assert final['rm/heldout_gold_accuracy'] >= GOLD_ORDER_MARGIN, (seed,
                                                                      final)
-    assert final['rm/heldout_accuracy'] >= 0.65, (seed, final)
+    assert final['rm/heldout_accuracy'] >= 0.70, (seed, final)
     stats = result['heldout_pairs']
     assert stats['identical'] < 0.05 and stats['gold_ties'] < 0.05, stats
