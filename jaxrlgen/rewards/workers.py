@@ -338,7 +338,12 @@ class ProcessPool:
     with self._lock:
       if self._zygote is None:
         self._start_zygote()
-      fresh = [m for m in modules if m not in self._preloaded]
+      # The zygote also imports the user's modules loaded from files, which
+      # every worker loads before it unpickles a function: forked after,
+      # a worker finds them imported (a test file that imports JAX took
+      # 2-3 s per restarted worker otherwise).
+      wanted = modules + [f'{name}={path}' for name, path in files.items()]
+      fresh = [m for m in dict.fromkeys(wanted) if m not in self._preloaded]
       for module in fresh:
         if self._tell(f'preload {module}'):
           self._preloaded.add(module)

@@ -86,3 +86,27 @@ def test_1000_hanging_items_leave_nothing_behind():
   assert failed.all() and not rewards.any()
   # No more than before (other tests' abandoned threads may end meanwhile).
   assert all(a <= b for a, b in zip(counts(), before)), (counts(), before)
+
+
+def test_user_modules_are_imported_by_the_zygote_not_by_each_worker(
+    tmp_path):
+  # A module loaded from a file (registry's 'path/file.py:attr') is loaded
+  # by every worker before it unpickles a function; the zygote imports it
+  # once, so workers forked after it (after each hung item) find it there.
+  # Before, a test file that imported JAX cost each restarted worker 2-3 s.
+  log = tmp_path / 'imports.txt'
+  module = tmp_path / 'user_module.py'
+  module.write_text(
+      'import os\n'
+      f'with open({str(log)!r}, "a") as f:\n'
+      '  f.write(f"{os.getpid()}\\n")\n'
+      'def score(unused):\n'
+      '  return 0.0\n')
+  registry.Registry('reward', 'config.test').get(f'{module}:score')
+  call = host.host_reward(bad_items.hang, timeout_s=0.01, max_workers=2,
+                          backend='process')
+  rewards, failed = call.host(np.zeros(6))  # Six workers killed, refilled.
+  assert failed.all()
+  pids = log.read_text().split()
+  # This process and the zygote; not one import per worker.
+  assert len(pids) == 2, pids
