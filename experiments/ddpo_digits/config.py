@@ -16,7 +16,9 @@ order, pick another reward, another algorithm and/or the smoke sizes:
   --config=experiments/ddpo_digits/config.py:dpok,smoke
 
 (rewards: jaxrlgen.rewards.image.NAMES; algorithms: ddpo_sf, ddpo_is,
-dpok; smoke: every stage at tiny sizes, about a minute on a CPU).
+dpok, and the group-relative grpo, dr_grpo and rloo, whose groups are the
+`rl.group_size` samples of one class; smoke: every stage at tiny sizes,
+about a minute on a CPU).
 Restarting with the same --workdir resumes each stage.
 
 Each section is a frozen dataclass below: its defaults are the experiment's,
@@ -41,7 +43,7 @@ from jaxrlgen.policies import lora as lora_lib
 from jaxrlgen.rewards import image as image_rewards
 from jaxrlgen.train import optim
 
-ALGORITHMS = ('ddpo_sf', 'ddpo_is', 'dpok')
+ALGORITHMS = ('ddpo_sf', 'ddpo_is', 'dpok', 'grpo', 'dr_grpo', 'rloo')
 SIZES = ('smoke',)
 
 
@@ -244,6 +246,11 @@ def algo_config(name: str) -> ml_collections.ConfigDict:
   """`config.algo` of algorithm `name` for this experiment."""
   config = algos.default_config(name)
   config.timestep_fraction = 0.5  # Train on half the steps of a sample.
+  if name in ('grpo', 'dr_grpo'):
+    # DDPO_IS's four optimizer steps per batch of samples. No KL term, as in
+    # DanceGRPO: GRPO's k3 estimate would exponentiate the log-ratio of two
+    # 64-dimensional Gaussians (DPOK is the KL-regularised method here).
+    config.update(num_minibatches=4, beta=0.0)
   return config
 
 
@@ -331,9 +338,11 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config.pretrain.update(steps=4, batch_size=16, log_every=2)
   config.env.update(num_timesteps=100, num_steps=4)
   config.rl.update(batch_size=8, group_size=2)
-  # ddpo_sf is on-policy: one minibatch.
-  config.algo.update(num_minibatches=min(config.algo.num_minibatches, 2),
-                     min_count=2, buffer_size=4)
+  algo = config.algo  # Each algorithm's own fields only.
+  if 'num_minibatches' in algo:  # ddpo_sf is on-policy: one minibatch.
+    algo.num_minibatches = min(algo.num_minibatches, 2)
+  if 'min_count' in algo:  # DDPO's per-class reward statistics.
+    algo.update(min_count=2, buffer_size=4)
   config.eval.update(every=2, samples_per_class=2, batch_size=20,
                      grid_columns=2)
   config.update(total_steps=3, log_every=1, checkpoint_every=2)

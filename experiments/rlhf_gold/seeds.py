@@ -8,7 +8,8 @@ Runs (or resumes) the study once per seed, `--config.seed` changed and
 nothing else, in `<workdir>/seed<s>/` (each an ordinary study workdir, with
 its own summary and plots), then writes under `<workdir>`:
   - `seeds.json`: every seed's summary, and for each figure its mean, sample
-    standard deviation, minimum and maximum over the seeds (`aggregate`);
+    standard deviation, minimum and maximum over the seeds
+    (`experiments.spread.aggregate`);
   - `seeds.md`: the tables the study's README shows (mean +- std over seeds,
     and per seed);
   - `seeds_gold_vs_kl.png`: gold reward against sqrt(KL), a panel per run,
@@ -23,9 +24,9 @@ from absl import flags
 from etils import epath
 import ml_collections
 from ml_collections import config_flags
-import numpy as np
 
 from experiments.rlhf_gold import recipe
+from experiments.spread import aggregate
 from jaxrlgen.train import plots
 from jaxrlgen.train import writers
 
@@ -48,20 +49,6 @@ def run_names(summary: dict) -> list[str]:
     if key.startswith('run/') and key.endswith('/gold_reward'):
       names.append(key[len('run/'):-len('/gold_reward')])
   return names
-
-
-def aggregate(summaries: dict[str, dict]) -> dict[str, dict]:
-  """Mean, sample std, min and max over seeds of every numeric figure."""
-  out = {}
-  keys = [k for k in next(iter(summaries.values()))
-          if all(isinstance(s.get(k), (int, float)) for s in summaries.values())]
-  for key in keys:
-    values = np.asarray([float(s[key]) for s in summaries.values()])
-    out[key] = {'mean': float(np.mean(values)),
-                'std': float(np.std(values, ddof=1)) if len(values) > 1
-                       else 0.0,
-                'min': float(np.min(values)), 'max': float(np.max(values))}
-  return out
 
 
 def gains(summary: dict) -> dict[str, float]:

@@ -328,6 +328,43 @@ def behaviour_logp(env, state: TrainState, rollout: Rollout,
       env.evaluate(policy_params(state.params), rollout).logp)
 
 
+def kept_steps(fraction: float, num_steps: int) -> int:
+  """Steps of a `num_steps`-step rollout trained per sample at `fraction`
+  (at least one)."""
+  return max(1, round(fraction * num_steps))
+
+
+def check_step_fraction(fraction: float) -> None:
+  """Raises unless 0 < `config.algo.timestep_fraction` <= 1."""
+  if not 0 < fraction <= 1:
+    raise schema.FieldError(
+        'timestep_fraction', f'={fraction} must be in (0, 1]: the fraction '
+        "of each sample's steps trained (1: all of them).")
+
+
+def step_subset_requires(fraction: float) -> tuple[str, ...]:
+  """What training on a subset of steps needs of the environment."""
+  return ('subsample_steps',) if fraction < 1 else ()
+
+
+def train_steps(env, rollout: Rollout, fraction: float,
+                key: jax.Array) -> Rollout:
+  """The rollout restricted to a random `fraction` of each sample's steps.
+
+  Environments whose every step carries its own state (the denoising MDP:
+  `env.subsample_steps`) let a loss train on a random subset of the steps
+  of each sample, which cuts every gradient step by that fraction (DDPO's
+  training on a subset of timesteps; DanceGRPO's and Flow-GRPO-Fast's
+  timestep selection for the group-relative losses). Rewards and
+  advantages are per sample and come before it. At fraction 1, or when the
+  fraction keeps every step, the rollout is returned as it is.
+  """
+  kept = kept_steps(fraction, rollout.num_steps)
+  if kept == rollout.num_steps:
+    return rollout
+  return env.subsample_steps(rollout, kept, key)
+
+
 # What 0 means for hyperparameters that many algorithms share; each config
 # class lists its own in `SPECIAL` (see `schema.Means`).
 SPECIAL: Mapping[str, schema.Means] = {

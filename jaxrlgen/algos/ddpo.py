@@ -28,8 +28,8 @@ What is new here is what all three share:
     `min_count` rewards, by the batch's statistics before.
   * Advantage clipping to [-adv_clip, adv_clip].
   * Training on a random subset of `timestep_fraction` of the K steps of each
-    sample (`env.subsample_steps`), which cuts the cost of every gradient
-    step by the same fraction.
+    sample (`base.train_steps`), which cuts the cost of every gradient
+    step by the same fraction (the group-relative losses offer it too).
 
 The condition of a sample is `rollout.context['label']`; ids outside
 [0, num_conditions) are not tracked (their samples use batch statistics).
@@ -176,9 +176,7 @@ class DDPOConfig:
     if not 1 <= self.min_count <= self.buffer_size:
       raise ValueError(f'config.algo.min_count={self.min_count} must be in '
                        f'[1, config.algo.buffer_size={self.buffer_size}].')
-    if not 0 < self.timestep_fraction <= 1:
-      raise ValueError(f'config.algo.timestep_fraction='
-                       f'{self.timestep_fraction} must be in (0, 1].')
+    base.check_step_fraction(self.timestep_fraction)
     if self.ESTIMATOR == 'sf' and (self.num_epochs, self.num_minibatches) != (
         1, 1):
       raise ValueError(
@@ -186,10 +184,6 @@ class DDPOConfig:
           'config.algo.num_minibatches must be 1 (got '
           f'{self.num_epochs}, {self.num_minibatches}); use ddpo_is for '
           'several gradient steps per batch.')
-
-  def kept_steps(self, num_steps: int) -> int:
-    """Steps of K trained per sample (at least one)."""
-    return max(1, round(self.timestep_fraction * num_steps))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,9 +256,7 @@ def make(cfg: DDPOConfig) -> base.Algorithm:
       advantages = (rewards - jnp.mean(rewards)) / (jnp.std(rewards) + 1e-6)
     if cfg.adv_clip:
       advantages = jnp.clip(advantages, -cfg.adv_clip, cfg.adv_clip)
-    kept = cfg.kept_steps(rollout.num_steps)
-    if kept < rollout.num_steps:
-      rollout = env.subsample_steps(rollout, kept, key)
+    rollout = base.train_steps(env, rollout, cfg.timestep_fraction, key)
     metrics = {'advantages/mean': jnp.mean(advantages),
                'advantages/std': jnp.std(advantages),
                'advantages/clipped_ratio': jnp.mean(

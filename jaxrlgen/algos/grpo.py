@@ -13,6 +13,14 @@ estimate of KL(pi || pi_ref) (Schulman 2020). Aggregation over tokens:
 The importance ratio is per token (GRPO) or per sequence (Zheng et al. 2025,
 GSPO: the length-normalised sequence likelihood ratio).
 
+The loss sees steps, not tokens: on the denoising environment
+(`jaxrlgen.envs.diffusion`) a step is a denoising step, its log-prob the
+step's Gaussian log-density, and a group is G samples of one class. That is
+Flow-GRPO (Liu et al. 2025) and DanceGRPO (Xue et al. 2025) for a DDPM/DDIM
+sampler with eta > 0, which is stochastic already (their ODE-to-SDE
+conversion is for flow models); `timestep_fraction` < 1 trains each sample
+on a random subset of its steps, as both do to cut the cost of a step.
+
 Registered variants (defaults of their config classes):
   grpo:    GRPOConfig.
   dr_grpo: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical
@@ -225,9 +233,14 @@ class GRPOConfig:
   num_epochs: int = 1  # mu: passes over each rollout.
   num_minibatches: int = 1  # Minibatches per pass.
   entropy_coef: float = 0.0  # Bonus on the policy's token entropy.
+  # Fraction of each sample's steps in the loss, drawn at random per sample
+  # (`base.train_steps`; denoising environments: DanceGRPO's and
+  # Flow-GRPO-Fast's subset of timesteps); < 1 needs env.subsample_steps.
+  timestep_fraction: float = 1.0
 
   def __post_init__(self):
     schema.positive(self, 'num_epochs', 'num_minibatches')
+    base.check_step_fraction(self.timestep_fraction)
     schema.positive(self, 'epsilon_low', 'epsilon_high')
     schema.non_negative(self, 'entropy_coef')
     if self.aggregation not in AGGREGATIONS:
@@ -316,7 +329,6 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
   """
 
   def prepare(env, state, rollout, rewards, key):
-    del key
     metrics = {}
     if cfg.overlong_buffer:
       eos_id = getattr(env, 'eos_id', None)
@@ -337,6 +349,8 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
       keep = varied_groups(rewards, env.num_samples)
       # Groups have equal sizes: the fraction of sequences is that of groups.
       metrics['groups/kept_ratio'] = jnp.mean(keep)
+    # Advantages are per sample: the steps trained are drawn after them.
+    rollout = base.train_steps(env, rollout, cfg.timestep_fraction, key)
     experience = GRPOExperience(
         rollout=rollout, advantages=advantages,
         old_logp=base.behaviour_logp(env, state, rollout), keep=keep,
@@ -365,5 +379,7 @@ def make(cfg: GRPOConfig) -> base.Algorithm:
 
   return base.Algorithm(name=cfg.NAME, prepare=prepare, loss=loss,
                         uses_reference=cfg.beta > 0,
+                        env_requires=base.step_subset_requires(
+                            cfg.timestep_fraction),
                         num_epochs=cfg.num_epochs,
                         num_minibatches=cfg.num_minibatches)

@@ -82,8 +82,12 @@ class RLOOConfig:
   kl_reward_coef: float = 0.0  # Sequence KL penalty folded into the reward.
   entropy_coef: float = 0.0  # Bonus on the policy's token entropy.
   kl_coef: float = 0.0  # k3 KL-to-reference loss term; 0: no reference.
+  # Fraction of each sample's steps in the loss (see GRPOConfig); < 1 needs
+  # env.subsample_steps (the denoising environment).
+  timestep_fraction: float = 1.0
 
   def __post_init__(self):
+    base.check_step_fraction(self.timestep_fraction)
     reinforce.check_aggregation(self.aggregation)
     reinforce.check_nonnegative(kl_reward_coef=self.kl_reward_coef,
                                 entropy_coef=self.entropy_coef,
@@ -94,14 +98,12 @@ def make(cfg: RLOOConfig) -> base.Algorithm:
   """RLOO as an `Algorithm`; fails at trace time for groups of one."""
 
   def prepare(env, state, rollout, rewards, key):
-    del key
     _check_group_size(env.num_samples)
     rewards = rewards.astype(jnp.float32)
     metrics = {}
     ref_logp = None
-    if cfg.kl_coef or cfg.kl_reward_coef:
+    if cfg.kl_reward_coef:  # The whole sample's KL, before any subset.
       ref_logp = base.reference_logp(env, state, rollout)
-    if cfg.kl_reward_coef:
       old_logp = base.behaviour_logp(env, state, rollout)
       rewards = kl_penalized_rewards(rewards, old_logp, ref_logp, rollout.mask,
                                      kl_coef=cfg.kl_reward_coef)
@@ -109,6 +111,10 @@ def make(cfg: RLOOConfig) -> base.Algorithm:
     advantages = rloo_advantages(rewards, env.num_samples)
     metrics['advantages/mean'] = jnp.mean(advantages)
     metrics['advantages/std'] = jnp.std(advantages)
+    trained = base.train_steps(env, rollout, cfg.timestep_fraction, key)
+    if cfg.kl_coef and (ref_logp is None or trained is not rollout):
+      ref_logp = base.reference_logp(env, state, trained)
+    rollout = trained
     experience = base.PolicyGradientExperience(
         rollout=rollout, advantages=advantages,
         ref_logp=ref_logp if cfg.kl_coef else None)
@@ -118,4 +124,5 @@ def make(cfg: RLOOConfig) -> base.Algorithm:
       name='rloo', prepare=prepare,
       loss=reinforce.pg_loss_fn(cfg.aggregation, cfg.entropy_coef,
                                 cfg.kl_coef),
-      uses_reference=cfg.kl_coef > 0 or cfg.kl_reward_coef > 0)
+      uses_reference=cfg.kl_coef > 0 or cfg.kl_reward_coef > 0,
+      env_requires=base.step_subset_requires(cfg.timestep_fraction))

@@ -215,11 +215,14 @@ def test_gradient_flows_through_every_step(rollout):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['ddpo_sf', 'ddpo_is', 'dpok'])
+@pytest.mark.parametrize('name', ['ddpo_sf', 'ddpo_is', 'dpok', 'grpo', 'rloo'])
 def test_learns_to_brighten(name):
   """A few steps raise the brightness of tiny samples by a clear margin."""
-  config = algos.default_config(name)
-  config.update(min_count=4, buffer_size=8, timestep_fraction=0.5)
+  if name in ('grpo', 'rloo'):  # Groups: each class's 4 samples.
+    config = _group_config(name)
+  else:
+    config = algos.default_config(name)
+    config.update(min_count=4, buffer_size=8, timestep_fraction=0.5)
   if name == 'dpok':
     # The last steps' sigma is ~0.01, so the per-step KL bound is large for
     # small moves of the mean: a light weight lets the reward win here.
@@ -240,3 +243,73 @@ def test_learns_to_brighten(name):
   # Brightness starts near 0.5 (and is at most 1).
   first, last = np.mean(rewards[:3]), np.mean(rewards[-3:])
   assert last > first + 0.15, (first, last)
+
+
+# --- The group-relative losses on the denoising MDP. ---
+
+
+def test_group_relative_losses_on_a_subset_of_denoising_steps(rollout):
+  """GRPO, Dr. GRPO and RLOO train the denoiser through their own code:
+  groups are each class's 4 samples, and with timestep_fraction 0.5 the
+  loss covers 2 of the 4 steps of each sample. NumPy recomputes the
+  advantages and the losses from the kept steps' Gaussians."""
+  rewards = jnp.asarray(np.random.default_rng(2).normal(size=16) * 3,
+                        jnp.float32)
+  names = ('grpo', 'dr_grpo', 'rloo')
+  algorithms = {n: algos.make(_group_config(n)) for n in names}
+
+  @jax.jit
+  def run(rollout, rewards):
+    out = {}
+    for name, algo in algorithms.items():
+      exp, _, metrics = algo.prepare(ENV, _state(algo), rollout, rewards,
+                                     jax.random.key(5))
+      loss, _ = algo.loss(ENV, PARAMS, exp)
+      dist = ENV.transitions(PARAMS, exp.rollout)
+      out[name] = (exp, loss, dist.log_prob(exp.rollout.actions.x_tm1))
+    return out
+
+  out = run(rollout, rewards)
+  r = np.asarray(rewards, np.float64).reshape(4, 4)
+  centred = r - r.mean(1, keepdims=True)
+  want_adv = {'grpo': centred / (r.std(1, keepdims=True) + 1e-4),
+              'dr_grpo': centred,
+              'rloo': (r - (r.sum(1, keepdims=True) - r) / 3)}
+  for name in names:
+    exp, loss, logp = out[name]
+    sub = exp.rollout
+    assert sub.logp.shape == (16, 2), name
+    steps = np.asarray(sub.actions.step)
+    assert np.all(np.diff(steps, axis=1) > 0), name  # Distinct, in order.
+    np.testing.assert_array_equal(
+        sub.logp, np.take_along_axis(np.asarray(rollout.logp), steps, 1))
+    adv = want_adv[name].reshape(-1, 1)
+    np.testing.assert_allclose(exp.advantages, adv[:, 0], rtol=1e-4,
+                               atol=1e-5)
+    logp = np.asarray(logp, np.float64)
+    if name == 'rloo':  # One on-policy step, sequence sums of log-probs.
+      want = -np.mean(adv[:, 0] * logp.sum(1))
+    else:  # Clipped surrogate; constant and token mean agree: no padding.
+      ratio = np.exp(logp - np.asarray(exp.old_logp, np.float64))
+      want = -np.mean(np.minimum(ratio * adv,
+                                 np.clip(ratio, 0.8, 1.2) * adv))
+    np.testing.assert_allclose(loss, want, rtol=1e-4, err_msg=name)
+
+
+def _group_config(name, **fields):
+  config = algos.default_config(name)
+  config.update({'timestep_fraction': 0.5, **fields})
+  if 'beta' in config:
+    config.beta = 0.0
+  return config
+
+
+def test_a_step_subset_needs_an_environment_that_can_take_one():
+  from jaxrlgen.envs import text  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r'env\.subsample_steps'):
+    algos.base.check_env(algos.make(_group_config('grpo')), text.TextEnv)
+  algos.base.check_env(algos.make(_group_config('grpo')), diffusion.DiffusionEnv)
+  algos.base.check_env(algos.make(algos.default_config('rloo')), text.TextEnv)
+  for name in ('grpo', 'rloo'):
+    with pytest.raises(ValueError, match=r'timestep_fraction.*\(0, 1\]'):
+      algos.make(_group_config(name, timestep_fraction=0.0))
