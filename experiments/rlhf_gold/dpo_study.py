@@ -27,6 +27,10 @@ margins are kept in `seed<s>/dpo_study/<variant>/margins.npz` (the test
 recomputes the reported accuracies from them).
 """
 
+# The study's own private helpers (_copy, _fit, _prompts) are used as the
+# study's other drivers use its public ones: this file is part of it.
+# pylint: disable=protected-access
+
 import dataclasses
 import functools
 import json
@@ -144,15 +148,15 @@ def online_run(settings: recipe.Settings, workdir: epath.Path, cfg, dpo,
   tx = optim.make(dpo.optimizer, dpo.steps)
 
   def build_state(sft_params):
-    params = recipe._copy(sft_params)  # pylint: disable=protected-access
-    return TrainState.create(params, tx, ref_params=recipe._copy(sft_params),  # pylint: disable=protected-access
+    params = recipe._copy(sft_params)
+    return TrainState.create(params, tx, ref_params=recipe._copy(sft_params),
                              algo_state=algos.init_algo_state(algo, params))
 
   state = layout.init(build_state, sft_params)
   step_fn = layout.jit_step(functools.partial(
       step_lib.rl_step, env=env, reward_fn=proxy_fn, algo=algo, tx=tx), state)
   num_prompts = settings.rl.num_prompts
-  _, run_dir, trained = recipe._fit(  # pylint: disable=protected-access
+  _, run_dir, trained = recipe._fit(
       f'online_dpo_beta{cfg.beta:g}', workdir, state, step_fn=step_fn,
       batch_fn=lambda s: layout.batch(task.rl_fields(task.batch(
           s, num_prompts))),
@@ -194,7 +198,7 @@ def check_reference_logp(env, params, task, layout: parallel.Layout,
   held-out prompts: the reference sums DPO subtracts are those of the
   policy that sampled the pairs."""
   sample_env = dataclasses.replace(env, sampling=Sampling(), num_samples=1)
-  batch = layout.batch(recipe._prompts(task, 'test', 0, n))  # pylint: disable=protected-access
+  batch = layout.batch(recipe._prompts(task, 'test', 0, n))
 
   @jax.jit
   def both(params, batch, key):
@@ -400,9 +404,9 @@ def tables(results: dict, variants: list[str]) -> str:
                          for n in variants) + ' |',
             '|---|---|---|---|---|---|' + '---|' * len(variants)]
   for seed, r in results.items():
-    cells = [f'{r["variants"][n]["final"]["eval/gold_reward"]:.3f} '
-             f'({r["variants"][n]["final"]["implicit/heldout_gold_accuracy"]:.3f})'
-             for n in variants]
+    finals = [r['variants'][n]['final'] for n in variants]
+    cells = [f'{f["eval/gold_reward"]:.3f} '
+             f'({f["implicit/heldout_gold_accuracy"]:.3f})' for f in finals]
     lines.append(
         f'| {seed} | {r["gold_reward/sft"]:.3f} | '
         f'{r["heldout_pairs"]["noise_ceiling"]:.3f} | '
