@@ -372,21 +372,20 @@ class MultiTurnEnv(TextEnv):
 
   # -- Teacher forcing -----------------------------------------------------
 
-  def hidden_states(self, params: Params, rollout: Rollout) -> jax.Array:
-    """f32[B, T, E]: the decoder state each action was sampled from: the
-    state after the last real token (prompt, model or observation) before
-    it, from one teacher-forced pass over the stream with padding slots
-    masked, as the cached rollout had them."""
+  def stream(self, rollout: Rollout
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The stream under the teacher-forced pass (`TextEnv.stream`): the
+    prompt then the turns' slots, real where the cached rollout attended
+    (prompt, model and observation tokens; padding slots masked), and for
+    each action the last real column before it: the state it was sampled
+    from."""
     prompt, prompt_mask = rollout.context['tokens'], rollout.context['mask']
     p = prompt.shape[1]
     tokens = jnp.concatenate([prompt, rollout.actions], axis=1)
     mask = jnp.concatenate([prompt_mask, rollout.context['attend']], axis=1)
-    hidden = self.policy.hidden_states(params, tokens, mask)
-    # For action t (column p + t): the last real column before it.
     columns = jnp.arange(tokens.shape[1])
     last_real = jax.lax.cummax(jnp.where(mask, columns, -1), axis=1)
-    before = jnp.maximum(last_real[:, p - 1:-1], 0)
-    return jnp.take_along_axis(hidden, before[..., None], axis=1)
+    return tokens, mask, jnp.maximum(last_real[:, p - 1:-1], 0)
 
 
 def context_spec(batch_size: int, turns: Turns,

@@ -462,10 +462,13 @@ class Block(nn.Module):
 class Transformer(nn.Module):
   """Decoder-only LM.
 
-  `__call__(tokens, positions, token_mask, cache=None) -> (hidden, cache)`:
+  `__call__(tokens, positions, token_mask, cache=None, segment_ids=None)
+  -> (hidden, cache)`:
     tokens: i32[B, L]; positions: i32[B, L] rotary positions;
     token_mask: bool[B, L] real tokens (false for padding, which no query
       attends to).
+    segment_ids: i32[B, L] or None: packed rows (`core.packing`), where a
+      query attends only to keys of its own segment (no cache).
     Without a cache, attention is causal over the L tokens. With a cache, the
     L tokens are written to slots [cache.index, cache.index + L) and attend to
     every earlier valid slot; the returned cache has index advanced by L.
@@ -508,7 +511,8 @@ class Transformer(nn.Module):
           bias_init=nn.with_logical_partitioning(
               nn.initializers.zeros, (None,)))
 
-  def __call__(self, tokens, positions, token_mask, cache: KVCache | None = None):
+  def __call__(self, tokens, positions, token_mask, cache: KVCache | None = None,
+               segment_ids: jax.Array | None = None):
     # The lookup reads a replicated table: XLA cannot partition a row gather
     # from a vocab- and fsdp-sharded table into batch-sharded rows, and would
     # replicate far more (with a warning) than this one all-gather does.
@@ -532,6 +536,11 @@ class Transformer(nn.Module):
       valid = cache_mask
     back = query_slots[:, None] - slots[None, :]  # [L, S] tokens back.
     key_mask = (back >= 0)[None] & valid[:, None, :]  # [B, L, S]
+    if segment_ids is not None:  # Packed sequences never see each other.
+      if cache is not None:
+        raise ValueError('segment_ids are for teacher-forced passes, not '
+                         'cached decoding.')
+      key_mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
     window_mask = None
     if cfg.sliding_window:
       # Slots are consecutive tokens (padding sits before the prompt, where

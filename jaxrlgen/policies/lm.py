@@ -116,6 +116,17 @@ class LMPolicy(lora_lib.AdaptablePolicy):
                             mask)
     return hidden
 
+  def packed_hidden_states(self, params: Params, tokens: jax.Array,
+                           positions: jax.Array,
+                           segment_ids: jax.Array) -> jax.Array:
+    """[R, S, E] teacher-forced decoder states of packed rows
+    (`core.packing`): tokens, rotary positions and segment ids i32[R, S]
+    (0: an empty slot); a token attends to the earlier tokens of its own
+    segment only."""
+    hidden, _ = self._apply(params, tokens, positions, segment_ids > 0,
+                            segment_ids=segment_ids)
+    return hidden
+
   def logits(self, params: Params, hidden: jax.Array) -> jax.Array:
     """[..., V] the LM head's logits (the model's dtype) at hidden [..., E]."""
     return self._apply(params, hidden, method=tfm.Transformer.logits)

@@ -152,6 +152,10 @@ class RLConfig:
   # reads for long completions, one compiled loop each).
   cache_segments: int = 1
   logprob_chunk: int = 128  # Time steps per log-prob chunk.
+  # Teacher-forced passes pack the batch's real tokens into this many rows
+  # of prompt + completion slots, so that their cost follows the real tokens
+  # (exact up to rounding; a batch that does not fit runs unpacked). 0: off.
+  pack_rows: int = 0
   # Reference model copy: float32, or bfloat16 to halve its memory.
   reference_dtype: str = 'float32'
   optimizer: optim.OptimizerConfig = optim.OptimizerConfig(5e-4)
@@ -165,7 +169,7 @@ class RLConfig:
   def __post_init__(self):
     schema.positive(self, 'batch_size', 'group_size', 'max_new_tokens',
                     'temperature', 'cache_segments', 'logprob_chunk')
-    schema.non_negative(self, 'top_k')
+    schema.non_negative(self, 'top_k', 'pack_rows')
     schema.in_range(self, 'top_p', 0.0, 1.0)
     schema.positive(self, 'top_p')
     schema.one_of(self, 'sampling_method', SAMPLING_METHODS)
@@ -803,7 +807,7 @@ def make_env(rl: RLConfig, model: tfm.Transformer, tokenizer) -> TextEnv:
                  sampling=sampling, eos_id=tokenizer.eos_id,
                  pad_id=tokenizer.pad_id, num_samples=rl.group_size,
                  logprob_chunk=rl.logprob_chunk,
-                 cache_segments=rl.cache_segments)
+                 cache_segments=rl.cache_segments, pack_rows=rl.pack_rows)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
