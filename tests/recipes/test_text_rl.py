@@ -92,6 +92,7 @@ def test_run_writes_outputs_and_resumes_like_uninterrupted(tmp_path, monkeypatch
     ({'mesh.tensor': 2}, r'config\.mesh'),
     ({'mesh.data': -1, 'mesh.fsdp': -1}, r'config\.mesh'),
     ({'rl.reference_dtype': 'float16'}, r'config\.rl\.reference_dtype'),
+    ({'rl.pack_rows': -2}, r'config\.rl\.pack_rows=-2 must be >= 0'),
     ({'distributed.mode': 'always'}, r'config\.distributed\.mode'),
     ({'distributed.heartbeat_timeout_s': 0},
      r'config\.distributed\.heartbeat_timeout_s'),
