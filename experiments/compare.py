@@ -3,7 +3,8 @@
 An experiment's comparison driver (`experiments/<name>/compare.py`) describes
 itself as an `Experiment` and calls `cli`; its command line is
 
-  python -m experiments.<name>.compare --workdir=DIR --algos=a,b --seeds=0,1,2 \\
+  python -m experiments.<name>.compare --workdir=DIR --algos=a,b \\
+      --seeds=0,1,2 \\
       [--config=experiments/<name>/config.py[:variants]] [--config.*=...]
 
 Each (seed, algorithm) is an ordinary run of the experiment in
@@ -109,7 +110,8 @@ class Experiment:
 
 
 def configs(experiment: Experiment, algorithms: Sequence[str], variants: str,
-            overrides: Mapping[str, Any]) -> dict[str, ml_collections.ConfigDict]:
+            overrides: Mapping[str, Any]
+            ) -> dict[str, ml_collections.ConfigDict]:
   """algorithm -> its config, every check run.
 
   Args:
