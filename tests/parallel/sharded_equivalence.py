@@ -67,14 +67,15 @@ def sft_batch():
               [5, 3, 4, 5, 2, 5, 1, 5])[:, None]}
 
 
-def run_rl(algo_name: str, mesh_shape):
+def run_rl(algo_name: str, mesh_shape, pack_rows: int = 0):
   """One rl_step: (sampled actions, metrics, new params), as numpy."""
   algo_cfg = algos.default_config(algo_name)
   if algo_name == 'grpo':
     algo_cfg.beta = 0.04  # Exercise the reference model too.
   algo = algos.make(algo_cfg)
   env = TextEnv(LMPolicy(tfm.Transformer(MODEL)), max_new_tokens=NEW_TOKENS,
-                sampling=Sampling(), eos_id=3, pad_id=0, num_samples=GROUP)
+                sampling=Sampling(), eos_id=3, pad_id=0, num_samples=GROUP,
+                pack_rows=pack_rows)
   # Plain SGD: Adam's first step is sign(g), which magnifies rounding noise
   # in near-zero gradients; SGD's update is the gradient itself.
   tx = optax.sgd(0.5)
@@ -242,14 +243,17 @@ def max_diff(a, b) -> float:
 
 
 def main(argv):
-  cases = {f'grpo/{m}': ('grpo', m) for m in MESHES}
+  cases = {f'grpo/{m}': ('grpo', m, 0) for m in MESHES}
   for name in argv[1:]:  # Further algorithms on the mixed mesh.
-    cases[f'{name}/mixed'] = (name, 'mixed')
+    cases[f'{name}/mixed'] = (name, 'mixed', 0)
+  # Packed training passes (16 rows for 16 sequences: the packed program,
+  # its rows split over the data axes), against one device unpacked.
+  cases['grpo_packed/mixed'] = ('grpo', 'mixed', 16)
   results, reference = {}, {}
-  for case, (algo_name, mesh_name) in cases.items():
+  for case, (algo_name, mesh_name, pack_rows) in cases.items():
     if algo_name not in reference:
       reference[algo_name] = run_rl(algo_name, None)
-    actions, metrics, params = run_rl(algo_name, MESHES[mesh_name])
+    actions, metrics, params = run_rl(algo_name, MESHES[mesh_name], pack_rows)
     ref_actions, ref_metrics, ref_params = reference[algo_name]
     results[case] = {
         'same_actions': bool(np.array_equal(actions, ref_actions)),

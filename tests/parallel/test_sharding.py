@@ -99,7 +99,8 @@ def sharded_results():
 
 
 @pytest.mark.parametrize('case', ['grpo/data', 'grpo/fsdp', 'grpo/tensor',
-                                  'grpo/mixed', 'ppo/mixed'])
+                                  'grpo/mixed', 'ppo/mixed',
+                                  'grpo_packed/mixed'])
 def test_rl_step_on_a_mesh_equals_one_device(sharded_results, case):
   result = sharded_results[case]
   assert result['same_actions'], 'sampled tokens differ'
