@@ -95,10 +95,11 @@ def _rm_settings(settings: recipe.Settings, name: str,
   return dataclasses.replace(rm, eval_every=eval_every, **changes)
 
 
-def diagnose_seed(config: ml_collections.ConfigDict, seed: int,
-                  workdir: epath.Path, variants: list[str],
-                  eval_every: int) -> dict:
-  """Stages 1-2 of `seed`, then the proxy once per variant."""
+def seed_setup(config: ml_collections.ConfigDict, seed: int,
+               workdir: epath.Path):
+  """The study's settings at `seed`, checked before any compute, and its
+  tokenizer, mesh and workdir `<workdir>/seed<seed>`: what every driver
+  that reruns parts of the study per seed starts from."""
   config = ml_collections.ConfigDict(config)
   config.seed = seed
   settings = recipe.parse(config)
@@ -106,6 +107,14 @@ def diagnose_seed(config: ml_collections.ConfigDict, seed: int,
   mesh = parallel.make_mesh(config.mesh)
   recipe.validate(settings, tokenizer, mesh)
   seed_dir = workdir_lib.prepare_workdir(str(workdir / f'seed{seed}'))
+  return settings, tokenizer, mesh, seed_dir
+
+
+def diagnose_seed(config: ml_collections.ConfigDict, seed: int,
+                  workdir: epath.Path, variants: list[str],
+                  eval_every: int) -> dict:
+  """Stages 1-2 of `seed`, then the proxy once per variant."""
+  settings, tokenizer, mesh, seed_dir = seed_setup(config, seed, workdir)
   out = {}
   with parallel.activate(mesh):
     layout = parallel.Layout(

@@ -55,12 +55,10 @@ from jaxrlgen import parallel
 from jaxrlgen.algos import preference
 from jaxrlgen.core.types import TrainState
 from jaxrlgen.data import preferences as pref_data
-from jaxrlgen.data.tokenizer import ByteTokenizer
 from jaxrlgen.envs.text import Sampling
 from jaxrlgen.train import optim
 from jaxrlgen.train import plots
 from jaxrlgen.train import step as step_lib
-from jaxrlgen.train import workdir as workdir_lib
 from jaxrlgen.train import writers
 
 # Variants: changes to `config.dpo` (DPOSweepConfig fields; `beta` replaces
@@ -233,13 +231,8 @@ def study_seed(config: ml_collections.ConfigDict, seed: int,
                workdir: epath.Path, variants: list[str],
                source: epath.Path | None) -> dict:
   """The variants of one seed; returns its entry of dpo_study.json."""
-  config = ml_collections.ConfigDict(config)
-  config.seed = seed
-  settings = recipe.parse(config)
-  tokenizer = ByteTokenizer()
-  mesh = parallel.make_mesh(config.mesh)
-  recipe.validate(settings, tokenizer, mesh)
-  seed_dir = workdir_lib.prepare_workdir(str(workdir / f'seed{seed}'))
+  settings, tokenizer, mesh, seed_dir = diagnose.seed_setup(config, seed,
+                                                            workdir)
   if source is not None:
     copy_stages(source / f'seed{seed}', seed_dir)
   out = {'variants': {}}
