@@ -137,7 +137,8 @@ class RLConfig:
   """`config.rl`: sampling and the RL optimizer."""
 
   SPECIAL: ClassVar[schema.Special] = {
-      'top_k': schema.Means(zero='no top-k truncation')}
+      'top_k': schema.Means(zero='no top-k truncation'),
+      'pack_rows': schema.Means(zero='no packing: B padded rows')}
 
   batch_size: int = 256  # Sequences per step (prompts x group_size).
   group_size: int = 8  # Samples per prompt, sharing one prefill.
