@@ -60,10 +60,8 @@ def uneven_lengths(batch: int, budget: int, mean: float, stragglers: int,
 def fewest_rows(env, rollout) -> tuple[int, int]:
   """The fewest rows of P + T slots that the rollout's sequences fit, and
   the real tokens they hold."""
-  tokens, mask, before = env.stream(rollout)
-  needed = np.max(np.where(rollout.mask, before, -1), axis=1)
-  real = np.asarray(mask) & (np.arange(tokens.shape[1])[None]
-                             <= needed[:, None])
+  tokens, real, _ = env.packed_tokens(rollout)
+  real = np.asarray(real)
   fits = jax.jit(lambda r, rows: packing.pack(tokens, r, rows,
                                               tokens.shape[1]).fits,
                  static_argnums=1)

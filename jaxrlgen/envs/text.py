@@ -372,6 +372,16 @@ class TextEnv:
     hidden = self.policy.hidden_states(params, tokens, mask)
     return jnp.take_along_axis(hidden, before[..., None], axis=1)
 
+  def packed_tokens(self, rollout: Rollout
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(tokens, real, before): the `stream`, with `real` bool[B, P + T]
+    narrowed to the tokens a packed pass keeps: the attended ones that the
+    states of valid actions read (nothing after the last of them)."""
+    tokens, mask, before = self.stream(rollout)
+    needed = jnp.max(jnp.where(rollout.mask, before, -1), axis=1)
+    columns = jnp.arange(tokens.shape[1])
+    return tokens, mask & (columns[None] <= needed[:, None]), before
+
   def _packed(self, params: Params, rollout: Rollout, heads):
     """`heads(hidden, targets)` read off a packed pass, as [B, T] arrays.
 
@@ -384,10 +394,7 @@ class TextEnv:
     """
     tokens, mask, before = self.stream(rollout)
     valid = rollout.mask
-    columns = jnp.arange(tokens.shape[1])
-    # The states of valid actions read nothing after the last of them.
-    needed = jnp.max(jnp.where(valid, before, -1), axis=1)
-    real = mask & (columns[None] <= needed[:, None])
+    _, real, _ = self.packed_tokens(rollout)
     layout = packing.pack(tokens, real, self.pack_rows, tokens.shape[1])
     # Distinct for valid actions: each is a real token after the one before.
     slot = jnp.where(valid, jnp.take_along_axis(layout.slot, before, axis=1),

@@ -111,9 +111,7 @@ def _compare_passes(env, params, rollout, rows, with_values):
 
 
 def _layout(env, rollout, rows):
-  tokens, mask, before = env.stream(rollout)
-  needed = jnp.max(jnp.where(rollout.mask, before, -1), axis=1)
-  real = mask & (jnp.arange(tokens.shape[1])[None] <= needed[:, None])
+  tokens, real, _ = env.packed_tokens(rollout)
   return packing.pack(tokens, real, rows, tokens.shape[1]), real
 
 
