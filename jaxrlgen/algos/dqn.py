@@ -75,7 +75,7 @@ def dqn_loss(q: jax.Array, actions: jax.Array, targets: jax.Array,
     delta: the Huber threshold.
   Returns:
     (loss, metrics `td_loss`, `td_error/abs_mean`, `q/mean`, `q/target_mean`,
-    `entropy` of the Boltzmann policy softmax(Q)).
+    `entropy` of the Boltzmann policy softmax(Q), `qlearning.td_fit_metrics`).
   """
   chex.assert_rank([q, actions, targets, mask], [3, 2, 2, 2])
   chex.assert_equal_shape([actions, targets, mask])
@@ -95,6 +95,7 @@ def dqn_loss(q: jax.Array, actions: jax.Array, targets: jax.Array,
       'q/mean': masked.masked_mean(q_taken, mask),
       'q/target_mean': masked.masked_mean(targets, mask),
       'entropy': masked.masked_mean(entropy, mask),
+      **qlearning.td_fit_metrics(q_taken, targets, mask),
   }
   return value, metrics
 

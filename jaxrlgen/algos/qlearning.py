@@ -58,6 +58,44 @@ def soft_value(q: jax.Array, tau: float = 1.0) -> jax.Array:
   return tau * jax.nn.logsumexp(q.astype(jnp.float32) / tau, axis=-1)
 
 
+def td_fit_metrics(q_taken: jax.Array, targets: jax.Array,
+                   mask: jax.Array) -> dict[str, jax.Array]:
+  """How much better than a constant the critic predicts its targets.
+
+  A critic that has learnt nothing state-specific does no better than the
+  targets' mean, whose squared error is their variance; these compare the
+  critic's squared TD error with it, over all valid steps and over the last
+  valid step of each sequence alone (where the target is the sequence's
+  reward, with nothing bootstrapped: whether the critic can tell a right
+  answer from a wrong one).
+
+  Args:
+    q_taken: f32[B, T] Q(s_t, a_t) of the taken actions (one critic).
+    targets: f32[B, T] y_t.
+    mask: bool[B, T] valid steps.
+  Returns:
+    `td/mse`, `td/target_var` (the constant predictor's mse) and
+    `td/explained` = 1 - mse / var (0: no better than a constant, 1: exact;
+    0 when the targets are constant), and the same three at the last valid
+    step as `td/last_mse`, `td/last_target_var`, `td/last_explained`.
+  """
+  chex.assert_equal_shape([q_taken, targets, mask])
+  q_taken = jax.lax.stop_gradient(q_taken.astype(jnp.float32))
+  targets = jax.lax.stop_gradient(targets.astype(jnp.float32))
+  steps = jnp.arange(mask.shape[1])
+  last_step = jnp.max(jnp.where(mask, steps, -1), axis=1, keepdims=True)
+  last = mask & (steps[None] == last_step)
+  metrics = {}
+  for prefix, where in (('td/', mask), ('td/last_', last)):
+    mse = masked.masked_mean(jnp.square(targets - q_taken), where)
+    var = masked.masked_var(targets, where)
+    metrics[prefix + 'mse'] = mse
+    metrics[prefix + 'target_var'] = var
+    metrics[prefix + 'explained'] = jnp.where(
+        var > 0, 1.0 - mse / jnp.maximum(var, 1e-12), 0.0)
+  return metrics
+
+
 def twin_td_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
   """sum_i token mean of (Q_i(s_t, a_t) - y_t)^2: twin Q heads regressed to
   one target (ILQL eq. 2; SAC halves it, Christodoulou 2019 eq. 2).
@@ -67,7 +105,8 @@ def twin_td_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
     targets: f32[B, T] y_t = r_t + gamma V(s_{t+1}) (no gradient flows in).
     mask: bool[B, T] valid steps.
   Returns:
-    (loss, metrics `td_loss`, `q/mean`, `q/target_mean`, `td_error/abs_mean`).
+    (loss, metrics `td_loss`, `q/mean`, `q/target_mean`, `td_error/abs_mean`
+    and the first head's `td_fit_metrics`).
   """
   chex.assert_rank([q_taken, targets, mask], [3, 2, 2])
   chex.assert_equal_shape([q_taken[0], targets, mask])
@@ -79,4 +118,5 @@ def twin_td_loss(q_taken: jax.Array, targets: jax.Array, mask: jax.Array):
       'q/mean': masked.masked_mean(jnp.mean(q_taken, axis=0), mask),
       'q/target_mean': masked.masked_mean(targets, mask),
       'td_error/abs_mean': masked.masked_mean(
-          jnp.mean(jnp.abs(td_error), axis=0), mask)}
+          jnp.mean(jnp.abs(td_error), axis=0), mask),
+      **td_fit_metrics(q_taken[0], targets, mask)}

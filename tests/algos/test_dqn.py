@@ -101,6 +101,9 @@ class DQNTest(parameterized.TestCase):
     np.testing.assert_allclose(m['td_error/abs_mean'],
                                np.abs(targets - q_taken)[MASK].mean(),
                                rtol=1e-6)
+    mse = np.square(targets - q_taken)[MASK].mean()
+    np.testing.assert_allclose(m['td/explained'],
+                               1 - mse / targets[MASK].var(), rtol=1e-5)
 
   def test_config_errors_name_the_field(self):
     config = algos.default_config('dqn')

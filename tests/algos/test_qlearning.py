@@ -93,6 +93,28 @@ class QLearningTest(parameterized.TestCase):
     want = np_n_step(REWARDS_T, np.zeros_like(VALUES_T), MASK, gamma, 4)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
+  def test_td_fit_against_a_constant_predictor(self):
+    q = VALUES_T * 0.5 + 0.25
+    got = qlearning.td_fit_metrics(jnp.asarray(q), jnp.asarray(REWARDS_T),
+                                   jnp.asarray(MASK))
+    last = np.zeros_like(MASK)
+    last[[0, 1, 2], [3, 1, 0]] = True
+    for prefix, where in (('td/', MASK), ('td/last_', last)):
+      mse = np.mean((REWARDS_T - q)[where] ** 2)
+      var = np.var(REWARDS_T[where])
+      np.testing.assert_allclose(got[prefix + 'mse'], mse, rtol=1e-6)
+      np.testing.assert_allclose(got[prefix + 'target_var'], var, rtol=1e-6)
+      np.testing.assert_allclose(got[prefix + 'explained'], 1 - mse / var,
+                                 rtol=1e-5)
+    # The targets' own mean explains nothing; the targets themselves all.
+    mean = np.full_like(q, REWARDS_T[MASK].mean())
+    fit = qlearning.td_fit_metrics(jnp.asarray(mean), jnp.asarray(REWARDS_T),
+                                   jnp.asarray(MASK))
+    np.testing.assert_allclose(fit['td/explained'], 0.0, atol=1e-6)
+    exact = qlearning.td_fit_metrics(jnp.asarray(REWARDS_T),
+                                     jnp.asarray(REWARDS_T), jnp.asarray(MASK))
+    np.testing.assert_allclose(exact['td/explained'], 1.0)
+
   def test_init_algo_state_passes_what_is_asked(self):
     params = {'w': jnp.ones(2)}
     plain = base.Algorithm(name='x', prepare=None, loss=None)
