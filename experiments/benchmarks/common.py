@@ -1,6 +1,6 @@
 """What the benchmarks share: workload W, FLOP counts, the machine's peak,
-timing, and the output format (a table, and with --json one JSON object on
-the last line).
+timing, traces (`--profile`), and the output format (a table, and with
+--json one JSON object on the last line).
 
 Workload W (README, "Throughput"): a Llama-architecture model with vocabulary
 1024, hidden 256, MLP 1024, 4 layers, 4 heads, 4 KV heads, float32, random
@@ -8,11 +8,16 @@ init; 16 prompts x 4 samples = 64 sequences; prompts of 16 tokens; exactly 64
 new tokens (EOS suppressed); temperature 1, no top-k or top-p.
 """
 
+import collections
+import contextlib
 import dataclasses
 import json
+import os
+import re
 import time
 from typing import Any, Callable, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +37,14 @@ from jaxrlgen.policies import LMPolicy
 FAST = dict(sampling=Sampling(method='inverse_cdf'), cache_segments=8)
 LIBRARY_DEFAULTS = dict(sampling=Sampling(), cache_segments=1)
 
+_PROFILE = flags.DEFINE_string(
+    'profile', None,
+    'Directory to write a trace of each measurement into, one subdirectory '
+    'per measurement: one more call after the timed ones, for TensorBoard\'s '
+    'profile plugin (tensorboard --logdir DIR) or Perfetto '
+    '(ui.perfetto.dev opens each perfetto_trace.json.gz).')
+_traces = collections.Counter()  # Traces written per name, this process.
+
 
 @dataclasses.dataclass(frozen=True)
 class Workload:
@@ -46,6 +59,9 @@ class Workload:
   prompt_len: int = 16
   new_tokens: int = 64
   dtype: str = 'float32'
+  # Teacher-forced attention: cuDNN's fused kernel on an NVIDIA GPU in
+  # bfloat16, the einsum elsewhere (`TransformerConfig.attention`).
+  attention: str = 'auto'
 
   @property
   def batch(self) -> int:
@@ -57,7 +73,7 @@ class Workload:
         mlp_dim=self.mlp_dim, num_layers=self.num_layers,
         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
         max_seq_len=self.prompt_len + self.new_tokens, dtype=self.dtype,
-        **overrides)
+        attention=self.attention, **overrides)
 
   def env(self, **overrides) -> TextEnv:
     """W's environment with the fastest exact settings (`FAST`); overrides
@@ -139,9 +155,33 @@ def grpo_step_flops(w: Workload) -> float:
 # Measuring.
 
 
+def profile_dir() -> str | None:
+  """--profile's directory, or None (also when flags are not parsed)."""
+  return _PROFILE.value if flags.FLAGS.is_parsed() else None
+
+
+@contextlib.contextmanager
+def trace(name: str):
+  """With --profile, traces the block into `<profile>/<name>` (a second
+  trace of one name gets `_2`, `_3`...); without, does nothing."""
+  directory = profile_dir()
+  if directory is None:
+    yield
+    return
+  _traces[name] += 1
+  run = re.sub(r'[^A-Za-z0-9.=-]+', '_', name).strip('_') or 'call'
+  if _traces[name] > 1:
+    run += f'_{_traces[name]}'
+  with jax.profiler.trace(os.path.join(directory, run),
+                          create_perfetto_trace=True):
+    with jax.profiler.TraceAnnotation(name):
+      yield
+
+
 def time_fn(fn: Callable[[], Any], *, repeats: int = 5,
-            min_time: float = 0.0) -> float:
-  """Best wall time of `fn()` (blocked on its outputs), after one warm-up."""
+            min_time: float = 0.0, name: str = 'call') -> float:
+  """Best wall time of `fn()` (blocked on its outputs), after one warm-up;
+  with --profile, one more call is traced under `name` (`trace`)."""
   jax.block_until_ready(fn())
   best, total, n = float('inf'), 0.0, 0
   while n < repeats or total < min_time:
@@ -149,6 +189,9 @@ def time_fn(fn: Callable[[], Any], *, repeats: int = 5,
     jax.block_until_ready(fn())
     elapsed = time.perf_counter() - start
     best, total, n = min(best, elapsed), total + elapsed, n + 1
+  if profile_dir() is not None:
+    with trace(name):
+      jax.block_until_ready(fn())
   return best
 
 
@@ -165,7 +208,8 @@ def peak_flops(dtype=jnp.float32,
     a = jax.random.normal(key1, (m, k), dtype)
     b = jax.random.normal(key2, (k, n), dtype)
     matmul = jax.jit(jnp.matmul)
-    seconds = time_fn(lambda: matmul(a, b), repeats=10)
+    seconds = time_fn(lambda: matmul(a, b), repeats=10,
+                      name=f'matmul {m}x{k}x{n} {jnp.dtype(dtype).name}')
     best = max(best, 2 * m * k * n / seconds)
   return best
 
@@ -197,7 +241,8 @@ def dense_flops_floor(w: Workload, rows: int, steps: int,
     return jax.lax.scan(step, x, None, length=steps)[1]
 
   x = jax.random.normal(keys[0], (rows, e))
-  return time_fn(lambda: run(x), repeats=repeats)
+  return time_fn(lambda: run(x), repeats=repeats,
+                 name=f'dense floor {rows} rows x {steps} steps')
 
 
 def device_name() -> str:

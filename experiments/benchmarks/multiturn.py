@@ -122,6 +122,10 @@ def main(argv):
       start = time.perf_counter()
       jax.block_until_ready(f(params, batch, key))
       seconds[name] = min(seconds[name], time.perf_counter() - start)
+  for name, f in ways.items():
+    if common.profile_dir() is not None:
+      with common.trace(f'multiturn {name}'):
+        jax.block_until_ready(f(params, batch, key))
   # The same episodes either way.
   a = jax.device_get(ways['jax'](params, batch, key))
   b = jax.device_get(ways['callback'](params, batch, key))

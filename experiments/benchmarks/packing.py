@@ -111,9 +111,11 @@ def main(argv):
   for _ in range(_REPEATS.value):  # Alternating, so load hits both alike.
     for name, (grad_fn, fwd_fn) in passes.items():
       times[name]['loss_grad'].append(common.time_fn(
-          lambda: grad_fn(params, exp), repeats=1))
+          lambda: grad_fn(params, exp), repeats=1,
+          name=f'{name} loss forward + backward'))
       times[name]['forward'].append(common.time_fn(
-          lambda: fwd_fn(params, rollout), repeats=1))
+          lambda: fwd_fn(params, rollout), repeats=1,
+          name=f'{name} forward'))
   best = {name: {k: min(v) for k, v in t.items()}
           for name, t in times.items()}
   width = w.prompt_len + w.new_tokens

@@ -128,7 +128,8 @@ def rollout(path: str, directory: str, tokenizer, dtype: str) -> dict:
   n, g, t = _PROMPTS.value, _GROUP.value, _NEW.value
   prompt, mask = prompts(tokenizer, prompt_texts(tokenizer, n))
   config, params = hf.load(path, param_dtype=dtype,
-                           max_seq_len=prompt.shape[1] + t)
+                           max_seq_len=prompt.shape[1] + t,
+                           attention='auto')
   rollout_fn = jax.jit(make_env(config, tokenizer, t, g).rollout)
   batch = {'prompt': prompt, 'prompt_mask': mask}
   ours = lambda: rollout_fn(params, batch, jax.random.key(0)).actions
@@ -154,6 +155,9 @@ def rollout(path: str, directory: str, tokenizer, dtype: str) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(fn())  # torch returns when it is done.
       best[name] = min(best[name], time.perf_counter() - start)
+  if common.profile_dir() is not None:
+    with common.trace(f'released rollout {dtype}'):
+      jax.block_until_ready(ours())
   rates = {k: n * g * t / v for k, v in best.items()}
   return {'prompt_len': int(prompt.shape[1]), 'tokens_per_s': rates,
           'ratio': rates['jaxrlgen'] / rates['transformers']}
@@ -169,7 +173,8 @@ class _OurGRPO:
     prompt, mask = prompts(tokenizer, texts)
     self.batch = {'prompt': prompt, 'prompt_mask': mask}
     config, params = hf.load(path, param_dtype=dtype,
-                             max_seq_len=prompt.shape[1] + new_tokens)
+                             max_seq_len=prompt.shape[1] + new_tokens,
+                             attention='auto')
     env = make_env(config, tokenizer, new_tokens, group)
     algo_config = algos.default_config('grpo')
     algo_config.update(beta=beta, num_minibatches=microbatches)
@@ -292,6 +297,9 @@ def grpo(path: str, directory: str, tokenizer, dtype: str) -> dict:
         train_dataset=datasets.Dataset.from_dict({'prompt': texts}),
         processing_class=hf_tokenizer, callbacks=[Interleave()])
     trainer.train()
+  if common.profile_dir() is not None:  # One more of jaxrlgen's steps.
+    with common.trace(f'released grpo step {dtype}'):
+      ours.measure()
   del trainer, model, ours
   gc.collect()
   timed = {k: v[1:] for k, v in times.items()}  # The first: warm-up.

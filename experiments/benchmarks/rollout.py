@@ -52,8 +52,10 @@ def time_rollout(w: common.Workload, params, repeats: int,
     prompt = np.repeat(prompt, w.group_size, 0)
     mask = np.repeat(mask, w.group_size, 0)
   key = jax.random.key(0)
+  name = ' '.join([f'rollout {w.batch}x{w.new_tokens} {w.dtype}',
+                   *(f'{k}={v}' for k, v in sorted(env_overrides.items()))])
   return common.time_fn(lambda: rollout(params, prompt, mask, key).actions,
-                        repeats=repeats)
+                        repeats=repeats, name=name)
 
 
 def profile(w: common.Workload, params, repeats: int,
@@ -76,7 +78,7 @@ def profile(w: common.Workload, params, repeats: int,
                         jax.random.split(key, w.new_tokens - 1))[1]
 
   sampling = common.time_fn(lambda: sample(state, jax.random.key(1)),
-                            repeats=repeats)
+                            repeats=repeats, name='sampling')
   dense = common.dense_flops_floor(w, w.batch, w.new_tokens - 1, repeats)
   return {'prefill': prefill, 'decode': seconds - prefill,
           'decode_step': (seconds - prefill) / (w.new_tokens - 1),

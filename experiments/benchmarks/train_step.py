@@ -71,7 +71,10 @@ def time_steps(w, algo_name, repeats, *, donate=True, fused=1,
   def run():
     holder['state'], metrics = call()
     return metrics
-  return common.time_fn(run, repeats=repeats) / fused
+  name = ' '.join([f'{algo_name} step {w.dtype}', f'fused={fused}',
+                   f'donate={donate}',
+                   *(f'{k}={v}' for k, v in sorted(env_overrides.items()))])
+  return common.time_fn(run, repeats=repeats, name=name) / fused
 
 
 def profile(w: common.Workload, repeats: int) -> dict[str, float]:
@@ -92,14 +95,16 @@ def profile(w: common.Workload, repeats: int) -> dict[str, float]:
   return {
       'rollout + reward': common.time_fn(
           lambda: rollout_fn(state.params, batch, key).rollout.actions,
-          repeats=repeats),
+          repeats=repeats, name='part rollout + reward'),
       'reference log-probs (forward)': common.time_fn(
-          lambda: evaluate(state.ref_params, rollout), repeats=repeats),
+          lambda: evaluate(state.ref_params, rollout), repeats=repeats,
+          name='part reference forward'),
       'policy loss forward + backward': common.time_fn(
-          lambda: grad(state.params, exp), repeats=repeats),
+          lambda: grad(state.params, exp), repeats=repeats,
+          name='part policy loss forward + backward'),
       'Adam update': common.time_fn(
           lambda: update(grads, state.opt_state, state.params),
-          repeats=repeats),
+          repeats=repeats, name='part Adam update'),
   }
 
 

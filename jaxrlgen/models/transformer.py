@@ -37,6 +37,12 @@ NORM_TYPES = ('rms', 'layer')
 MLP_TYPES = ('swiglu', 'geglu', 'gelu')
 POSITION_TYPES = ('rope', 'learned')
 ROPE_SCALINGS = ('none', 'linear', 'llama3')
+# Attention kernels of the passes without a cache (training and scoring):
+# 'einsum' (ours: any mask, f32 scores, every backend), 'xla' and 'cudnn'
+# (`jax.nn.dot_product_attention`'s implementations; cuDNN's fused flash
+# attention needs an NVIDIA GPU and a 16-bit dtype), 'auto' (cudnn where it
+# applies, else einsum).
+ATTENTION_KERNELS = ('einsum', 'xla', 'cudnn', 'auto')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +96,10 @@ class TransformerConfig:
   sliding_window: int = 0  # Keys at most this many tokens back; 0: none.
   sliding_layers: tuple[int, ...] = ()  # Layers with the window; (): all.
   post_norms: bool = False  # Norm each block's attention and MLP output (Gemma 2).
+  # Attention of teacher-forced passes (ATTENTION_KERNELS). Cached decoding
+  # always reads the heads-major cache with the einsum: a fused kernel would
+  # need the whole cache transposed at every step.
+  attention: str = 'einsum'
 
   def __post_init__(self):
     schema.positive(self, 'vocab_size', 'hidden_dim', 'mlp_dim', 'num_heads',
@@ -106,7 +116,8 @@ class TransformerConfig:
         ('norm_type', self.norm_type, NORM_TYPES),
         ('mlp_type', self.mlp_type, MLP_TYPES),
         ('position_type', self.position_type, POSITION_TYPES),
-        ('rope_scaling', self.rope_scaling, ROPE_SCALINGS)):
+        ('rope_scaling', self.rope_scaling, ROPE_SCALINGS),
+        ('attention', self.attention, ATTENTION_KERNELS)):
       if value not in known:
         raise ValueError(f'model.{name}={value!r}; known: {known}.')
     if self.num_heads % self.num_kv_heads:
@@ -123,9 +134,23 @@ class TransformerConfig:
                        'rotary embeddings; change model.hidden_dim or '
                        'model.head_dim.')
 
+    if self.attention != 'einsum' and self.attn_softcap:
+      raise schema.FieldError(
+          'attention', f'={self.attention!r} cannot soft-cap scores '
+          f'(attn_softcap={self.attn_softcap}); use attention=\'einsum\'.')
+
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_dim // self.num_heads
+
+  def attention_kernel(self) -> str:
+    """The kernel teacher-forced passes run on this backend: 'auto'
+    resolves to 'cudnn' on an NVIDIA GPU in a 16-bit dtype, else 'einsum'."""
+    if self.attention != 'auto':
+      return self.attention
+    sixteen_bit = jnp.dtype(self.dtype).itemsize == 2
+    return ('cudnn' if jax.default_backend() == 'gpu' and sixteen_bit
+            else 'einsum')
 
   def uses_window(self, layer: int) -> bool:
     return self.sliding_window > 0 and (not self.sliding_layers
@@ -357,6 +382,11 @@ class Attention(nn.Module):
     proj = lambda heads, names, name: Projection(
         (x.shape[-1], heads, head_dim), 1, names, use_bias=cfg.qkv_bias,
         dtype=dtype, param_dtype=pdtype, name=name)
+    # [B, L, heads, D] -> [B, L, E].
+    output = lambda heads: Projection(
+        (cfg.num_heads, head_dim, x.shape[-1]), 2,
+        ('heads', 'head_dim', 'embed'), use_bias=cfg.out_bias, dtype=dtype,
+        param_dtype=pdtype, fan_in_axes=(0, 1), name='o')(heads)
     q = proj(cfg.num_heads, ('embed', 'heads', 'head_dim'), 'q')(x)
     k = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'k')(x)
     v = proj(num_kv, ('embed', 'kv_heads', 'head_dim'), 'v')(x)
@@ -368,6 +398,17 @@ class Attention(nn.Module):
                else rope_frequencies(cfg))
       q, k = rotary(q, positions, freqs), rotary(k, positions, freqs)
     q = _constrain(q, _HEADS)
+    scale = 1 / math.sqrt(cfg.query_scale or head_dim)
+    kernel = cfg.attention_kernel()
+    if layer_cache is None and kernel != 'einsum':
+      # The fused kernels take [B, L, heads, D] as projected; the mask is
+      # causal already, and `is_causal` lets cuDNN skip the blocks above the
+      # diagonal. A query with no key to attend to (padding) gets a finite
+      # average, as in the einsum.
+      out = jax.nn.dot_product_attention(
+          q, k, v, mask=key_mask[:, None], scale=scale, is_causal=True,
+          implementation=kernel)
+      return output(out), (jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2))
     # Keys and values live heads-major, [B, KV, S, D], the layout both
     # attention products read without transposing: in the cache, that saves
     # copying the whole cache twice per layer at every decode step.
@@ -386,7 +427,7 @@ class Attention(nn.Module):
     q = jnp.moveaxis(q.reshape(b, l, num_kv, group, head_dim), 1, 3)
     scores = jnp.einsum('bkgld,bksd->bkgls', q, k,
                         preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(cfg.query_scale or head_dim))
+    scores = scores * jnp.float32(scale)
     if cfg.attn_softcap:
       scores = softcap(scores, cfg.attn_softcap)
     scores = jnp.where(key_mask[:, None, None], scores,
@@ -394,11 +435,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     out = jnp.einsum('bkgls,bksd->blkgd', probs, v)
     out = out.reshape(b, l, cfg.num_heads, head_dim)
-    out = Projection((cfg.num_heads, head_dim, x.shape[-1]), 2,
-                     ('heads', 'head_dim', 'embed'), use_bias=cfg.out_bias,
-                     dtype=dtype, param_dtype=pdtype, fan_in_axes=(0, 1),
-                     name='o')(out)
-    return out, new_kv
+    return output(out), new_kv
 
 
 class MLP(nn.Module):

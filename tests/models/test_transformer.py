@@ -187,6 +187,8 @@ def test_init_cache_larger_than_max_seq_len_raises():
 @pytest.mark.parametrize('kwargs,match', [
     (dict(num_heads=3, num_kv_heads=2), 'num_kv_heads'),
     (dict(hidden_dim=12, num_heads=4, num_kv_heads=4), 'head_dim'),
+    (dict(attention='flash'), 'attention'),
+    (dict(attention='xla', attn_softcap=50.0), "attention='xla' cannot"),
 ])
 def test_invalid_config_raises(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -217,3 +219,50 @@ def test_value_without_value_head_raises():
     tfm.Transformer(config).apply({'params': params},
                                   jnp.zeros((2, 3, config.hidden_dim)),
                                   method=tfm.Transformer.value)
+
+
+def test_fused_attention_kernel_equals_einsum():
+  """`attention='xla'` (jax.nn.dot_product_attention) against the einsum, on
+  what a teacher-forced pass meets: left padding (a query with no key at
+  all), grouped heads, a sliding window, a query scale, packed segments, and
+  the gradient. 'cudnn' runs the same call on a GPU."""
+  base = dict(_BASE, num_kv_heads=2, sliding_window=3, query_scale=8.0)
+  einsum = tfm.TransformerConfig(**base)
+  fused = tfm.TransformerConfig(**base, attention='xla')
+  params = tfm.init_params(einsum, jax.random.key(2))
+  tokens, mask = _left_padded_batch(einsum, pads=[0, 3, 7], length=8, seed=4)
+  positions = tfm.positions_from_mask(mask)
+  # Row 0 packs two sequences (5 + 3 tokens) with restarted positions.
+  segments = jnp.where(mask, 1, 0).at[0, 5:].set(2)
+  positions = positions.at[0, 5:].set(jnp.arange(3))
+
+  def loss(params, config):
+    hidden, _ = tfm.Transformer(config).apply(
+        {'params': params}, tokens, positions, mask, segment_ids=segments)
+    logits = tfm.Transformer(config).apply({'params': params}, hidden,
+                                           method=tfm.Transformer.logits)
+    logp = jax.nn.log_softmax(logits)
+    return jnp.sum(jnp.where(mask[..., None], logp * logits, 0.)), logits
+
+  grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+  g_einsum, logits_einsum = grad(params, einsum)
+  g_fused, logits_fused = grad(params, fused)
+  m = np.asarray(mask)
+  np.testing.assert_allclose(logits_fused[m], logits_einsum[m], atol=1e-5)
+  assert np.isfinite(np.asarray(logits_fused)).all()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5,
+                                                       rtol=1e-4),
+               g_fused, g_einsum)
+  # The test can fail: the window changes the logits of the last tokens.
+  unwindowed = tfm.TransformerConfig(**{**base, 'sliding_window': 0},
+                                     attention='xla')
+  _, logits_unwindowed = loss(params, unwindowed)
+  assert np.abs(np.asarray(logits_unwindowed - logits_fused)[m]).max() > 1e-3
+
+
+def test_auto_attention_is_the_einsum_off_gpu():
+  config = tfm.TransformerConfig(**_BASE, attention='auto', dtype='bfloat16')
+  expected = 'cudnn' if jax.default_backend() == 'gpu' else 'einsum'
+  assert config.attention_kernel() == expected
+  assert tfm.TransformerConfig(**_BASE,
+                               attention='auto').attention_kernel() == 'einsum'
