@@ -80,7 +80,9 @@ def smoke(config: ml_collections.ConfigDict) -> None:
   config.pairs.update(num_train=32, num_heldout=16, batch_size=16)
   config.rm.update(steps=2, batch_size=16, log_every=1, eval_every=2)
   config.rl.update(batch_size=8, group_size=2, max_new_tokens=4)
-  config.update(total_steps=2, log_every=1, checkpoint_every=2)
+  # The unregularised runs (the only ones here) take their own step count.
+  config.update(total_steps=2, unregularised_steps=4, log_every=1,
+                checkpoint_every=2)
   config.ppo.kl_coefs = (0.0,)
   config.ppo.algo.update(num_epochs=1, num_minibatches=1)
   config.grpo.betas = (0.0,)

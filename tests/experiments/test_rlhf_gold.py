@@ -58,6 +58,7 @@ def test_gold_reward_against_numpy():
     ({'sft.batch_size': 0}, 'config.sft.batch_size'),
     ({'task.num_test': 0}, 'config.task.num_test'),
     ({'total_steps': 0}, 'config.total_steps'),
+    ({'unregularised_steps': -1}, 'config.unregularised_steps'),
     ({'dpo.betas': (0.0,)}, 'config.dpo.betas'),
     ({'ppo.kl_coefs': (-0.1,)}, 'config.ppo.kl_coefs'),
     ({'grpo.betas': (0.1, 0.1)}, 'config.grpo.betas'),
@@ -128,9 +129,10 @@ def test_run_writes_outputs_and_restart_redoes_nothing(tmp_path):
     assert (workdir / name).exists(), name
   records = writers.read_metrics(str(workdir / 'ppo_kl_coef0'))
   evals = [r for r in records if 'eval/gold_reward' in r]
-  assert [r['step'] for r in evals] == [0, 2]
+  # Unregularised: config.unregularised_steps (4), not total_steps (2).
+  assert [r['step'] for r in evals] == [0, 2, 4]
   assert evals[0]['eval/kl'] == pytest.approx(0.0, abs=1e-5)
-  assert [r['step'] for r in records if 'reward/mean' in r] == [1, 2]
+  assert [r['step'] for r in records if 'reward/mean' in r] == [1, 2, 3, 4]
   assert all(k in records[1] for k in ('policy_loss', 'value_loss'))
   rm_records = writers.read_metrics(str(workdir / 'rm'))
   assert any('rm/heldout_accuracy' in r for r in rm_records)
