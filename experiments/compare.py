@@ -247,8 +247,11 @@ def plot(experiment: Experiment, results: Results, workdir: epath.Path,
                                  squeeze=False)
   axes = axes[0]
   try:
-    for i, name in enumerate(by_algorithm(results)):
-      colour = f'C{i}'
+    names = list(by_algorithm(results))
+    # The default cycle repeats after ten colours; tab20 has twenty.
+    cmap = plots.plt.get_cmap('tab10' if len(names) <= 10 else 'tab20')
+    for i, name in enumerate(names):
+      colour = cmap(i % cmap.N)
       for ax, (key, label) in zip(axes, curves_):
         curves, all_steps = [], []
         for seed in results:
