@@ -133,8 +133,7 @@ class TransformerConfig:
       raise ValueError(f'head_dim={self.resolved_head_dim} must be even for '
                        'rotary embeddings; change model.hidden_dim or '
                        'model.head_dim.')
-
-    if self.attention != 'einsum' and self.attn_softcap:
+    if self.attention in ('xla', 'cudnn') and self.attn_softcap:
       raise schema.FieldError(
           'attention', f'={self.attention!r} cannot soft-cap scores '
           f'(attn_softcap={self.attn_softcap}); use attention=\'einsum\'.')
@@ -145,11 +144,14 @@ class TransformerConfig:
 
   def attention_kernel(self) -> str:
     """The kernel teacher-forced passes run on this backend: 'auto'
-    resolves to 'cudnn' on an NVIDIA GPU in a 16-bit dtype, else 'einsum'."""
+    resolves to 'cudnn' on an NVIDIA GPU in a 16-bit dtype without a score
+    soft cap, else 'einsum'."""
     if self.attention != 'auto':
       return self.attention
+    device = jax.devices()[0]
+    nvidia = device.platform == 'gpu' and 'nvidia' in device.device_kind.lower()
     sixteen_bit = jnp.dtype(self.dtype).itemsize == 2
-    return ('cudnn' if jax.default_backend() == 'gpu' and sixteen_bit
+    return ('cudnn' if nvidia and sixteen_bit and not self.attn_softcap
             else 'einsum')
 
   def uses_window(self, layer: int) -> bool:
