@@ -122,8 +122,8 @@ def main(argv):
       start = time.perf_counter()
       jax.block_until_ready(f(params, batch, key))
       seconds[name] = min(seconds[name], time.perf_counter() - start)
-  for name, f in ways.items():
-    if common.profile_dir() is not None:
+  if common.profile_dir() is not None:  # One traced call of each way.
+    for name, f in ways.items():
       with common.trace(f'multiturn {name}'):
         jax.block_until_ready(f(params, batch, key))
   # The same episodes either way.

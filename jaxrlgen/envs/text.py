@@ -126,6 +126,14 @@ class Transition:
   valid: jax.Array
 
 
+
+def _kept_tokens(mask: jax.Array, before: jax.Array,
+                 valid: jax.Array) -> jax.Array:
+  """bool[B, P + T]: the attended stream tokens (`mask`) that the states of
+  valid actions read, i.e. none after the last valid action's `before`."""
+  needed = jnp.max(jnp.where(valid, before, -1), axis=1)
+  return mask & (jnp.arange(mask.shape[1])[None] <= needed[:, None])
+
 @dataclasses.dataclass(frozen=True)
 class TextEnv:
   """Static description of the generation environment (hashable).
@@ -378,9 +386,7 @@ class TextEnv:
     narrowed to the tokens a packed pass keeps: the attended ones that the
     states of valid actions read (nothing after the last of them)."""
     tokens, mask, before = self.stream(rollout)
-    needed = jnp.max(jnp.where(rollout.mask, before, -1), axis=1)
-    columns = jnp.arange(tokens.shape[1])
-    return tokens, mask & (columns[None] <= needed[:, None]), before
+    return tokens, _kept_tokens(mask, before, rollout.mask), before
 
   def _packed(self, params: Params, rollout: Rollout, heads):
     """`heads(hidden, targets)` read off a packed pass, as [B, T] arrays.
@@ -394,7 +400,7 @@ class TextEnv:
     """
     tokens, mask, before = self.stream(rollout)
     valid = rollout.mask
-    _, real, _ = self.packed_tokens(rollout)
+    real = _kept_tokens(mask, before, valid)  # As `packed_tokens`.
     layout = packing.pack(tokens, real, self.pack_rows, tokens.shape[1])
     # Distinct for valid actions: each is a real token after the one before.
     slot = jnp.where(valid, jnp.take_along_axis(layout.slot, before, axis=1),
